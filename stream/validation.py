@@ -1,0 +1,260 @@
+"""Every rule of SPEC §3: bytes in, a ``Record`` or a ``Rejection`` out — never an exception.
+
+msgspec decodes and checks types and ``Meta`` constraints in one pass (the fast path, one reused
+``Decoder``). Only when that fails do we look closer, to give the failure its stable code. The rules
+msgspec cannot express (phone normalisation, timestamp units, the window, expiry, the allow-list,
+``call_reason``'s characters and edges) follow in ``_check``.
+
+Every code, its field and an example are listed in the README; ``CODES`` is the source of truth.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+from stream.events import CallIntent, Record
+
+__all__ = ["CODES", "Rejection", "Rules", "check_expiry", "normalise_phone", "validate"]
+
+Stage = Literal["decode", "validate", "expired", "api"]
+
+CODES: dict[str, str] = {
+    # decode: the bytes are not a call-intent object
+    "empty_message": "the message has no value (a tombstone or zero bytes)",
+    "message_too_large": "the value is larger than the configured maximum",
+    "not_utf8": "the value is not valid UTF-8",
+    "not_json": "the value is not valid JSON",
+    "not_an_object": "the JSON value is not an object",
+    "missing_field": "a required field is absent",
+    "wrong_type": "a field has the wrong JSON type (or a number out of range)",
+    # validate: the object breaks a rule
+    "missing_client_account_id": "no client_account_id and no DCR_CLIENT_ACCOUNT_ID default",
+    "invalid_uuid": "client_account_id or label_id is not a UUID",
+    "invalid_phone": "caller or receiver is not 8-15 digits once + space - ( ) . are stripped",
+    "label_name_length": "label_name is not 1-40 characters",
+    "label_not_allowed": "label_id is not on the account's allow-list",
+    "call_reason_length": "call_reason is not 10-100 characters",
+    "call_reason_characters": "call_reason holds one of ! @ # $ % ^ & * ( ) _ + /",
+    "call_reason_edges": "call_reason starts or ends with . , - or white space",
+    "invalid_priority": 'priority is neither "high" nor "normal"',
+    "timestamp_seconds": "a timestamp is plainly in seconds, not milliseconds",
+    "timestamp_microseconds": "a timestamp is plainly in microseconds, not milliseconds",
+    "window_inverted": "starts_at is after ends_at",
+    "window_too_long": "ends_at - starts_at is more than 24 h",
+    "expired": "ends_at is in the past (on arrival, or just before sending)",
+    # api: the API refused the record (see stream.api)
+    "api_rejected": "the API answered 400/413/422 for this record alone",
+}
+
+
+class Rejection(Struct, frozen=True, kw_only=True):
+    """Why a message is not delivered: a stable ``code``, the ``field`` if any, a human message."""
+
+    code: str
+    field: str | None
+    message: str
+    stage: Stage
+
+
+class Rules(Struct, frozen=True, kw_only=True):
+    """The configurable part of validation (SPEC §3, §7)."""
+
+    default_account: str | None = None
+    """``DCR_CLIENT_ACCOUNT_ID``: the account of events that name none."""
+    allowed_labels: Mapping[str, frozenset[str]] = {}
+    """``DCR_ALLOWED_LABEL_IDS``: per account, the label ids it may use; unlisted accounts: any."""
+    max_message_bytes: int = 64 * 1024
+
+
+MAX_WINDOW_MS = 24 * 3600 * 1000
+_MS_FLOOR = 10**11
+"""Below this an epoch value is seconds: 1e11 ms is 1973, 1e11 s is the year 5138."""
+_MS_CEILING = 10**14
+"""From this on it is microseconds: 1e14 ms is the year 5138, 1e14 µs is 1973."""
+
+_decoder = msgspec.json.Decoder(CallIntent)
+_PHONE_STRIP = str.maketrans("", "", "+ -().")
+_FORBIDDEN = frozenset("!@#$%^&*()_+/")
+_EDGES = frozenset(".,-")
+_AT_PATH = re.compile(r" - at `\$\.([A-Za-z_]+)")
+
+
+def validate(
+    value: bytes | None, *, rules: Rules, now_ms: int, high_priority_topic: bool = False
+) -> Record | Rejection:
+    """Decode and check one Kafka message value; the result is never an exception."""
+    if not value:
+        return _reject("empty_message", None, "the message has no value", "decode")
+    if len(value) > rules.max_message_bytes:
+        return _reject(
+            "message_too_large",
+            None,
+            f"{len(value)} bytes is more than the maximum of {rules.max_message_bytes}",
+            "decode",
+        )
+    try:
+        event = _decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        return _from_validation_error(str(exc))
+    except msgspec.DecodeError as exc:
+        return _from_decode_error(value, str(exc))
+    except RecursionError:
+        return _reject("not_json", None, "nested too deeply", "decode")
+    return _check(event, rules, now_ms, high_priority_topic)
+
+
+def normalise_phone(number: str) -> str | None:
+    """Digits only once ``+``, spaces, ``-``, ``(``, ``)``, ``.`` are stripped; None unless 8-15."""
+    digits = number.translate(_PHONE_STRIP)
+    if 8 <= len(digits) <= 15 and digits.isascii() and digits.isdigit():
+        return digits
+    return None
+
+
+def check_expiry(ends_at: int, now_ms: int, stage: Stage) -> Rejection | None:
+    """The expiry rule: on arrival (stage ``validate``) and just before sending (``expired``)."""
+    if ends_at < now_ms:
+        return _reject(
+            "expired", "ends_at", f"ends_at {ends_at} is {now_ms - ends_at} ms in the past", stage
+        )
+    return None
+
+
+def _check(
+    event: CallIntent, rules: Rules, now_ms: int, high_priority_topic: bool
+) -> Record | Rejection:
+    account = event.client_account_id or rules.default_account
+    if account is None:
+        return _reject(
+            "missing_client_account_id",
+            "client_account_id",
+            "client_account_id is required when DCR_CLIENT_ACCOUNT_ID is not set",
+            "validate",
+        )
+    caller = normalise_phone(event.caller)
+    if caller is None:
+        return _bad_phone("caller")
+    receiver = normalise_phone(event.receiver)
+    if receiver is None:
+        return _bad_phone("receiver")
+    allowed = rules.allowed_labels.get(account)
+    if allowed is not None and event.label_id.lower() not in allowed:
+        return _reject(
+            "label_not_allowed",
+            "label_id",
+            f"label_id {event.label_id} is not on the allow-list of account {account}",
+            "validate",
+        )
+    if event.call_reason is not None and (rejection := _check_reason(event.call_reason)):
+        return rejection
+    for name, stamp in (("starts_at", event.starts_at), ("ends_at", event.ends_at)):
+        if stamp < _MS_FLOOR:
+            return _reject(
+                "timestamp_seconds", name, f"{name} {stamp} looks like seconds", "validate"
+            )
+        if stamp >= _MS_CEILING:
+            return _reject(
+                "timestamp_microseconds",
+                name,
+                f"{name} {stamp} looks like microseconds",
+                "validate",
+            )
+    if event.starts_at > event.ends_at:
+        return _reject("window_inverted", "ends_at", "ends_at is before starts_at", "validate")
+    if event.ends_at - event.starts_at > MAX_WINDOW_MS:
+        return _reject(
+            "window_too_long",
+            "ends_at",
+            f"the window is {event.ends_at - event.starts_at} ms, more than 24 h",
+            "validate",
+        )
+    if rejection := check_expiry(event.ends_at, now_ms, "validate"):
+        return rejection
+    return Record(
+        account=account,
+        caller=caller,
+        receiver=receiver,
+        label_id=event.label_id,
+        label_name=event.label_name,
+        call_reason=event.call_reason,
+        starts_at=event.starts_at,
+        ends_at=event.ends_at,
+        high_priority=high_priority_topic or event.priority == "high",
+    )
+
+
+def _check_reason(reason: str) -> Rejection | None:
+    if not _FORBIDDEN.isdisjoint(reason):
+        found = "".join(sorted(_FORBIDDEN.intersection(reason)))
+        return _reject(
+            "call_reason_characters",
+            "call_reason",
+            f"call_reason must not contain {found}",
+            "validate",
+        )
+    for edge in (reason[0], reason[-1]):
+        if edge in _EDGES or edge.isspace():
+            return _reject(
+                "call_reason_edges",
+                "call_reason",
+                "call_reason must not start or end with . , - or white space",
+                "validate",
+            )
+    return None
+
+
+def _bad_phone(field: str) -> Rejection:
+    return _reject(
+        "invalid_phone",
+        field,
+        f"{field} must be 8-15 digits with country code once + space - ( ) . are stripped",
+        "validate",
+    )
+
+
+_LENGTH_CODES = {
+    "label_name": "label_name_length",
+    "call_reason": "call_reason_length",
+    "caller": "invalid_phone",
+    "receiver": "invalid_phone",
+}
+
+
+def _from_validation_error(text: str) -> Rejection:
+    """Give msgspec's schema error its stable code; the text says what and where."""
+    if text.startswith("Object missing required field"):
+        field = text.split("`")[1]
+        return _reject("missing_field", field, f"{field} is required", "decode")
+    at = _AT_PATH.search(text)
+    if at is None:
+        return _reject("not_an_object", None, "the value must be a JSON object", "decode")
+    field, what = at[1], text[: at.start()]
+    if ", got `" in what or "out of range" in what:
+        return _reject("wrong_type", field, f"{field}: {what}", "decode")
+    if "of length" in what:
+        code = _LENGTH_CODES[field]
+    elif "matching regex" in what:
+        code = "invalid_uuid"
+        what = "Expected a UUID"
+    elif "Invalid enum value" in what:
+        code = "invalid_priority"
+    else:
+        code = "wrong_type"
+    return _reject(code, field, f"{field}: {what}", "validate")
+
+
+def _from_decode_error(value: bytes, text: str) -> Rejection:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _reject("not_utf8", None, f"not UTF-8: {exc.reason} at byte {exc.start}", "decode")
+    return _reject("not_json", None, f"not JSON: {text}", "decode")
+
+
+def _reject(code: str, field: str | None, message: str, stage: Stage) -> Rejection:
+    return Rejection(code=code, field=field, message=message, stage=stage)
