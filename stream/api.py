@@ -1,0 +1,138 @@
+"""The Dynamic Call Records API over HTTP (SPEC §2): paths, headers, statuses, ``Retry-After``.
+
+One ``aiohttp.ClientSession`` per process, made inside the running loop by :func:`make_session`,
+with explicit timeouts and TLS verification on (an optional CA bundle for private CAs). A request
+never raises for an HTTP status or a transport failure: both come back as a :class:`Response` whose
+:attr:`Response.kind` tells the delivery engine what to do.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import aiohttp
+import msgspec
+
+from stream.errors import AuthError
+from stream.tokens import TokenSource
+
+__all__ = ["ApiClient", "Response", "make_session", "parse_retry_after"]
+
+Kind = Literal["ok", "auth", "reject", "retry"]
+
+_ACCEPT = "application/vnd.api+json; version=1.0"
+_REJECT = frozenset({400, 413, 422})
+_RETRY = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What one request came to. ``status`` is 0 when no HTTP answer arrived (see ``error``)."""
+
+    status: int
+    body: bytes = b""
+    retry_after_s: float | None = None
+    batch_id: str | None = None
+    error: str | None = None
+
+    @property
+    def kind(self) -> Kind:
+        """``ok`` (2xx), ``auth`` (401/403), ``reject`` (400/413/422: bisect) or ``retry``.
+
+        Everything else is retried: 429, 408, 425, 5xx and transport failures as SPEC §4.3 says,
+        and also other 4xx (404, 405, …), which mean a misconfiguration rather than a bad record,
+        so dead-lettering would turn an operator's typo into data loss.
+        """
+        if 200 <= self.status < 300:
+            return "ok"
+        if self.status in (401, 403):
+            return "auth"
+        if self.status in _REJECT:
+            return "reject"
+        return "retry"
+
+
+class _BatchId(msgspec.Struct):
+    batch_id: str | None = None
+
+
+_batch_id = msgspec.json.Decoder(_BatchId)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def make_session(
+    *, timeout_s: float, connect_timeout_s: float = 10.0, ca_bundle: str | None = None
+) -> aiohttp.ClientSession:
+    """The process's one session; call it inside the running loop."""
+    context = ssl.create_default_context(cafile=ca_bundle)
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s),
+        connector=aiohttp.TCPConnector(ssl=context, limit=256),
+        raise_for_status=False,
+    )
+
+
+class ApiClient:
+    """POSTs batch bodies for an account to the v1 or v2 endpoint."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        version: Literal["v1", "v2"],
+        tokens: TokenSource,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._prefix = "/v2" if version == "v2" else ""
+        self.tokens = tokens
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={self._base!r}, prefix={self._prefix!r})"
+
+    def url(self, account: str) -> str:
+        return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_records"
+
+    async def post_batch(self, account: str, body: bytes) -> tuple[Response, str | None]:
+        """Send one body; return the response and the token used (to invalidate it on 401)."""
+        try:
+            token = await self.tokens.get(account)
+        except AuthError as exc:
+            return Response(status=0, error=str(exc)), None
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": _ACCEPT,
+        }
+        try:
+            async with self._session.post(self.url(account), data=body, headers=headers) as r:
+                payload = await r.read()
+                retry_after = parse_retry_after(r.headers.get("Retry-After"))
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Response(status=0, error=f"{type(exc).__name__}: {exc}"), token
+        batch_id = None
+        if 200 <= status < 300 and payload:
+            try:
+                batch_id = _batch_id.decode(payload).batch_id
+            except msgspec.DecodeError:
+                batch_id = None  # v1 answers without a body we need
+        return Response(status, payload, retry_after, batch_id), token

@@ -1,0 +1,117 @@
+"""Batches of records per (client account, priority), flushed by count, age or size (SPEC §4.1).
+
+The batcher is a plain data structure: it never sleeps and never sends. Its owner
+(``stream.delivery``) asks it for full batches as records arrive and for the batches whose oldest
+record has waited ``linger_s`` whenever the timer it arms from :meth:`Batcher.next_deadline` fires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from stream.events import Record
+
+__all__ = ["Batch", "Batcher", "Pending", "record_size"]
+
+S = TypeVar("S")
+
+_RECORD_OVERHEAD = 160
+"""Bytes a wire record adds beyond its variable strings: keys, quotes, two 13-digit timestamps."""
+
+
+def record_size(record: Record) -> int:
+    """An upper bound of the record's bytes in a request body, without encoding it."""
+    return (
+        _RECORD_OVERHEAD
+        + len(record.caller)
+        + len(record.receiver)
+        + len(record.label_id)
+        # Non-ASCII characters take up to 4 bytes in UTF-8 (msgspec does not escape them).
+        + 4 * len(record.label_name or "")
+        + 4 * len(record.call_reason or "")
+    )
+
+
+@dataclass(slots=True)
+class Pending(Generic[S]):
+    """A record on its way to the API, with the caller's handle on where it came from."""
+
+    record: Record
+    source: S
+    """Opaque to delivery: the pipeline keeps the Kafka message here (DLQ, offsets)."""
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.size:
+            self.size = record_size(self.record)
+
+
+@dataclass(slots=True)
+class Batch(Generic[S]):
+    """Records for one account and one priority; one request (or, bisected, several)."""
+
+    account: str
+    high_priority: bool
+    items: list[Pending[S]] = field(default_factory=list)
+    size: int = 0
+    opened_at: float = 0.0
+    """The batcher's clock when the oldest record arrived."""
+    attempt: int = 0
+    """Transient failures so far; drives the backoff."""
+    auth_403: bool = False
+    """A 403 was already answered with a fresh token once (SPEC §4.4: a 403 is retried once)."""
+
+
+class Batcher(Generic[S]):
+    """Open batches keyed by (account, high priority); at most one open batch per key."""
+
+    def __init__(self, *, max_records: int, linger_s: float, max_bytes: int) -> None:
+        if not 1 <= max_records <= 500:
+            raise ValueError("max_records must be 1..500 (the API's limit)")
+        self._max_records = max_records
+        self._linger_s = linger_s
+        self._max_bytes = max_bytes
+        self._open: dict[tuple[str, bool], Batch[S]] = {}
+
+    def __len__(self) -> int:
+        """Records held in open batches."""
+        return sum(len(b.items) for b in self._open.values())
+
+    def add(self, item: Pending[S], now: float) -> Batch[S] | None:
+        """Add one record; return a batch that is now complete (by count or by bytes), if any.
+
+        A record that would push its batch past ``max_bytes`` closes that batch and opens the next.
+        """
+        key = (item.record.account, item.record.high_priority)
+        batch = self._open.get(key)
+        closed = None
+        if batch is not None and batch.size + item.size > self._max_bytes:
+            closed = self._open.pop(key)
+            batch = None
+        if batch is None:
+            batch = self._open[key] = Batch(key[0], key[1], opened_at=now)
+        batch.items.append(item)
+        batch.size += item.size
+        if len(batch.items) >= self._max_records:
+            # ``closed`` is None here: a batch left open holds fewer than max_records >= 2 records,
+            # so the one just opened beside a closed one cannot be full yet.
+            return self._open.pop(key)
+        return closed
+
+    def due(self, now: float) -> list[Batch[S]]:
+        """Remove and return the batches whose oldest record has waited ``linger_s``."""
+        keys = [k for k, b in self._open.items() if now - b.opened_at >= self._linger_s]
+        return [self._open.pop(k) for k in keys]
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open batch becomes due; None when nothing is open."""
+        if not self._open:
+            return None
+        return min(b.opened_at for b in self._open.values()) + self._linger_s
+
+    def drain(self) -> list[Batch[S]]:
+        """Remove and return every open batch (shutdown, revoke)."""
+        batches = list(self._open.values())
+        self._open.clear()
+        return batches

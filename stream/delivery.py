@@ -1,0 +1,305 @@
+"""The delivery engine: batches → requests under the quota, retried, bisected, reported (SPEC §4).
+
+Records enter with :meth:`Delivery.submit` and leave through the caller's :class:`Outcomes`: each
+one exactly once, as ``delivered`` (in the batch the API accepted) or ``dead_letter`` (expired at
+send time, or refused on its own by the API). Transient failures never leave: they are retried
+with capped, fully jittered exponential backoff for as long as it takes (SPEC §4.3); the caller
+applies backpressure meanwhile.
+
+Per account there is one lane: two queues (high priority first) and one dispatcher task that takes
+a slot from the account's limiter and only then picks the batch, so a high-priority batch that
+arrives while normal ones wait gets the very next slot (SPEC §4.2). Retries and bisected halves go
+back to the front of their queue and take slots like any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from aiolimiter import AsyncLimiter
+
+from stream.api import ApiClient, Response
+from stream.batching import Batch, Batcher, Pending
+from stream.events import encode_batch
+from stream.validation import Rejection, check_expiry
+
+__all__ = ["Backoff", "Delivery", "Outcomes"]
+
+S = TypeVar("S")
+_log = logging.getLogger("stream.delivery")
+
+_HTTP_BODY_LIMIT = 1024
+"""Bytes of an API error body kept with a rejection (and so in the DLQ header)."""
+
+
+class Outcomes(Protocol[S]):
+    """Where records leave the engine; ``dead_letter`` returns once Kafka acknowledged the write."""
+
+    def delivered(self, batch: Batch[S], response: Response) -> None: ...
+
+    async def dead_letter(
+        self, item: Pending[S], rejection: Rejection, status: int | None, body: bytes | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Capped exponential backoff with full jitter, never shorter than a ``Retry-After``."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        jittered = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return max(jittered, retry_after_s or 0.0)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters the metrics read; plain ints keep the hot path free of registry calls."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    """429 answers."""
+    bisections: int = 0
+
+
+class _Lane(Generic[S]):
+    """One account's queues, limiter and dispatcher."""
+
+    def __init__(self, rps: float) -> None:
+        # A bucket of one: requests are spaced 1/rps apart, so no rolling second ever holds more
+        # than rps of them (a bucket of rps would allow a burst of rps and then rps more).
+        self.limiter = AsyncLimiter(1, time_period=1.0 / rps)
+        self.high: deque[Batch[S]] = deque()
+        self.normal: deque[Batch[S]] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def put(self, batch: Batch[S], *, front: bool = False) -> None:
+        queue = self.high if batch.high_priority else self.normal
+        if front:
+            queue.appendleft(batch)
+        else:
+            queue.append(batch)
+        self.ready.set()
+
+
+class Delivery(Generic[S]):
+    """Batches records, sends them under a per-account quota, retries, bisects, reports."""
+
+    def __init__(
+        self,
+        *,
+        client: ApiClient,
+        outcomes: Outcomes[S],
+        version: Literal["v1", "v2"],
+        max_records: int = 500,
+        linger_s: float = 1.0,
+        max_bytes: int = 1_000_000,
+        rate_limit_rps: float = 10.0,
+        backoff: Backoff | None = None,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._outcomes = outcomes
+        self._version = version
+        self._batcher: Batcher[S] = Batcher(
+            max_records=max_records, linger_s=linger_s, max_bytes=max_bytes
+        )
+        self._rps = rate_limit_rps
+        self._backoff = backoff or Backoff()
+        self._wall_ms = wall_ms
+        self._rng = rng or random.Random()
+        self._lanes: dict[str, _Lane[S]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._active = 0
+        """Batches handed to lanes and not yet resolved (queued, sending or backing off)."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._timer: asyncio.Task[None] | None = None
+        self.stats = Stats()
+
+    # -- intake -----------------------------------------------------------------------------
+
+    def submit(self, item: Pending[S]) -> None:
+        """Add a record; it is sent when its batch is full, old enough or large enough."""
+        loop = asyncio.get_running_loop()
+        if self._timer is None:
+            self._timer = loop.create_task(self._linger())
+        was_empty = self._batcher.next_deadline() is None
+        full = self._batcher.add(item, loop.time())
+        if full is not None:
+            self._dispatch(full)
+        if was_empty:
+            self._wake.set()
+
+    @property
+    def open_records(self) -> int:
+        """Records still waiting in open batches."""
+        return len(self._batcher)
+
+    def flush_open(self) -> None:
+        """Send every open batch now, however young (revoke, shutdown)."""
+        for batch in self._batcher.drain():
+            self._dispatch(batch)
+
+    async def wait_idle(self) -> None:
+        """Return once every dispatched batch is resolved (open batches are not waited for)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop every task; unresolved records stay unresolved (their offsets are not committed)."""
+        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
+        tasks += [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- lanes -------------------------------------------------------------------------------
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            deadline = self._batcher.next_deadline()
+            if deadline is None:
+                await self._wake.wait()
+                continue
+            if deadline > loop.time():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+                continue
+            for batch in self._batcher.due(loop.time()):
+                self._dispatch(batch)
+
+    def _dispatch(self, batch: Batch[S]) -> None:
+        self._active += 1
+        self._idle.clear()
+        self._lane(batch.account).put(batch)
+
+    def _lane(self, account: str) -> _Lane[S]:
+        lane = self._lanes.get(account)
+        if lane is None:
+            lane = self._lanes[account] = _Lane(self._rps)
+            lane.task = asyncio.get_running_loop().create_task(self._run_lane(lane))
+        return lane
+
+    async def _run_lane(self, lane: _Lane[S]) -> None:
+        while True:
+            while not (lane.high or lane.normal):
+                lane.ready.clear()
+                await lane.ready.wait()
+            await lane.limiter.acquire()
+            batch = lane.high.popleft() if lane.high else lane.normal.popleft()
+            self._spawn(self._send(lane, batch))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resolved(self, batches: int = 1) -> None:
+        self._active -= batches
+        if self._active == 0:
+            self._idle.set()
+
+    # -- one request -------------------------------------------------------------------------
+
+    async def _send(self, lane: _Lane[S], batch: Batch[S]) -> None:
+        try:
+            await self._try_send(lane, batch)
+        except Exception as exc:  # a bug must not strand a batch: its offsets would never commit
+            _log.exception("sending a batch for account %s failed", batch.account)
+            self._retry_later(lane, batch, Response(status=0, error=type(exc).__name__))
+
+    async def _try_send(self, lane: _Lane[S], batch: Batch[S]) -> None:
+        live = await self._drop_expired(batch)
+        if not live:
+            self._resolved()
+            return
+        batch.items = live
+        body = encode_batch([p.record for p in live], self._version)
+        self.stats.requests += 1
+        response, token = await self._client.post_batch(batch.account, body)
+        kind = response.kind
+        if kind == "ok":
+            self._outcomes.delivered(batch, response)
+            self._resolved()
+        elif kind == "reject":
+            await self._reject(lane, batch, response)
+        elif (
+            kind == "auth" and token is not None and not (batch.auth_403 and response.status == 403)
+        ):
+            batch.auth_403 = response.status == 403
+            self._client.tokens.invalidate(batch.account, token)
+            lane.put(batch, front=True)
+        else:
+            self._retry_later(lane, batch, response)
+
+    async def _drop_expired(self, batch: Batch[S]) -> list[Pending[S]]:
+        """Dead-letter the records whose window closed while they waited (SPEC §3: checked again
+        just before sending); return the rest."""
+        now_ms = self._wall_ms()
+        live = []
+        for item in batch.items:
+            rejection = check_expiry(item.record.ends_at, now_ms, "expired")
+            if rejection is None:
+                live.append(item)
+            else:
+                await self._outcomes.dead_letter(item, rejection, None, None)
+        return live
+
+    async def _reject(self, lane: _Lane[S], batch: Batch[S], response: Response) -> None:
+        """400/413/422: halve until each refused record stands alone (SPEC §4.5)."""
+        items = batch.items
+        if len(items) == 1:
+            body = response.body[:_HTTP_BODY_LIMIT]
+            rejection = Rejection(
+                code="api_rejected",
+                field=None,
+                message=f"the API answered {response.status} for this record",
+                stage="api",
+            )
+            await self._outcomes.dead_letter(items[0], rejection, response.status, body)
+            self._resolved()
+            return
+        self.stats.bisections += 1
+        middle = len(items) // 2
+        halves = [
+            Batch(batch.account, batch.high_priority, items[middle:], opened_at=batch.opened_at),
+            Batch(batch.account, batch.high_priority, items[:middle], opened_at=batch.opened_at),
+        ]
+        self._active += 1  # one batch became two
+        for half in halves:  # reversed order + front: the first half is sent first
+            lane.put(half, front=True)
+
+    def _retry_later(self, lane: _Lane[S], batch: Batch[S], response: Response) -> None:
+        batch.attempt += 1
+        self.stats.retries += 1
+        if response.status == 429:
+            self.stats.throttled += 1
+        delay = self._backoff.delay(batch.attempt, response.retry_after_s, self._rng)
+        _log.warning(
+            "request for account %s failed (%s); retry %d in %.2f s",
+            batch.account,
+            response.status or response.error,
+            batch.attempt,
+            delay,
+        )
+        self._spawn(self._requeue(lane, batch, delay))
+
+    async def _requeue(self, lane: _Lane[S], batch: Batch[S], delay: float) -> None:
+        await asyncio.sleep(delay)
+        lane.put(batch, front=True)

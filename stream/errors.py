@@ -1,0 +1,45 @@
+"""The exception tree. Every error the package raises on purpose is a ``DcrStreamError``::
+
+    DcrStreamError
+    ├── ConfigError          a setting is missing or invalid (exit status 2)
+    ├── AuthError            no token could be had (minting refused, token file unreadable)
+    └── DeadLetterError      Kafka did not acknowledge a dead-letter write
+
+Rejected events and refused API records are not exceptions: they are ``Rejection`` values.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AuthError", "ConfigError", "DcrStreamError", "DeadLetterError"]
+
+
+class DcrStreamError(Exception):
+    """The root of every error raised on purpose by dcr-stream."""
+
+
+class ConfigError(DcrStreamError):
+    """A setting is missing or invalid; ``variable`` names it as the operator wrote it."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class AuthError(DcrStreamError):
+    """No API token could be obtained for ``account``."""
+
+    def __init__(self, account: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"account {account}: {message}")
+        self.account = account
+        self.status = status
+
+
+class DeadLetterError(DcrStreamError):
+    """A dead-letter write for the record at topic/partition/offset was not acknowledged."""
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        super().__init__(f"dead-letter write for {topic}[{partition}]@{offset} failed: {reason}")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.reason = reason
