@@ -46,6 +46,44 @@ def _demo(args: argparse.Namespace) -> int:
     return run(events=args.events)
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from stream import logs
+    from stream.app import Pipeline
+    from stream.config import load
+    from stream.errors import ConfigError
+
+    try:
+        config = load(os.environ, args.config)
+    except ConfigError as exc:
+        print(f"dcr-stream run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(config.log_level)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await Pipeline(config).run(stop)
+
+    return asyncio.run(main())
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from stream.validate_cmd import run
+
+    return run(
+        args.files,
+        client_account_id=args.client_account_id,
+        allowed_label_ids=args.allowed_label_ids,
+        max_message_bytes=args.max_message_bytes,
+        as_json=args.json,
+    )
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(
         prog="dcr-stream",
@@ -54,6 +92,25 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser.add_argument("--version", action="version", version=f"dcr-stream {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers: dict[str, Handler] = {}
+
+    run = commands.add_parser(
+        "run",
+        help="run the service: Kafka → validate → batch → API, commit after success",
+        description=(
+            "Consume call-intent events, validate them, send them in batches to the Dynamic Call "
+            "Records API under the quota, dead-letter what cannot be delivered, and commit offsets "
+            "only after success. Configured by DCR_* environment variables (see the README) over "
+            "an optional TOML file. SIGTERM or Ctrl-C drains and exits."
+        ),
+        epilog=(
+            "examples:\n"
+            "  DCR_API_BASE_URL=http://127.0.0.1:8081 DCR_API_TOKEN=t dcr-stream run\n"
+            "  dcr-stream run --config dcr-stream.toml"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML file; the environment overrides it")
+    handlers["run"] = _run
 
     kafka = commands.add_parser(
         "kafka",
@@ -82,6 +139,46 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         "--events", type=int, default=10_000, help="events to produce (default: 10000)"
     )
     handlers["demo"] = _demo
+
+    validate = commands.add_parser(
+        "validate",
+        help="check call-intent events offline: a verdict per JSON line",
+        description=(
+            "Check call-intent events, one JSON object per line, from FILEs or stdin against\n"
+            "every rule the service applies. Prints a verdict per line on stdout,\n"
+            "  SOURCE:LINE: ok\n"
+            "  SOURCE:LINE: CODE FIELD MESSAGE    (FIELD is - when none)\n"
+            "and a count on stderr. Exit status: 0 all valid, 1 some invalid, 2 bad usage or\n"
+            "an unreadable file. Expiry is judged against the clock."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream validate events.jsonl more.jsonl\n"
+            "  dcr-stream validate --allowed-label-ids ACCOUNT:LABEL,ACCOUNT:LABEL events.jsonl\n"
+            '  dcr-stream validate --client-account-id "$ACCOUNT_ID" - < events.jsonl\n'
+            "  kcat -C -b localhost:9092 -t call-intents -e | dcr-stream validate --json\n"
+            "  dcr-stream validate schemas/examples/valid/*.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    validate.add_argument("files", nargs="*", metavar="FILE", help="JSON lines; '-' or none: stdin")
+    validate.add_argument(
+        "--client-account-id",
+        metavar="UUID",
+        help="account of events that name none (default: $DCR_CLIENT_ACCOUNT_ID)",
+    )
+    validate.add_argument(
+        "--allowed-label-ids",
+        metavar="ACCOUNT:LABEL,...",
+        help="label allow-list per account (default: $DCR_ALLOWED_LABEL_IDS)",
+    )
+    validate.add_argument(
+        "--max-message-bytes",
+        metavar="N",
+        help="largest accepted event (default: $DCR_MAX_MESSAGE_BYTES, else 65536)",
+    )
+    validate.add_argument("--json", action="store_true", help="print a JSON object per line")
+    handlers["validate"] = _validate
     return parser, handlers
 
 

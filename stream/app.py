@@ -1,0 +1,285 @@
+"""``dcr-stream run``: the pipeline, top to bottom.
+
+    consume (ConsumerThread) → decode + validate (validation) → batch + send under quota (Delivery)
+    → finished: accepted by the API, or dead-lettered and acknowledged (DeadLetterProducer)
+    → commit the finished prefix of each partition (OffsetTracker)
+
+Everything but the consumer's own thread runs on one asyncio loop, so the pipeline's state needs no
+locks. The counters that the consumer thread reads for backpressure (``finished``) are written here
+only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from confluent_kafka import Message
+
+from stream.api import ApiClient, Response, make_session
+from stream.batching import Batch, Pending
+from stream.config import Config
+from stream.consumer import REVOKE_WAIT_S, ConsumerThread
+from stream.delivery import Backoff, Delivery
+from stream.dlq import DeadLetterProducer
+from stream.errors import DeadLetterError
+from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
+from stream.tokens import MintedTokens, StaticToken, TokenFile, TokenSource
+from stream.validation import Rejection, Rules, validate
+
+__all__ = ["Pipeline"]
+
+_log = logging.getLogger("stream.app")
+
+Source = tuple[Ticket, Message]
+"""What the pipeline keeps with each record: its offset claim and the original message (DLQ)."""
+
+_CLOSE_RESERVE_S = 3.0
+"""Of the shutdown timeout, kept back for the final commit and leaving the group."""
+
+
+class Pipeline:
+    """One ``run`` of the service. Construct, then ``await run(stop)``; returns the exit status."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.config = config
+        self._wall_ms = wall_ms
+        self._rules = Rules(
+            default_account=config.client_account_id,
+            allowed_labels=config.allowed_label_ids,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self._high_topics = config.kafka_high_priority_topics
+        self._backoff = Backoff(
+            base_s=config.retry_base_ms / 1000, cap_s=config.retry_cap_ms / 1000
+        )
+        self._rng = random.Random()
+        self.tracker = OffsetTracker()
+        self.finished = 0
+        """Records delivered or dead-lettered since start; the consumer thread reads it."""
+        self._progress = asyncio.Event()
+        """Set whenever records finish; the bounded waits for draining listen to it."""
+        self.delivered_records = 0
+        self.dead_lettered: dict[tuple[str, str], int] = {}
+        """(stage, code) → records dead-lettered."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._delivery: Delivery[Source] | None = None
+        self._dlq: DeadLetterProducer | None = None
+        self._consumer: ConsumerThread | None = None
+        self.assigned = asyncio.Event()
+        """Set once the group gave us partitions (readiness)."""
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        session = make_session(timeout_s=config.api_timeout_s, ca_bundle=config.api_ca_bundle)
+        self._dlq = DeadLetterProducer(config.client_config(), config.dlq_topic)
+        self._delivery = Delivery(
+            client=ApiClient(
+                session,
+                base_url=config.api_base_url,
+                version=config.api_version,
+                tokens=self._tokens(session),
+            ),
+            outcomes=self,
+            version=config.api_version,
+            max_records=config.batch_max_records,
+            linger_s=config.batch_linger_ms / 1000,
+            max_bytes=config.batch_max_bytes,
+            rate_limit_rps=config.rate_limit_rps,
+            backoff=self._backoff,
+            wall_ms=self._wall_ms,
+            rng=self._rng,
+        )
+        self._consumer = ConsumerThread(
+            config.consumer_config(),
+            config.kafka_topics,
+            loop=loop,
+            on_messages=self._on_messages,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self.tracker.forget,
+            finished=lambda: self.finished,
+            max_buffered=config.max_buffered_records,
+        )
+        _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
+        self._consumer.start()
+        committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
+        consumer_done = asyncio.wrap_future(self._consumer.done)
+        stopped = loop.create_task(stop.wait())
+        try:
+            waits: list[asyncio.Future[Any]] = [stopped, consumer_done]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if consumer_done.done():
+                consumer_done.result()  # re-raise the consumer thread's failure here
+            committer.cancel()
+            return await self._shutdown()
+        finally:
+            for task in (committer, stopped, *self._tasks):
+                task.cancel()
+            await self._delivery.close()
+            await session.close()
+            self._dlq.close()
+
+    async def _shutdown(self) -> int:
+        """SIGTERM/SIGINT (SPEC §5), in order:
+
+        1. stop fetching: pause every partition (polling goes on, the group keeps us);
+        2. send every open batch now;
+        3. wait, up to the shutdown timeout less a reserve, until every record is finished;
+        4. commit the finished prefix of every partition;
+        5. close the consumer, which leaves the group (its revoke commits nothing new).
+
+        Returns 0 when everything consumed was finished and committed, 1 otherwise.
+        """
+        assert self._consumer is not None
+        assert self._delivery is not None
+        loop = asyncio.get_running_loop()
+        _log.info("shutting down: draining")
+        deadline = loop.time() + max(0.0, self.config.shutdown_timeout_s - _CLOSE_RESERVE_S)
+        await self._consumer.stop_fetching()
+        self._delivery.flush_open()
+        drained = await self._wait_finished(None, deadline)
+        await self._commit()
+        await self._consumer.close()
+        left = self.tracker.unfinished()
+        if drained:
+            _log.info("shut down cleanly: every consumed record was finished and committed")
+            return 0
+        _log.error("shut down with %d records unfinished; they will be consumed again", left)
+        return 1
+
+    def _tokens(self, session: Any) -> TokenSource:
+        config = self.config
+        if config.api_token is not None:
+            return StaticToken(config.api_token)
+        if config.api_token_file is not None:
+            return TokenFile(config.api_token_file)
+        assert config.api_key_id is not None
+        assert config.api_key is not None
+        return MintedTokens(
+            session, base_url=config.api_base_url, key_id=config.api_key_id, api_key=config.api_key
+        )
+
+    # -- consume → validate → submit ----------------------------------------------------------
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        assert self._delivery is not None
+        now_ms = self._wall_ms()
+        receive, submit = self.tracker.receive, self._delivery.submit
+        for message in messages:
+            topic = message.topic()
+            assert topic is not None
+            ticket = receive(topic, message.partition() or 0, message.offset() or 0)
+            if ticket is None:  # revoked since it was fetched: the new owner reads it again
+                self.finished += 1
+                continue
+            result = validate(
+                message.value(),
+                rules=self._rules,
+                now_ms=now_ms,
+                high_priority_topic=topic in self._high_topics,
+            )
+            if isinstance(result, Rejection):
+                self._spawn(self._dead_letter((ticket, message), result, None, None))
+            else:
+                submit(Pending(result, (ticket, message)))
+
+    def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
+        self.tracker.assign(tps)
+        self.assigned.set()
+
+    async def _on_revoke(self, tps: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Give up partitions: send what is open, wait (bounded) for their records, hand back
+        their final positions for the consumer thread to commit, and forget them."""
+        assert self._delivery is not None
+        self._delivery.flush_open()
+        deadline = asyncio.get_running_loop().time() + REVOKE_WAIT_S
+        await self._wait_finished(tps, deadline)
+        positions = self.tracker.to_commit(tps)
+        self.tracker.forget(tps)
+        return positions
+
+    async def _wait_finished(self, tps: list[TopicPartitionKey] | None, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while self.tracker.unfinished(tps) and loop.time() < deadline:
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), deadline - loop.time())
+        return self.tracker.unfinished(tps) == 0
+
+    # -- outcomes (called by Delivery) -----------------------------------------------------------
+
+    def delivered(self, batch: Batch[Source], response: Response) -> None:
+        finish = self.tracker.finish
+        for item in batch.items:
+            finish(item.source[0])
+        self.finished += len(batch.items)
+        self.delivered_records += len(batch.items)
+        self._progress.set()
+
+    async def dead_letter(
+        self,
+        item: Pending[Source],
+        rejection: Rejection,
+        status: int | None,
+        body: bytes | None,
+    ) -> None:
+        await self._dead_letter(item.source, rejection, status, body)
+
+    async def _dead_letter(
+        self, source: Source, rejection: Rejection, status: int | None, body: bytes | None
+    ) -> None:
+        """Write to the DLQ until Kafka acknowledges it; only then is the record finished. While it
+        fails, the partition's position cannot pass this record (SPEC §4.6)."""
+        assert self._dlq is not None
+        ticket, message = source
+        attempt = 0
+        while True:
+            try:
+                await self._dlq.send(message, rejection, http_status=status, http_body=body)
+                break
+            except DeadLetterError as exc:
+                attempt += 1
+                delay = self._backoff.delay(attempt, None, self._rng)
+                _log.error("%s; retry %d in %.1f s", exc, attempt, delay)
+                await asyncio.sleep(delay)
+        self.tracker.finish(ticket)
+        self.finished += 1
+        self._progress.set()
+        key = (rejection.stage, rejection.code)
+        self.dead_lettered[key] = self.dead_lettered.get(key, 0) + 1
+
+    # -- commits -------------------------------------------------------------------------------
+
+    async def _commit_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._commit()
+            except Exception:  # the next round tries again; the positions are still there
+                _log.exception("periodic commit failed")
+
+    async def _commit(self) -> None:
+        """Commit every partition whose finished prefix moved since its last commit."""
+        assert self._consumer is not None
+        positions = self.tracker.to_commit()
+        if positions:
+            self.tracker.committed(await self._consumer.commit(positions))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,320 @@
+"""Configuration (SPEC §7): ``DCR_*`` variables over an optional TOML file, validated once.
+
+Each setting is one row of ``SETTINGS``: its variable, its parser, its default and its meaning. The
+README's configuration table is that list (a test keeps them equal). A TOML file uses the same names
+in lower case without the prefix (``api_base_url = "…"``); the environment wins over the file.
+A bad value raises ``ConfigError`` naming the variable; the command line turns it into exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from stream.errors import ConfigError
+from stream.events import UUID_PATTERN
+from stream.tokens import Secret
+
+__all__ = ["SETTINGS", "Config", "Setting", "load"]
+
+_UUID = re.compile(UUID_PATTERN)
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting, parsed; secrets are ``Secret`` so a repr or a log line never shows them."""
+
+    kafka_bootstrap_servers: str
+    kafka_topics: tuple[str, ...]
+    kafka_group_id: str
+    kafka_high_priority_topics: frozenset[str]
+    kafka_config: dict[str, str]
+    kafka_secret_config: dict[str, Secret]
+    dlq_topic: str
+    receipts_topic: str | None
+    api_base_url: str
+    api_version: Literal["v1", "v2"]
+    api_token: Secret | None
+    api_token_file: str | None
+    api_key_id: str | None
+    api_key: Secret | None
+    api_ca_bundle: str | None
+    api_timeout_s: float
+    client_account_id: str | None
+    allowed_label_ids: dict[str, frozenset[str]]
+    rate_limit_rps: float
+    batch_max_records: int
+    batch_linger_ms: int
+    batch_max_bytes: int
+    max_message_bytes: int
+    max_buffered_records: int
+    retry_base_ms: int
+    retry_cap_ms: int
+    commit_interval_ms: int
+    http_port: int
+    shutdown_timeout_s: float
+    log_level: str
+
+    def consumer_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka properties: ours, then the pass-through (which may override any of them)."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "group.id": self.kafka_group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            **self.kafka_config,
+            **{k: v.reveal() for k, v in self.kafka_secret_config.items()},
+        }
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """Properties for producers and admin clients: the connection part of the pass-through."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            **{k: v for k, v in self.kafka_config.items() if not _consumer_only(k)},
+            **{k: v.reveal() for k, v in self.kafka_secret_config.items()},
+        }
+
+
+def _consumer_only(prop: str) -> bool:
+    return prop.startswith(
+        ("group.", "partition.assignment", "session.", "heartbeat.")
+    ) or prop in {
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "max.poll.interval.ms",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "isolation.level",
+        "enable.auto.offset.store",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One row of the configuration table."""
+
+    field: str
+    parse: Callable[[str], Any]
+    default: str | None
+    """As the operator would write it; None means no default (unset)."""
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return f"DCR_{self.field.upper()}"
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _list(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise ValueError("must name at least one")
+    return items
+
+
+def _uuid(value: str) -> str:
+    if not _UUID.match(value.strip()):
+        raise ValueError(f"{value!r} is not a UUID")
+    return value.strip().lower()
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"{number} is outside {low}..{high if high is not None else '∞'}")
+        return number
+
+    return parse
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{value} must be a positive number")
+    return number
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip() not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return value.strip()
+
+    return parse
+
+
+def _json_object(value: str) -> dict[str, str]:
+    data = json.loads(value)
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object of librdkafka properties")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.items()}
+
+
+def _secret_object(value: str) -> dict[str, Secret]:
+    return {k: Secret(v) for k, v in _json_object(value).items()}
+
+
+def _labels(value: str) -> dict[str, frozenset[str]]:
+    """``account:label,account:label`` → the allow-list per account."""
+    allowed: dict[str, set[str]] = {}
+    if not value.strip():
+        return {}
+    for entry in _list(value):
+        account, sep, label = entry.partition(":")
+        if not sep:
+            raise ValueError(f"{entry!r} is not ACCOUNT_ID:LABEL_ID")
+        allowed.setdefault(_uuid(account), set()).add(_uuid(label))
+    return {account: frozenset(labels) for account, labels in allowed.items()}
+
+
+def _url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value.strip()):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.strip().rstrip("/")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("kafka_bootstrap_servers", _text, "localhost:9092", "Kafka bootstrap servers"),
+    Setting("kafka_topics", _list, "call-intents", "input topics, comma-separated"),
+    Setting("kafka_group_id", _text, "dcr-stream", "consumer group id"),
+    Setting(
+        "kafka_high_priority_topics",
+        lambda v: frozenset(_list(v)) if v.strip() else frozenset(),
+        "",
+        "input topics whose every event is high priority (SPEC §4.2)",
+    ),
+    Setting(
+        "kafka_config",
+        _json_object,
+        "{}",
+        'librdkafka pass-through, a JSON object, e.g. `{"security.protocol":"SASL_SSL"}`',
+    ),
+    Setting(
+        "kafka_secret_config",
+        _secret_object,
+        "{}",
+        'secret librdkafka properties, e.g. `{"sasl.password":"…"}`; never logged',
+    ),
+    Setting("dlq_topic", _text, None, "dead-letter topic; default `<first input topic>.dlq`"),
+    Setting("receipts_topic", _text, None, "delivery receipts topic; unset: no receipts"),
+    Setting("api_base_url", _url, None, "**required**: the API's base URL"),
+    Setting("api_version", _choice("v1", "v2"), "v1", "`v1` or `v2` endpoint and body"),
+    Setting("api_token", lambda v: Secret(_text(v)), None, "a static bearer token"),
+    Setting("api_token_file", _text, None, "a file holding the token, re-read when it changes"),
+    Setting("api_key_id", _text, None, "key id for minting tokens (with `DCR_API_KEY`)"),
+    Setting("api_key", lambda v: Secret(_text(v)), None, "API key for minting tokens"),
+    Setting("api_ca_bundle", _text, None, "PEM file of CAs to trust for the API (TLS stays on)"),
+    Setting("api_timeout_s", _positive, "30", "total timeout of one API request"),
+    Setting("client_account_id", _uuid, None, "account of events that carry none"),
+    Setting(
+        "allowed_label_ids", _labels, "", "allow-list, `ACCOUNT:LABEL,…`; unlisted accounts: any"
+    ),
+    Setting("rate_limit_rps", _positive, "10", "requests per second per account, retries included"),
+    Setting("batch_max_records", _int(1, 500), "500", "records per request (the API allows 500)"),
+    Setting("batch_linger_ms", _int(0), "1000", "longest wait of a record for its batch to fill"),
+    Setting("batch_max_bytes", _int(1024), "1000000", "cap on a request body's bytes"),
+    Setting("max_message_bytes", _int(1), "65536", "larger Kafka values are dead-lettered"),
+    Setting(
+        "max_buffered_records",
+        _int(1),
+        "20000",
+        "records consumed but not yet done; above it partitions pause, below half they resume",
+    ),
+    Setting("retry_base_ms", _int(1), "500", "first retry delay bound (doubles, full jitter)"),
+    Setting(
+        "retry_cap_ms", _int(1), "30000", "longest retry delay (a `Retry-After` may be longer)"
+    ),
+    Setting("commit_interval_ms", _int(10), "1000", "how often completed offsets are committed"),
+    Setting("http_port", _int(0, 65535), "8080", "port of /metrics, /healthz, /readyz"),
+    Setting(
+        "shutdown_timeout_s", _positive, "25", "drain bound on SIGTERM (below the pod's grace)"
+    ),
+    Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
+)
+
+
+def load(env: Mapping[str, str], toml_path: str | None = None) -> Config:
+    """Parse and check every setting; the first problem raises ``ConfigError``."""
+    raw: dict[str, str] = {}
+    if toml_path is not None:
+        raw = _from_toml(toml_path)
+    for setting in SETTINGS:
+        if setting.env in env:
+            raw[setting.field] = env[setting.env]
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        text = raw.get(setting.field, setting.default)
+        if text is None or (text == "" and setting.default is None):
+            values[setting.field] = None
+            continue
+        try:
+            values[setting.field] = setting.parse(text)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(setting.env, str(exc)) from None
+    if values["api_base_url"] is None:
+        raise ConfigError("DCR_API_BASE_URL", "is required (the API's base URL)")
+    _check_auth(values)
+    values["dlq_topic"] = values["dlq_topic"] or f"{values['kafka_topics'][0]}.dlq"
+    if values["dlq_topic"] in values["kafka_topics"]:
+        raise ConfigError("DCR_DLQ_TOPIC", "must not be one of the input topics")
+    if values["retry_cap_ms"] < values["retry_base_ms"]:
+        raise ConfigError("DCR_RETRY_CAP_MS", "must not be below DCR_RETRY_BASE_MS")
+    return Config(**values)
+
+
+def _check_auth(values: dict[str, Any]) -> None:
+    modes = [
+        name
+        for name, present in (
+            ("DCR_API_TOKEN", values["api_token"] is not None),
+            ("DCR_API_TOKEN_FILE", values["api_token_file"] is not None),
+            ("DCR_API_KEY_ID", values["api_key_id"] is not None or values["api_key"] is not None),
+        )
+        if present
+    ]
+    if not modes:
+        raise ConfigError(
+            "DCR_API_TOKEN", "set DCR_API_TOKEN, DCR_API_TOKEN_FILE or DCR_API_KEY_ID + DCR_API_KEY"
+        )
+    if len(modes) > 1:
+        raise ConfigError(modes[1], f"conflicts with {modes[0]}: choose one way to authenticate")
+    if (values["api_key_id"] is None) != (values["api_key"] is None):
+        missing = "DCR_API_KEY" if values["api_key"] is None else "DCR_API_KEY_ID"
+        raise ConfigError(missing, "DCR_API_KEY_ID and DCR_API_KEY go together")
+
+
+def _from_toml(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("--config", f"{path}: {exc}") from None
+    known = {s.field for s in SETTINGS}
+    raw: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError("--config", f"{path}: unknown setting {key!r}")
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        raw[key] = str(value)
+    return raw

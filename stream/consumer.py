@@ -1,0 +1,266 @@
+"""The Kafka consumer, owned by one thread (SPEC §5).
+
+confluent-kafka's consumer is a blocking client; rather than share it between threads we give it
+one owner. The thread polls in short slices (``consume(500, 0.1)``), hands each slice to the asyncio
+loop in arrival order (``call_soon_threadsafe``), and between slices runs the commands the loop
+sends it (commit, stop fetching). Rebalance callbacks run on this thread inside ``consume``; a
+revoke asks the loop for the partitions' final positions (bounded) and commits them before the
+partitions go.
+
+Backpressure lives here too, since only this thread may pause: when the records consumed and not yet
+finished reach ``max_buffered`` it pauses every assigned partition, keeps polling (so
+``max.poll.interval.ms`` never expires and the group keeps us), and resumes below half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from stream.offsets import TopicPartitionKey
+
+__all__ = ["ConsumerThread"]
+
+T = TypeVar("T")
+_log = logging.getLogger("stream.consumer")
+
+CONSUME_BATCH = 500
+"""Messages per consume call: a full API batch, and far below what the loop handles per slice."""
+
+POLL_TIMEOUT_S = 0.1
+"""Slice length: commands wait at most this long. Polls every 0.1 s keep us far inside
+``max.poll.interval.ms`` (default 300 s) even while paused or draining."""
+
+REVOKE_WAIT_S = 10.0
+"""How long a revoke waits for the revoked partitions' records to finish before committing what is
+done. Must stay well below ``max.poll.interval.ms`` and the pod's termination grace (30 s)."""
+
+
+class ConsumerThread:
+    """Owns the ``Consumer``; talks to the asyncio side only through the callables it is given."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: Sequence[str],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_messages: Callable[[list[Message]], None],
+        on_assign: Callable[[list[TopicPartitionKey]], None],
+        on_revoke: Callable[[list[TopicPartitionKey]], Awaitable[dict[TopicPartitionKey, int]]],
+        on_lost: Callable[[list[TopicPartitionKey]], None],
+        finished: Callable[[], int],
+        max_buffered: int,
+    ) -> None:
+        self._consumer = Consumer(config)
+        self._topics = list(topics)
+        self._loop = loop
+        self._on_messages = on_messages
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self._finished = finished
+        self._max_buffered = max_buffered
+        self._commands: queue.SimpleQueue[
+            tuple[Callable[[], Any], concurrent.futures.Future[Any]]
+        ] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._draining = False
+        self._paused: set[TopicPartitionKey] = set()
+        self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        """Resolves when the thread has closed the consumer (or failed)."""
+        self.consumed = 0
+        """Records handed to the loop since start; written by this thread only."""
+        self.last_poll = time.monotonic()
+        """When ``consume`` last returned: the liveness signal."""
+        self.assignment: set[TopicPartitionKey] = set()
+        self.rebalances = 0
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._paused)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # -- called from the loop ---------------------------------------------------------------
+
+    async def commit(self, positions: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+        """Commit on the consumer's thread; return the positions Kafka accepted."""
+        return await self._call(lambda: self._commit(positions))
+
+    async def stop_fetching(self) -> None:
+        """Pause everything for good (shutdown); polling continues so the group keeps us."""
+        await self._call(self._drain)
+
+    async def close(self) -> None:
+        """Leave the group and end the thread (revoke callbacks still run and commit)."""
+        self._stop.set()
+        await asyncio.wrap_future(self.done)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._commands.put((fn, future))
+        return await asyncio.wrap_future(future)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._consumer.subscribe(
+                self._topics,
+                on_assign=self._assigned,
+                on_revoke=self._revoked,
+                on_lost=self._lost,
+            )
+            while not self._stop.is_set():
+                self._run_commands()
+                messages = self._consumer.consume(CONSUME_BATCH, POLL_TIMEOUT_S)
+                self.last_poll = time.monotonic()
+                if messages:
+                    self._hand_over(messages)
+                self._apply_backpressure()
+            self._run_commands()
+            self._consumer.close()
+        except BaseException as exc:  # any failure must reach the loop, not die with the thread
+            _log.exception("the consumer thread failed")
+            self._fail_commands(exc)
+            self.done.set_exception(exc)
+            return
+        self._fail_commands(RuntimeError("the consumer is closed"))
+        self.done.set_result(None)
+
+    def _hand_over(self, messages: list[Message]) -> None:
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                _log.warning("consumer: %s", error)
+        if good:
+            self.consumed += len(good)
+            self._loop.call_soon_threadsafe(self._on_messages, good)
+
+    def _apply_backpressure(self) -> None:
+        if self._draining:
+            return
+        buffered = self.consumed - self._finished()
+        if not self._paused and buffered >= self._max_buffered:
+            self._pause(self.assignment)
+            _log.info("paused %d partitions: %d records buffered", len(self._paused), buffered)
+        elif self._paused and buffered <= self._max_buffered // 2:
+            _log.info("resumed %d partitions: %d records buffered", len(self._paused), buffered)
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._paused.clear()
+        elif self._paused and self.assignment - self._paused:
+            self._pause(self.assignment - self._paused)  # assigned while paused
+
+    def _pause(self, tps: set[TopicPartitionKey]) -> None:
+        if tps:
+            self._consumer.pause([TopicPartition(t, p) for t, p in tps])
+            self._paused |= tps
+
+    def _drain(self) -> None:
+        self._draining = True
+        self._pause(self.assignment - self._paused)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _fail_commands(self, exc: BaseException) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+
+    def _commit(self, positions: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+        """Commit synchronously and check each partition's result; return what Kafka accepted."""
+        ours = {tp: pos for tp, pos in positions.items() if tp in self.assignment}
+        if not ours:
+            return {}
+        offsets = [TopicPartition(t, p, pos) for (t, p), pos in ours.items()]
+        try:
+            results = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            _log.warning("commit failed: %s", exc.args[0])
+            return {}
+        accepted = {}
+        for result in results or []:
+            if result.error is None:
+                accepted[(result.topic, result.partition)] = result.offset
+            else:
+                _log.warning(
+                    "commit of %s[%d] failed: %s", result.topic, result.partition, result.error
+                )
+        return accepted
+
+    # -- rebalance callbacks (on this thread, inside consume) --------------------------------------
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.rebalances += 1
+        _log.info("assigned %s", _names(keys))
+        # The loop learns of the partitions before any of their messages: both go through the
+        # same FIFO (call_soon_threadsafe).
+        self._loop.call_soon_threadsafe(self._on_assign, keys)
+        consumer.incremental_assign(partitions)
+        self.assignment.update(keys)
+        if self._paused or self._draining:
+            self._pause(set(keys))
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.rebalances += 1
+        _log.info("revoking %s", _names(keys))
+        future = asyncio.run_coroutine_threadsafe(_awaitable(self._on_revoke(keys)), self._loop)
+        try:
+            positions = future.result(timeout=REVOKE_WAIT_S + 5)
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            _log.warning("revoke: no final positions (%s); committing nothing", type(exc).__name__)
+            positions = {}
+        accepted = self._commit(positions)
+        _log.info("revoked %s; committed %s", _names(keys), accepted)
+        consumer.incremental_unassign(partitions)
+        self.assignment.difference_update(keys)
+        self._paused.difference_update(keys)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.rebalances += 1
+        _log.warning("lost %s; their positions are not committed", _names(keys))
+        self._loop.call_soon_threadsafe(self._on_lost, keys)
+        consumer.incremental_unassign(partitions)
+        self.assignment.difference_update(keys)
+        self._paused.difference_update(keys)
+
+
+async def _awaitable(value: Awaitable[T]) -> T:
+    return await value
+
+
+def _names(keys: list[TopicPartitionKey]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(keys)) or "nothing"
