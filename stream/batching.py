@@ -101,7 +101,7 @@ class Batcher(Generic[S]):
 
     def due(self, now: float) -> list[Batch[S]]:
         """Remove and return the batches whose oldest record has waited ``linger_s``."""
-        keys = [k for k, b in self._open.items() if now - b.opened_at >= self._linger_s]
+        keys = [k for k, b in self._open.items() if b.opened_at + self._linger_s <= now]
         return [self._open.pop(k) for k in keys]
 
     def next_deadline(self) -> float | None:

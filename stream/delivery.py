@@ -36,6 +36,9 @@ __all__ = ["Backoff", "Delivery", "Outcomes"]
 S = TypeVar("S")
 _log = logging.getLogger("stream.delivery")
 
+_SPACING_MARGIN = 1.01
+"""Requests are spaced 1% wider than 1/rps (see ``_Lane``)."""
+
 _HTTP_BODY_LIMIT = 1024
 """Bytes of an API error body kept with a rejection (and so in the DLQ header)."""
 
@@ -78,8 +81,9 @@ class _Lane(Generic[S]):
 
     def __init__(self, rps: float) -> None:
         # A bucket of one: requests are spaced 1/rps apart, so no rolling second ever holds more
-        # than rps of them (a bucket of rps would allow a burst of rps and then rps more).
-        self.limiter = AsyncLimiter(1, time_period=1.0 / rps)
+        # than rps of them (a bucket of rps would allow a burst of rps and then rps more). The 1%
+        # margin absorbs arrival jitter at a server that counts a strict rolling second.
+        self.limiter = AsyncLimiter(1, time_period=_SPACING_MARGIN / rps)
         self.high: deque[Batch[S]] = deque()
         self.normal: deque[Batch[S]] = deque()
         self.ready = asyncio.Event()
