@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from stream.devkafka import LocalKafka
+from stream.sandbox import Clock, Sandbox, SandboxConfig
 
 _TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:8.0.0"
 """Confluent Platform 8.0 carries Apache Kafka 4.0, the oldest 4.x; used only where Docker runs."""
@@ -149,3 +150,31 @@ def consumer_factory(kafka: Broker) -> Iterator[Callable[..., Consumer]]:
     yield create
     for consumer in consumers:
         consumer.close()
+
+
+# -- the sandbox -------------------------------------------------------------------------------
+
+SandboxFactory = Callable[..., Awaitable[Sandbox]]
+
+
+@pytest.fixture
+async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
+    """``await sandbox_factory(config=None, clock=time)``: a started sandbox on a free loopback
+    port (``.url``), stopped at teardown."""
+    started: list[Sandbox] = []
+
+    async def start(config: SandboxConfig | None = None, *, clock: Clock | None = None) -> Sandbox:
+        sandbox = Sandbox(config) if clock is None else Sandbox(config, clock=clock)
+        await sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in started:
+        await sandbox.stop()
+
+
+@pytest.fixture
+async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
+    """A started sandbox with the default configuration: any key mints a token, any label goes."""
+    return await sandbox_factory()

@@ -1,0 +1,228 @@
+"""The sandbox's batch rules: check a body as the API documents it, keep what it accepts.
+
+A body is checked record by record, in order. Each is decoded as its version's wire record
+(``stream.events.WireV1``/``WireV2``: optional fields absent, never null), mapped to the call-intent
+shape and handed to ``stream.validation.validate``, the code that checks events on arrival, so the
+sandbox and the service cannot disagree on a rule (SPEC §3). The first record that fails refuses the
+whole batch with a 400 naming its index: what makes a client bisect (SPEC §4.5).
+
+Accepted records are stored as one msgpack array per batch without field names: about 120 bytes a
+record for 12-digit numbers, a label id and a 30-character reason, so a million fit in a test.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from stream.events import CallIntent, WireV1, WireV2
+from stream.validation import Rejection, Rules, validate
+
+__all__ = ["MAX_RECORDS", "Accepted", "Batch", "Refusal", "Version", "check_batch"]
+
+MAX_RECORDS = 500
+"""Records a batch request may hold (SPEC §2); more are answered 413."""
+
+Version = Literal["v1", "v2"]
+
+
+class Accepted(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One accepted record, normalised, with when and how it arrived (a line of ``accepted``)."""
+
+    account: str
+    api_version: Version
+    batch_id: str
+    received_ms: int
+    """Wall time of arrival, epoch milliseconds: compare with the event's produce time."""
+    received_monotonic_ms: float
+    caller: str
+    receiver: str
+    label_id: str
+    starts_at: int
+    ends_at: int
+    label_name: str | None = None
+    call_reason: str | None = None
+
+
+class Refusal(NamedTuple):
+    """A batch refused as a whole: the status and JSON body to answer."""
+
+    status: int
+    body: dict[str, object]
+
+
+class _Row(Struct, frozen=True, array_like=True, gc=False):
+    caller: str
+    receiver: str
+    label_id: str
+    starts_at: int
+    ends_at: int
+    label_name: str | None
+    call_reason: str | None
+
+
+_rows_encoder = msgspec.msgpack.Encoder()
+_rows_decoder = msgspec.msgpack.Decoder(list[_Row])
+
+
+class Batch(NamedTuple):
+    """An accepted batch as stored: its records packed, its arrival once for all of them."""
+
+    account: str
+    version: Version
+    batch_id: str
+    received_ms: int
+    received_monotonic_ms: float
+    size: int
+    rows: bytes
+    """msgpack of the records as field-less arrays."""
+
+    def records(self) -> list[Accepted]:
+        return [
+            Accepted(
+                account=self.account,
+                api_version=self.version,
+                batch_id=self.batch_id,
+                received_ms=self.received_ms,
+                received_monotonic_ms=self.received_monotonic_ms,
+                caller=row.caller,
+                receiver=row.receiver,
+                label_id=row.label_id,
+                starts_at=row.starts_at,
+                ends_at=row.ends_at,
+                label_name=row.label_name,
+                call_reason=row.call_reason,
+            )
+            for row in _rows_decoder.decode(self.rows)
+        ]
+
+
+class _Body(Struct):
+    call_records: list[msgspec.Raw]
+    """Left raw, so that each record is decoded on its own and the first bad one is named."""
+
+
+def _optional(value: str | UnsetType) -> str | None:
+    return None if value is UNSET else value
+
+
+def _intent_v1(wire: WireV1) -> CallIntent:
+    return CallIntent(
+        caller=wire.caller,
+        receiver=wire.receiver,
+        label_id=wire.label_id,
+        starts_at=wire.starts_at,
+        ends_at=wire.ends_at,
+        label_name=_optional(wire.label_name),
+        call_reason=_optional(wire.call_reason),
+    )
+
+
+def _intent_v2(wire: WireV2) -> CallIntent:
+    return CallIntent(
+        caller=wire.caller_number,
+        receiver=wire.receiver_number,
+        label_id=wire.label_id,
+        starts_at=wire.starts_at,
+        ends_at=wire.ends_at,
+        label_name=_optional(wire.dynamic_label_name),
+        call_reason=_optional(wire.dynamic_call_reason),
+    )
+
+
+class _Wire(NamedTuple):
+    decoder: msgspec.json.Decoder[Any]
+    to_intent: Callable[[Any], CallIntent]
+    names: Mapping[str, str]
+    """Call-intent field → this version's wire field, to name the field in a 400."""
+
+
+_WIRE: dict[Version, _Wire] = {
+    "v1": _Wire(msgspec.json.Decoder(WireV1), _intent_v1, {}),
+    "v2": _Wire(
+        msgspec.json.Decoder(WireV2),
+        _intent_v2,
+        {
+            "caller": "caller_number",
+            "receiver": "receiver_number",
+            "label_name": "dynamic_label_name",
+            "call_reason": "dynamic_call_reason",
+        },
+    ),
+}
+_body_decoder = msgspec.json.Decoder(_Body)
+_intent_encoder = msgspec.json.Encoder()
+_FIELD_IN_ERROR = re.compile(r"missing required field `(\w+)`|- at `\$\.(\w+)")
+
+
+def _refuse(status: int, field: str, message: str) -> Refusal:
+    return Refusal(status, {"field": field, "message": message, "status": status})
+
+
+def check_batch(
+    body: bytes,
+    *,
+    account: str,
+    version: Version,
+    labels: frozenset[str] | None,
+    now_ms: int,
+    received_ms: int,
+    received_monotonic_ms: float,
+) -> Batch | Refusal:
+    """The batch to store, or why it is refused: 400, or 413 for more than ``MAX_RECORDS``.
+
+    ``labels`` are the account's known label ids; None accepts any. ``now_ms`` is the sandbox
+    clock's wall time, for the expiry rule; ``received_*`` are kept with the batch.
+    """
+    try:
+        records = _body_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        return Refusal(400, {"slug": "bad_request", "message": f"the body is not a batch: {exc}"})
+    if not records.call_records:
+        return _refuse(400, "call_records", "call_records holds no records")
+    if len(records.call_records) > MAX_RECORDS:
+        count = len(records.call_records)
+        return _refuse(413, "call_records", f"{count} records; at most {MAX_RECORDS} a request")
+    wire = _WIRE[version]
+    rules = Rules(
+        default_account=account, allowed_labels={} if labels is None else {account: labels}
+    )
+    rows: list[_Row] = []
+    for index, raw in enumerate(records.call_records):
+        where = f"call_records[{index}]"
+        try:
+            intent = wire.to_intent(wire.decoder.decode(raw))
+        except msgspec.DecodeError as exc:
+            found = _FIELD_IN_ERROR.search(str(exc))
+            name = found and (found[1] or found[2])
+            return _refuse(400, f"{where}.{name}" if name else where, f"{where}: {exc}")
+        record = validate(_intent_encoder.encode(intent), rules=rules, now_ms=now_ms)
+        if isinstance(record, Rejection):
+            name = record.field and wire.names.get(record.field, record.field)
+            message = f"{where}: {record.message} ({record.code})"
+            return _refuse(400, f"{where}.{name}" if name else where, message)
+        rows.append(
+            _Row(
+                record.caller,
+                record.receiver,
+                record.label_id,
+                record.starts_at,
+                record.ends_at,
+                record.label_name,
+                record.call_reason,
+            )
+        )
+    return Batch(
+        account,
+        version,
+        str(uuid.uuid4()),
+        received_ms,
+        received_monotonic_ms,
+        len(rows),
+        _rows_encoder.encode(rows),
+    )

@@ -1,0 +1,234 @@
+"""``dcr-stream run`` end to end: a real broker, the sandbox, the service as a process (issue 5)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.conftest import Broker
+from tests.integration.conftest import (
+    SandboxThread,
+    Service,
+    committed_and_end,
+    produce_events,
+    read_dlq,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def headers(message: object) -> dict[str, str]:
+    return {k: v.decode() for k, v in (message.headers() or [])}  # type: ignore[attr-defined]
+
+
+def all_committed(kafka: Broker, group: str, topic: str) -> Callable[[], bool]:
+    def check() -> bool:
+        committed, ends = committed_and_end(kafka, group, topic, PARTITIONS)
+        return committed == ends
+
+    return check
+
+
+def test_every_event_is_delivered_or_dead_lettered_and_committed(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    produced = produce_events(kafka, topic, 20_000, invalid_every=50)
+    assert len(produced.valid) == 19_600
+
+    service = service_factory(sandbox.url, topic, group)
+    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    wait_for(all_committed(kafka, group, topic), what="commits")
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
+
+    accepted = sandbox.accepted_receivers()
+    assert set(accepted) == produced.valid
+    dead = read_dlq(kafka, f"{topic}.dlq", 400)
+    assert len(dead) == 400
+    for message in dead:
+        h = headers(message)
+        assert h["dcr.error.code"] == h["expect"]
+        assert h["dcr.source.topic"] == topic
+    committed, ends = committed_and_end(kafka, group, topic, PARTITIONS)
+    assert committed == ends
+    print(f"duplicates accepted: {sum(accepted.values()) - len(accepted)}")
+
+
+def test_nothing_is_committed_while_the_api_is_down(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="503"))
+    produced = produce_events(kafka, topic, 2_000)
+
+    service = service_factory(sandbox.url, topic, group)
+    wait_for(lambda: sandbox.run(sandbox.sandbox.stats).totals.requests.get("503", 0) >= 20)
+    committed, _ = committed_and_end(kafka, group, topic, PARTITIONS)
+    assert all(offset < 0 for offset in committed), committed  # no offset stored at all
+
+    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="off"))
+    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    wait_for(all_committed(kafka, group, topic), what="commits")
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
+
+
+def test_kill_9_and_restart_loses_nothing(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    produced = produce_events(kafka, topic, 20_000)
+    # A slow API keeps the run busy long enough to be killed in the middle of it.
+    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=50))
+
+    first = service_factory(sandbox.url, topic, group, rate_limit_rps="20")
+    wait_for(lambda: len(sandbox.accepted_receivers()) >= 5_000, what="a part delivered")
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    before = len(sandbox.accepted_receivers())
+    assert before < len(produced.valid)
+
+    second = service_factory(sandbox.url, topic, group)
+    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    wait_for(all_committed(kafka, group, topic), what="commits")
+    second.signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+    accepted = sandbox.accepted_receivers()
+    duplicates = sum(accepted.values()) - len(accepted)
+    print(f"kill -9 after {before} accepted: duplicates {duplicates}")
+
+
+def test_a_third_joins_and_one_leaves_without_loss(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=6), group_factory()
+    sandbox = sandbox_thread()
+    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=30))
+    produced = produce_events(kafka, topic, 30_000)
+    slow = {"rate_limit_rps": "10"}
+
+    one, two = (service_factory(sandbox.url, topic, group, **slow) for _ in range(2))
+    wait_for(lambda: len(sandbox.accepted_receivers()) >= 3_000, what="first deliveries")
+    three = service_factory(sandbox.url, topic, group, **slow)
+    wait_for(lambda: len(sandbox.accepted_receivers()) >= 10_000, what="more deliveries")
+    one.signal(signal.SIGTERM)
+    assert one.wait(30) == 0
+    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    committed, ends = [], []
+
+    def done() -> bool:
+        nonlocal committed, ends
+        committed, ends = committed_and_end(kafka, group, topic, 6)
+        return committed == ends
+
+    wait_for(done, what="commits")
+    for service in (two, three):
+        service.signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+
+    logged = [e["message"] for s in (one, two, three) for e in s.lines()]
+    assert any(e["message"].startswith("assigned") for e in three.lines())
+    revocations = [m for m in logged if m.startswith("revoking")]
+    assert len(revocations) >= 2, "the join and the leave each revoke partitions somewhere"
+    accepted = sandbox.accepted_receivers()
+    print(f"rebalances: duplicates {sum(accepted.values()) - len(accepted)}")
+
+
+def test_backlog_with_the_api_down_stays_bounded_and_in_the_group(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="503"))
+    produce_events(kafka, topic, 500_000)
+    poll_interval_ms = 6_000
+    service = service_factory(
+        sandbox.url,
+        topic,
+        group,
+        kafka_config=f'{{"max.poll.interval.ms": {poll_interval_ms}, "session.timeout.ms": 6000}}',
+    )
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    peak = 0.0
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5 * poll_interval_ms / 1000:
+        peak = max(peak, service.rss_mib())
+        time.sleep(0.2)
+    description = admin.describe_consumer_groups([group])[group].result(30)
+    assert len(description.members) == 1
+    messages = [e["message"] for e in service.lines()]
+    assert not [m for m in messages if m.startswith(("lost", "revoking"))], messages
+    assert any(m.startswith("paused") for m in messages)
+    print(f"peak RSS with the API down and 500,000 events waiting: {peak:.0f} MiB")
+    assert peak < 250
+    service.signal(signal.SIGTERM)
+    service.wait(60)
+
+
+def test_sigterm_drains_and_a_restart_sends_nothing_twice(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    produced = produce_events(kafka, topic, 20_000)
+    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=50))
+
+    first = service_factory(
+        sandbox.url,
+        topic,
+        group,
+        rate_limit_rps="20",
+        shutdown_timeout_s="10",
+        max_buffered_records="2000",  # so that SIGTERM finds most of the topic not yet read
+    )
+    wait_for(lambda: len(sandbox.accepted_receivers()) >= 5_000, what="a part delivered")
+    stopped_at = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    assert time.monotonic() - stopped_at <= 10
+    seen_by_first = set(sandbox.accepted_receivers())
+    assert len(seen_by_first) < len(produced.valid)
+
+    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=0))
+    second = service_factory(sandbox.url, topic, group)
+    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    second.signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+    accepted = sandbox.accepted_receivers()
+    twice = {r for r in seen_by_first if accepted[r] > 1}
+    assert twice == set(), f"{len(twice)} records accepted before SIGTERM were sent again"
