@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aiohttp import web
 from confluent_kafka import Message
 
 from stream.api import ApiClient, Response, make_session
@@ -28,13 +29,16 @@ from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery
 from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
+from stream.metrics import Health, Metrics, State, http_app
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
+from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.tokens import MintedTokens, StaticToken, TokenFile, TokenSource
 from stream.validation import Rejection, Rules, validate
 
 __all__ = ["Pipeline"]
 
 _log = logging.getLogger("stream.app")
+_librdkafka_log = logging.getLogger("librdkafka")
 
 Source = tuple[Ticket, Message]
 """What the pipeline keeps with each record: its offset claim and the original message (DLQ)."""
@@ -65,19 +69,23 @@ class Pipeline:
         )
         self._rng = random.Random()
         self.tracker = OffsetTracker()
+        self.metrics = Metrics()
+        self.counts = self.metrics.counts
         self.finished = 0
         """Records delivered or dead-lettered since start; the consumer thread reads it."""
         self._progress = asyncio.Event()
         """Set whenever records finish; the bounded waits for draining listen to it."""
-        self.delivered_records = 0
-        self.dead_lettered: dict[tuple[str, str], int] = {}
-        """(stage, code) → records dead-lettered."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._delivery: Delivery[Source] | None = None
         self._dlq: DeadLetterProducer | None = None
+        self._receipts: Receipts | None = None
         self._consumer: ConsumerThread | None = None
+        self._tokens_source: TokenSource | None = None
+        self.last_commit_s = 0.0
         self.assigned = asyncio.Event()
         """Set once the group gave us partitions (readiness)."""
+        self.http_port: int | None = None
+        """The port ``/metrics`` and the probes listen on, once started."""
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -85,13 +93,17 @@ class Pipeline:
         config = self.config
         loop = asyncio.get_running_loop()
         session = make_session(timeout_s=config.api_timeout_s, ca_bundle=config.api_ca_bundle)
-        self._dlq = DeadLetterProducer(config.client_config(), config.dlq_topic)
+        kafka_client: dict[str, Any] = {**config.client_config(), "logger": _librdkafka_log}
+        self._dlq = DeadLetterProducer(kafka_client, config.dlq_topic)
+        if config.receipts_topic is not None:
+            self._receipts = Receipts(kafka_client, config.receipts_topic)
+        self._tokens_source = self._tokens(session)
         self._delivery = Delivery(
             client=ApiClient(
                 session,
                 base_url=config.api_base_url,
                 version=config.api_version,
-                tokens=self._tokens(session),
+                tokens=self._tokens_source,
             ),
             outcomes=self,
             version=config.api_version,
@@ -102,9 +114,10 @@ class Pipeline:
             backoff=self._backoff,
             wall_ms=self._wall_ms,
             rng=self._rng,
+            metrics=self.metrics,
         )
         self._consumer = ConsumerThread(
-            config.consumer_config(),
+            {**config.consumer_config(), "logger": _librdkafka_log},
             config.kafka_topics,
             loop=loop,
             on_messages=self._on_messages,
@@ -115,6 +128,7 @@ class Pipeline:
             max_buffered=config.max_buffered_records,
         )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
+        http = await self._serve_http(self._consumer)
         self._consumer.start()
         committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
         consumer_done = asyncio.wrap_future(self._consumer.done)
@@ -132,6 +146,35 @@ class Pipeline:
             await self._delivery.close()
             await session.close()
             self._dlq.close()
+            if self._receipts is not None:
+                self._receipts.close()
+            await http.cleanup()
+
+    async def _serve_http(self, consumer: ConsumerThread) -> web.AppRunner:
+        self.metrics.watch(
+            State(
+                buffered=lambda: consumer.consumed - self.finished,
+                open_records=lambda: self._delivery.open_records if self._delivery else 0,
+                paused=lambda: len(consumer.paused_partitions),
+                assigned=lambda: len(consumer.assignment),
+                lag=lambda: consumer.lag,
+                last_commit=lambda: self.last_commit_s,
+                token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
+            )
+        )
+        health = Health(
+            last_poll=lambda: consumer.last_poll,
+            consumer_alive=lambda: not consumer.done.done(),
+            ready=self.assigned.is_set,
+            stall_s=self.config.liveness_stall_s,
+        )
+        runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "0.0.0.0", self.config.http_port)
+        await site.start()
+        self.http_port = runner.addresses[0][1]
+        _log.info("http: /metrics, /healthz, /readyz on port %d", self.http_port)
+        return runner
 
     async def _shutdown(self) -> int:
         """SIGTERM/SIGINT (SPEC §5), in order:
@@ -179,6 +222,7 @@ class Pipeline:
         assert self._delivery is not None
         now_ms = self._wall_ms()
         receive, submit = self.tracker.receive, self._delivery.submit
+        self.counts.consumed += len(messages)
         for message in messages:
             topic = message.topic()
             assert topic is not None
@@ -226,9 +270,24 @@ class Pipeline:
         finish = self.tracker.finish
         for item in batch.items:
             finish(item.source[0])
-        self.finished += len(batch.items)
-        self.delivered_records += len(batch.items)
+        records = len(batch.items)
+        self.finished += records
+        delivered = self.counts.delivered
+        delivered[batch.account] = delivered.get(batch.account, 0) + records
         self._progress.set()
+        if self._receipts is not None:
+            self._receipts.publish(
+                Receipt(
+                    account=batch.account,
+                    records=records,
+                    status=response.status,
+                    batch_id=response.batch_id,
+                    sent_at_ms=self._wall_ms(),
+                    sources=offset_ranges(
+                        (t.tp[0], t.tp[1], t.offset) for t, _ in (i.source for i in batch.items)
+                    ),
+                )
+            )
 
     async def dead_letter(
         self,
@@ -259,8 +318,7 @@ class Pipeline:
         self.tracker.finish(ticket)
         self.finished += 1
         self._progress.set()
-        key = (rejection.stage, rejection.code)
-        self.dead_lettered[key] = self.dead_lettered.get(key, 0) + 1
+        self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
 
     # -- commits -------------------------------------------------------------------------------
 
@@ -277,7 +335,11 @@ class Pipeline:
         assert self._consumer is not None
         positions = self.tracker.to_commit()
         if positions:
-            self.tracker.committed(await self._consumer.commit(positions))
+            accepted = await self._consumer.commit(positions)
+            self.tracker.committed(accepted)
+            self.counts.commit_failures += len(positions) - len(accepted)
+            if accepted:
+                self.last_commit_s = time.time()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

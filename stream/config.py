@@ -58,6 +58,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     commit_interval_ms: int
     http_port: int
     shutdown_timeout_s: float
+    liveness_stall_s: float
     log_level: str
 
     def consumer_config(self) -> dict[str, str | int | float | bool]:
@@ -244,6 +245,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_port", _int(0, 65535), "8080", "port of /metrics, /healthz, /readyz"),
     Setting(
         "shutdown_timeout_s", _positive, "25", "drain bound on SIGTERM (below the pod's grace)"
+    ),
+    Setting(
+        "liveness_stall_s",
+        _positive,
+        "60",
+        "/healthz fails when the consumer has not polled for this long",
     ),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
 )

@@ -39,6 +39,9 @@ POLL_TIMEOUT_S = 0.1
 """Slice length: commands wait at most this long. Polls every 0.1 s keep us far inside
 ``max.poll.interval.ms`` (default 300 s) even while paused or draining."""
 
+LAG_INTERVAL_S = 5.0
+"""How often the consumer lag gauge is refreshed (from cached watermarks: no broker round trip)."""
+
 REVOKE_WAIT_S = 10.0
 """How long a revoke waits for the revoked partitions' records to finish before committing what is
 done. Must stay well below ``max.poll.interval.ms`` and the pod's termination grace (30 s)."""
@@ -84,10 +87,13 @@ class ConsumerThread:
         """When ``consume`` last returned: the liveness signal."""
         self.assignment: set[TopicPartitionKey] = set()
         self.rebalances = 0
+        self.lag: dict[TopicPartitionKey, int] = {}
+        """Per assigned partition: end offset minus position, refreshed every LAG_INTERVAL_S."""
+        self._lag_at = 0.0
 
     @property
-    def paused(self) -> bool:
-        return bool(self._paused)
+    def paused_partitions(self) -> set[TopicPartitionKey]:
+        return self._paused
 
     def start(self) -> None:
         self._thread.start()
@@ -129,6 +135,8 @@ class ConsumerThread:
                 if messages:
                     self._hand_over(messages)
                 self._apply_backpressure()
+                if self.last_poll - self._lag_at >= LAG_INTERVAL_S:
+                    self._measure_lag()
             self._run_commands()
             self._consumer.close()
         except BaseException as exc:  # any failure must reach the loop, not die with the thread
@@ -166,6 +174,15 @@ class ConsumerThread:
             self._paused.clear()
         elif self._paused and self.assignment - self._paused:
             self._pause(self.assignment - self._paused)  # assigned while paused
+
+    def _measure_lag(self) -> None:
+        self._lag_at = self.last_poll
+        lag = {}
+        for tp in self._consumer.position([TopicPartition(t, p) for t, p in self.assignment]):
+            _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and end >= 0:
+                lag[(tp.topic, tp.partition)] = max(0, end - tp.offset)
+        self.lag = lag
 
     def _pause(self, tps: set[TopicPartitionKey]) -> None:
         if tps:

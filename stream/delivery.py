@@ -29,6 +29,7 @@ from aiolimiter import AsyncLimiter
 from stream.api import ApiClient, Response
 from stream.batching import Batch, Batcher, Pending
 from stream.events import encode_batch
+from stream.metrics import Metrics, status_class
 from stream.validation import Rejection, check_expiry
 
 __all__ = ["Backoff", "Delivery", "Outcomes"]
@@ -63,17 +64,6 @@ class Backoff:
     def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
         jittered = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
         return max(jittered, retry_after_s or 0.0)
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters the metrics read; plain ints keep the hot path free of registry calls."""
-
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    """429 answers."""
-    bisections: int = 0
 
 
 class _Lane(Generic[S]):
@@ -114,6 +104,7 @@ class Delivery(Generic[S]):
         backoff: Backoff | None = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._outcomes = outcomes
@@ -133,7 +124,8 @@ class Delivery(Generic[S]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._timer: asyncio.Task[None] | None = None
-        self.stats = Stats()
+        self.metrics = metrics or Metrics()
+        self._counts = self.metrics.counts
 
     # -- intake -----------------------------------------------------------------------------
 
@@ -205,7 +197,9 @@ class Delivery(Generic[S]):
             while not (lane.high or lane.normal):
                 lane.ready.clear()
                 await lane.ready.wait()
+            waited = time.monotonic()
             await lane.limiter.acquire()
+            self.metrics.limiter_wait.observe(time.monotonic() - waited)
             batch = lane.high.popleft() if lane.high else lane.normal.popleft()
             self._spawn(self._send(lane, batch))
 
@@ -235,8 +229,11 @@ class Delivery(Generic[S]):
             return
         batch.items = live
         body = encode_batch([p.record for p in live], self._version)
-        self.stats.requests += 1
+        self.metrics.batch_size.observe(len(live))
+        started = time.monotonic()
         response, token = await self._client.post_batch(batch.account, body)
+        self.metrics.latency.observe(time.monotonic() - started)
+        self._counts.bump(self._counts.requests, (batch.account, status_class(response.status)))
         kind = response.kind
         if kind == "ok":
             self._outcomes.delivered(batch, response)
@@ -279,7 +276,7 @@ class Delivery(Generic[S]):
             await self._outcomes.dead_letter(items[0], rejection, response.status, body)
             self._resolved()
             return
-        self.stats.bisections += 1
+        self._counts.bisections += 1
         middle = len(items) // 2
         halves = [
             Batch(batch.account, batch.high_priority, items[middle:], opened_at=batch.opened_at),
@@ -291,9 +288,9 @@ class Delivery(Generic[S]):
 
     def _retry_later(self, lane: _Lane[S], batch: Batch[S], response: Response) -> None:
         batch.attempt += 1
-        self.stats.retries += 1
+        self._counts.retries += 1
         if response.status == 429:
-            self.stats.throttled += 1
+            self._counts.throttled += 1
         delay = self._backoff.delay(batch.attempt, response.retry_after_s, self._rng)
         _log.warning(
             "request for account %s failed (%s); retry %d in %.2f s",

@@ -1,0 +1,213 @@
+"""Prometheus metrics (prefix ``dcr_``) and the endpoints ``/metrics``, ``/healthz``, ``/readyz``.
+
+Counters live in ``Counts``, plain ints and dicts that the hot path bumps without registry calls; a
+collector turns them into Prometheus counters at scrape time, together with the gauges of live
+state (buffered records, partitions, lag) read from the objects that own that state. Only the
+histograms are observed directly, once per request.
+
+Label sets stay bounded: accounts (a deployment serves a handful), status classes, rejection codes
+and stages (fixed lists), topic and partition (what the group owns). No record or phone number is
+ever a label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["Counts", "Health", "Metrics", "State", "http_app", "status_class"]
+
+_BATCH_BUCKETS = (1, 10, 50, 100, 200, 300, 400, 499, 500)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ``5xx``, with 429 on its own, and ``error`` when no answer came."""
+    if status == 0:
+        return "error"
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx"
+
+
+@dataclass(slots=True)
+class Counts:
+    """Every counter of the service; one instance per process, shared by the pipeline's parts."""
+
+    consumed: int = 0
+    delivered: dict[str, int] = field(default_factory=dict)
+    """account → records accepted by the API"""
+    dead_lettered: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(code, stage) → records dead-lettered and acknowledged"""
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(account, status class) → API requests"""
+    retries: int = 0
+    throttled: int = 0
+    """Requests answered 429."""
+    bisections: int = 0
+    commit_failures: int = 0
+
+    def bump(self, table: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) -> None:
+        table[key] = table.get(key, 0) + n
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class State:
+    """Readers of the pipeline's live state, called at scrape time."""
+
+    buffered: Callable[[], int]
+    """Records consumed and not yet finished."""
+    open_records: Callable[[], int]
+    """Records waiting in open batches (not yet sent)."""
+    paused: Callable[[], int]
+    assigned: Callable[[], int]
+    lag: Callable[[], dict[tuple[str, int], int]]
+    last_commit: Callable[[], float]
+    token_refreshes: Callable[[], int]
+
+
+class Metrics:
+    """The registry (one per ``Metrics``: tests make several), the counts and the histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.counts = Counts()
+        r = self.registry
+        self.latency = Histogram(
+            "dcr_api_request_duration_seconds",
+            "API request latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dcr_batch_records", "Records per request sent", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.limiter_wait = Histogram(
+            "dcr_rate_limiter_wait_seconds",
+            "Time a batch ready to go waited for a quota slot",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+
+    def watch(self, state: State) -> None:
+        self.registry.register(_Collector(self.counts, state))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, counts: Counts, state: State) -> None:
+        self._counts = counts
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        c, s = self._counts, self._state
+        yield CounterMetricFamily("dcr_events_consumed", "Kafka messages consumed", c.consumed)
+        yield _labelled(
+            "dcr_records_delivered", "Records accepted by the API", ["account"], c.delivered
+        )
+        yield _labelled(
+            "dcr_records_dead_lettered",
+            "Records written to the dead-letter topic and acknowledged",
+            ["code", "stage"],
+            c.dead_lettered,
+        )
+        yield _labelled(
+            "dcr_api_requests", "API requests by answer", ["account", "status_class"], c.requests
+        )
+        yield CounterMetricFamily("dcr_api_retries", "Requests scheduled again", c.retries)
+        yield CounterMetricFamily("dcr_api_throttled", "Requests answered 429", c.throttled)
+        yield CounterMetricFamily(
+            "dcr_api_bisections", "Batches split after 400/413/422", c.bisections
+        )
+        yield CounterMetricFamily(
+            "dcr_commit_failures", "Partition commits Kafka refused", c.commit_failures
+        )
+        yield GaugeMetricFamily(
+            "dcr_buffered_records", "Records consumed and not yet finished", value=s.buffered()
+        )
+        yield GaugeMetricFamily(
+            "dcr_open_batch_records", "Records waiting in open batches", value=s.open_records()
+        )
+        yield GaugeMetricFamily(
+            "dcr_paused_partitions", "Partitions paused by backpressure", value=s.paused()
+        )
+        yield GaugeMetricFamily(
+            "dcr_assigned_partitions", "Partitions this process owns", value=s.assigned()
+        )
+        lag = GaugeMetricFamily(
+            "dcr_consumer_lag",
+            "Messages between the consumer's position and the end of the partition",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), value in sorted(s.lag().items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
+        yield GaugeMetricFamily(
+            "dcr_last_commit_timestamp_seconds",
+            "When offsets were last committed successfully (epoch seconds; 0: never)",
+            value=s.last_commit(),
+        )
+        yield GaugeMetricFamily(
+            "dcr_token_refreshes", "Tokens minted since start", value=s.token_refreshes()
+        )
+
+
+def _labelled(
+    name: str, doc: str, labels: list[str], table: dict[str, int] | dict[tuple[str, str], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(table.items()):
+        family.add_metric([key] if isinstance(key, str) else list(key), value)
+    return family
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Health:
+    """What liveness and readiness look at."""
+
+    last_poll: Callable[[], float]
+    """Monotonic time the consumer last returned from ``consume``."""
+    consumer_alive: Callable[[], bool]
+    ready: Callable[[], bool]
+    """Joined the group (got an assignment, possibly empty)."""
+    stall_s: float
+    """No poll for this long means the consumer is stuck: liveness fails, Kubernetes restarts us."""
+
+
+def http_app(metrics: Metrics, health: Health) -> web.Application:
+    """``/metrics``, ``/healthz`` (the loop answers and the consumer polls) and ``/readyz``.
+
+    Liveness never looks at the API or the broker: an outage there must not restart the pods
+    (a restart would only re-read what is already buffered); backpressure handles it.
+    """
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(_: web.Request) -> web.Response:
+        idle = time.monotonic() - health.last_poll()
+        if not health.consumer_alive():
+            return web.json_response({"status": "consumer thread ended"}, status=503)
+        if idle > health.stall_s:
+            return web.json_response({"status": f"consumer stalled for {idle:.0f} s"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if health.ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not in the group yet"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

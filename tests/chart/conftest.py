@@ -1,0 +1,129 @@
+"""Fixtures for the chart tests: a real ``helm`` binary and renders of ``helm/dcr-stream``.
+
+``scripts/helm.sh`` builds helm from its Go module once and caches it outside the repo. If it cannot
+provide the binary, every chart test errors: a missing helm fails the run, it never skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "dcr-stream"
+HERE = Path(__file__).resolve().parent
+VALUES = sorted((HERE / "values").glob("*.yaml"))
+"""The good values files: each must lint, render and validate."""
+BAD_VALUES = sorted((HERE / "bad-values").glob("*.yaml"))
+"""Each breaks one rule of values.schema.json; its first line says ``# expect: <error text>``."""
+RELEASE = "rel"
+
+Manifest = dict[str, Any]
+
+
+class HelmError(Exception):
+    """helm exited non-zero; the message is its stderr."""
+
+
+@dataclass(frozen=True)
+class Helm:
+    binary: Path
+    env: dict[str, str]
+    _renders: dict[tuple[str, ...], list[Manifest]] = field(default_factory=dict)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binary), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
+
+    def template_args(
+        self, values: Sequence[Path] = (), sets: Sequence[str] = (), kube_version: str = ""
+    ) -> tuple[str, ...]:
+        """``sets`` go to ``--set``, except ``json:key=value``, which goes to ``--set-json``
+        (``--set`` leaves ``2.5`` a string, which the schema rejects for a number)."""
+        args = ["template", RELEASE, str(CHART), "--namespace", "dcr"]
+        for path in values:
+            args += ["--values", str(path)]
+        for assignment in sets:
+            if assignment.startswith("json:"):
+                args += ["--set-json", assignment.removeprefix("json:")]
+            else:
+                args += ["--set", assignment]
+        if kube_version:
+            args += ["--kube-version", kube_version]
+        return tuple(args)
+
+    def render(
+        self, values: Sequence[Path] = (), sets: Sequence[str] = (), kube_version: str = ""
+    ) -> list[Manifest]:
+        """The rendered objects; renders are cached, so tests must not mutate what they get."""
+        args = self.template_args(values, sets, kube_version)
+        if args not in self._renders:
+            proc = self.run(*args)
+            if proc.returncode != 0:
+                raise HelmError(proc.stderr)
+            self._renders[args] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+        return self._renders[args]
+
+    def render_error(self, values: Sequence[Path] = (), sets: Sequence[str] = ()) -> str:
+        """helm's stderr for a render that must fail."""
+        proc = self.run(*self.template_args(values, sets))
+        assert proc.returncode != 0, f"helm template succeeded:\n{proc.stdout[:2000]}"
+        return proc.stderr
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "helm.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,  # a cold build compiles helm and its dependencies
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/helm.sh could not provide helm:\n{proc.stderr}", pytrace=False)
+    home = tmp_path_factory.mktemp("helm-home")
+    # helm's own config, cache and plugins stay out of the user's home: renders are hermetic.
+    env = {
+        **os.environ,
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    return Helm(binary=Path(proc.stdout.strip()), env=env)
+
+
+def only(manifests: Sequence[Manifest], kind: str) -> Manifest:
+    """The single object of ``kind``."""
+    found = [m for m in manifests if m["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[m['kind'] for m in manifests]}"
+    return found[0]
+
+
+def kinds(manifests: Sequence[Manifest]) -> set[str]:
+    return {m["kind"] for m in manifests}
+
+
+def container(manifests: Sequence[Manifest]) -> Manifest:
+    """The dcr-stream container of the Deployment."""
+    containers = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["dcr-stream"]
+    return dict(containers[0])
+
+
+def config(manifests: Sequence[Manifest]) -> dict[str, str]:
+    """The ConfigMap's ``DCR_*`` settings."""
+    return dict(only(manifests, "ConfigMap")["data"])
