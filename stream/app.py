@@ -160,6 +160,7 @@ class Pipeline:
                 lag=lambda: consumer.lag,
                 last_commit=lambda: self.last_commit_s,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
+                rates=lambda: self._delivery.rates() if self._delivery else {},
             )
         )
         health = Health(

@@ -10,6 +10,10 @@ Per account there is one lane: two queues (high priority first) and one dispatch
 a slot from the account's limiter and only then picks the batch, so a high-priority batch that
 arrives while normal ones wait gets the very next slot (SPEC §4.2). Retries and bisected halves go
 back to the front of their queue and take slots like any request.
+
+The quota is per account, not per process (SPEC §5): when replicas together exceed it, the API
+answers 429. A lane then halves its rate (not below a tenth of ``DCR_RATE_LIMIT_RPS``) and, once
+``_RECOVERY_S`` passed without a 429, gives back a twentieth of it per accepted request (AIMD).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ _log = logging.getLogger("stream.delivery")
 
 _SPACING_MARGIN = 1.01
 """Requests are spaced 1% wider than 1/rps (see ``_Lane``)."""
+
+_DECREASE = 0.5
+_FLOOR = 0.1
+_INCREASE = 0.05
+_RECOVERY_S = 5.0
+"""Adaptive rate after 429s: halved per 429, never below a tenth of the configured rate; after 5 s
+without a 429, a twentieth of the configured rate back per accepted request."""
 
 _HTTP_BODY_LIMIT = 1024
 """Bytes of an API error body kept with a rejection (and so in the DLQ header)."""
@@ -70,14 +81,34 @@ class _Lane(Generic[S]):
     """One account's queues, limiter and dispatcher."""
 
     def __init__(self, rps: float) -> None:
-        # A bucket of one: requests are spaced 1/rps apart, so no rolling second ever holds more
-        # than rps of them (a bucket of rps would allow a burst of rps and then rps more). The 1%
-        # margin absorbs arrival jitter at a server that counts a strict rolling second.
-        self.limiter = AsyncLimiter(1, time_period=_SPACING_MARGIN / rps)
+        self.max_rps = rps
+        self.rps = rps
+        self.limiter = self._limiter(rps)
+        self.last_throttle = -_RECOVERY_S
         self.high: deque[Batch[S]] = deque()
         self.normal: deque[Batch[S]] = deque()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _limiter(rps: float) -> AsyncLimiter:
+        # A bucket of one: requests are spaced 1/rps apart, so no rolling second ever holds more
+        # than rps of them (a bucket of rps would allow a burst of rps and then rps more). The 1%
+        # margin absorbs arrival jitter at a server that counts a strict rolling second.
+        return AsyncLimiter(1, time_period=_SPACING_MARGIN / rps)
+
+    def throttled(self, now: float) -> None:
+        self.last_throttle = now
+        self._set(max(self.max_rps * _FLOOR, self.rps * _DECREASE))
+
+    def accepted(self, now: float) -> None:
+        if self.rps < self.max_rps and now - self.last_throttle >= _RECOVERY_S:
+            self._set(min(self.max_rps, self.rps + self.max_rps * _INCREASE))
+
+    def _set(self, rps: float) -> None:
+        if rps != self.rps:
+            self.rps = rps
+            self.limiter = self._limiter(rps)
 
     def put(self, batch: Batch[S], *, front: bool = False) -> None:
         queue = self.high if batch.high_priority else self.normal
@@ -140,6 +171,10 @@ class Delivery(Generic[S]):
             self._dispatch(full)
         if was_empty:
             self._wake.set()
+
+    def rates(self) -> dict[str, float]:
+        """Requests per second each account's lane allows now (below the setting after 429s)."""
+        return {account: lane.rps for account, lane in self._lanes.items()}
 
     @property
     def open_records(self) -> int:
@@ -236,6 +271,7 @@ class Delivery(Generic[S]):
         self._counts.bump(self._counts.requests, (batch.account, status_class(response.status)))
         kind = response.kind
         if kind == "ok":
+            lane.accepted(time.monotonic())
             self._outcomes.delivered(batch, response)
             self._resolved()
         elif kind == "reject":
@@ -291,6 +327,7 @@ class Delivery(Generic[S]):
         self._counts.retries += 1
         if response.status == 429:
             self._counts.throttled += 1
+            lane.throttled(time.monotonic())
         delay = self._backoff.delay(batch.attempt, response.retry_after_s, self._rng)
         _log.warning(
             "request for account %s failed (%s); retry %d in %.2f s",

@@ -71,6 +71,8 @@ class State:
     lag: Callable[[], dict[tuple[str, int], int]]
     last_commit: Callable[[], float]
     token_refreshes: Callable[[], int]
+    rates: Callable[[], dict[str, float]]
+    """Per account, the request rate the lane allows now."""
 
 
 class Metrics:
@@ -156,9 +158,17 @@ class _Collector(Collector):
             "When offsets were last committed successfully (epoch seconds; 0: never)",
             value=s.last_commit(),
         )
-        yield GaugeMetricFamily(
+        yield CounterMetricFamily(
             "dcr_token_refreshes", "Tokens minted since start", value=s.token_refreshes()
         )
+        rates = GaugeMetricFamily(
+            "dcr_rate_limit_rps",
+            "Requests per second allowed now (halved per 429, recovering after 5 s)",
+            labels=["account"],
+        )
+        for account, rps in sorted(s.rates().items()):
+            rates.add_metric([account], rps)
+        yield rates
 
 
 def _labelled(
