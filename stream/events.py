@@ -28,7 +28,16 @@ __all__ = [
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
-Uuid = Annotated[str, Meta(pattern=UUID_PATTERN, description="A UUID, e.g. 3f2c…-…")]
+# The lengths are not redundant: Python's `$` also matches before a trailing newline.
+Uuid = Annotated[
+    str,
+    Meta(
+        min_length=36,
+        max_length=36,
+        pattern=UUID_PATTERN,
+        description="A UUID, e.g. 6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11 (any case).",
+    ),
+]
 Phone = Annotated[
     str,
     Meta(
@@ -63,7 +72,8 @@ class CallIntent(Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
-    priority: Literal["high", "normal"] = "normal"
+    priority: Literal["high", "normal"] | None = "normal"
+    """Null means ``normal``, as null means absent for the other optional fields."""
 
 
 class Record(Struct, frozen=True, kw_only=True, gc=False):
@@ -144,4 +154,7 @@ def encode_batch(records: Sequence[Record], version: Literal["v1", "v2"]) -> byt
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of ``CallIntent``, as checked in under ``schemas/``."""
-    return msgspec.json.schema(CallIntent)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **msgspec.json.schema(CallIntent),
+    }

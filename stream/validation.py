@@ -16,6 +16,7 @@ from typing import Literal
 
 import msgspec
 from msgspec import Struct
+from msgspec.structs import force_setattr
 
 from stream.events import CallIntent, Record
 
@@ -70,6 +71,19 @@ class Rules(Struct, frozen=True, kw_only=True):
     """``DCR_ALLOWED_LABEL_IDS``: per account, the label ids it may use; unlisted accounts: any."""
     max_message_bytes: int = 64 * 1024
 
+    def __post_init__(self) -> None:
+        # UUIDs are case-insensitive: rules and events are both compared lowercased.
+        if self.default_account is not None:
+            force_setattr(self, "default_account", self.default_account.lower())
+        force_setattr(
+            self,
+            "allowed_labels",
+            {
+                account.lower(): frozenset(label.lower() for label in labels)
+                for account, labels in self.allowed_labels.items()
+            },
+        )
+
 
 MAX_WINDOW_MS = 24 * 3600 * 1000
 _MS_FLOOR = 10**11
@@ -97,14 +111,23 @@ def validate(
             f"{len(value)} bytes is more than the maximum of {rules.max_message_bytes}",
             "decode",
         )
+    # msgspec raises UnicodeDecodeError for bad UTF-8 in a field it reads and ignores it in a field
+    # it skips, so check first; isascii() is the allocation-free fast path for the usual event.
+    if not value.isascii():
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _reject(
+                "not_utf8", None, f"not UTF-8: {exc.reason} at byte {exc.start}", "decode"
+            )
     try:
         event = _decoder.decode(value)
     except msgspec.ValidationError as exc:
         return _from_validation_error(str(exc))
     except msgspec.DecodeError as exc:
-        return _from_decode_error(value, str(exc))
+        return _reject("not_json", None, f"not JSON: {exc}", "decode")
     except RecursionError:
-        return _reject("not_json", None, "nested too deeply", "decode")
+        return _reject("not_json", None, "not JSON: nested too deeply", "decode")
     return _check(event, rules, now_ms, high_priority_topic)
 
 
@@ -128,8 +151,8 @@ def check_expiry(ends_at: int, now_ms: int, stage: Stage) -> Rejection | None:
 def _check(
     event: CallIntent, rules: Rules, now_ms: int, high_priority_topic: bool
 ) -> Record | Rejection:
-    account = event.client_account_id or rules.default_account
-    if account is None:
+    account = event.client_account_id.lower() if event.client_account_id else rules.default_account
+    if not account:
         return _reject(
             "missing_client_account_id",
             "client_account_id",
@@ -217,12 +240,16 @@ def _bad_phone(field: str) -> Rejection:
     )
 
 
-_LENGTH_CODES = {
-    "label_name": "label_name_length",
-    "call_reason": "call_reason_length",
+_CONSTRAINT_CODES = {
+    "client_account_id": "invalid_uuid",
+    "label_id": "invalid_uuid",
     "caller": "invalid_phone",
     "receiver": "invalid_phone",
+    "label_name": "label_name_length",
+    "call_reason": "call_reason_length",
+    "priority": "invalid_priority",
 }
+"""Each field has one ``Meta``/``Literal`` constraint, so the field alone names the broken rule."""
 
 
 def _from_validation_error(text: str) -> Rejection:
@@ -234,26 +261,12 @@ def _from_validation_error(text: str) -> Rejection:
     if at is None:
         return _reject("not_an_object", None, "the value must be a JSON object", "decode")
     field, what = at[1], text[: at.start()]
-    if ", got `" in what or "out of range" in what:
+    code = _CONSTRAINT_CODES.get(field)
+    if code is None or ", got `" in what or "out of range" in what:
         return _reject("wrong_type", field, f"{field}: {what}", "decode")
-    if "of length" in what:
-        code = _LENGTH_CODES[field]
-    elif "matching regex" in what:
-        code = "invalid_uuid"
+    if code == "invalid_uuid":
         what = "Expected a UUID"
-    elif "Invalid enum value" in what:
-        code = "invalid_priority"
-    else:
-        code = "wrong_type"
     return _reject(code, field, f"{field}: {what}", "validate")
-
-
-def _from_decode_error(value: bytes, text: str) -> Rejection:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return _reject("not_utf8", None, f"not UTF-8: {exc.reason} at byte {exc.start}", "decode")
-    return _reject("not_json", None, f"not JSON: {text}", "decode")
 
 
 def _reject(code: str, field: str | None, message: str, stage: Stage) -> Rejection:
