@@ -125,5 +125,9 @@ def container(manifests: Sequence[Manifest]) -> Manifest:
 
 
 def config(manifests: Sequence[Manifest]) -> dict[str, str]:
-    """The ConfigMap's ``DCR_*`` settings."""
-    return dict(only(manifests, "ConfigMap")["data"])
+    """The settings ConfigMap's ``DCR_*`` settings (not the dashboard's ConfigMap)."""
+    settings = [
+        m for m in manifests if m["kind"] == "ConfigMap" and "DCR_API_BASE_URL" in m["data"]
+    ]
+    assert len(settings) == 1, "expected one ConfigMap of settings"
+    return dict(settings[0]["data"])
