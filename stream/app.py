@@ -136,8 +136,10 @@ class Pipeline:
         try:
             waits: list[asyncio.Future[Any]] = [stopped, consumer_done]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if consumer_done.done():
-                consumer_done.result()  # re-raise the consumer thread's failure here
+            if consumer_done.done() and consumer_done.exception() is not None:
+                # Already logged with its traceback by the thread; what is not committed is safe.
+                _log.error("stopping: the Kafka consumer failed: %s", consumer_done.exception())
+                return 1
             committer.cancel()
             return await self._shutdown()
         finally:
