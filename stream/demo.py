@@ -1,75 +1,481 @@
-"""``dcr-stream demo``: the first-run experience on embedded defaults.
+"""``dcr-stream demo``: the whole service on one machine, from nothing, in about half a minute.
 
-Until the delivery pipeline exists this is a smoke check of the platform it will run on: it starts
-the local Kafka broker, produces call-intent events to a fresh topic, consumes them back and prints
-a summary. Everything it starts is stopped before it returns.
+1. Start a local Kafka broker (``stream.devkafka``) and ``dcr-stream sandbox`` as a child process
+   on free ports: the API is another process, as in production, so the service's event loop does
+   not share its time (and its timing) with the API's. The sandbox mints tokens, answers 429 above
+   10 requests per second per account (the API's quota), fails 2% of requests with a 5xx, and
+   knows two label ids per account.
+2. Create the input topic and produce a realistic mix (``stream.produce``): several accounts, some
+   high-priority events, a few percent invalid events of eight kinds, and a few events that carry a
+   label id no account has registered yet, which the sandbox refuses (400).
+3. Run the real ``Pipeline`` in this process, configured through ``stream.config.load`` like
+   ``dcr-stream run``, at the API's quota; wait until every event is delivered or dead-lettered
+   and the group's committed offsets reach the end of every partition.
+4. Register the new label with the sandbox and ``replay`` the API's rejections from the dead-letter
+   topic into the input topic; wait until they are delivered and committed too.
+5. Stop the service (it drains and leaves the group), print the summary, stop the sandbox and the
+   broker. Ctrl-C or SIGTERM at any point does the same cleanup (exit 130).
+
+The exit status is 0 only if every event ended where it should: each valid one accepted by the
+sandbox, each invalid one dead-lettered with its own code, and every offset committed.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import threading
 import time
-import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import Consumer, Producer
+import aiohttp
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream.devkafka import LocalKafka
+from stream import logs
+from stream.app import Pipeline
+from stream.config import load
+from stream.devkafka import BrokerError, LocalKafka, _die_with_parent, cache_dir
+from stream.errors import DcrStreamError
+from stream.produce import (
+    DEFAULT_LABEL_ID,
+    INVALID_KINDS,
+    Mix,
+    Produced,
+    Progress,
+    account_ids,
+    events,
+    produce,
+)
+from stream.replay import Selection, replay
 
-_TOPIC = "call-intents"
-_PARTITIONS = 4
+__all__ = ["run"]
+
+TOPIC = "call-intents"
+PARTITIONS = 4
+GROUP = "dcr-demo"
+LABEL_IDS = (DEFAULT_LABEL_ID, "3c1d9e8a-5b7f-4a2e-9c6d-1e8f7a2b4c5d")
+"""Registered with the sandbox for every account."""
+NEW_LABEL_ID = "9a7e3f21-6c4d-4b8a-a5e2-7d1c9b3f6e80"
+"""Used by a few events before any account registered it: refused by the API until it learns it."""
+
+INVALID_RATIO = 0.02
+HIGH_PRIORITY_RATIO = 0.05
+NEW_LABEL_RATIO = 0.0002
+"""Few on purpose: isolating one refused record in a batch of 500 costs about 18 requests."""
+ERROR_RATE = 0.02
+RATE_LIMIT_RPS = 10
+_SEED = 2
+"""The same events every run (so the same counts); the timing still varies."""
+
+_KEY_ID, _API_KEY = "demo-key", "demo-secret"
+_WAIT_S = 300.0
+"""Upper bound of each wait for the service: far beyond a healthy run, short of forever."""
+_SHUTDOWN_TIMEOUT_S = 10
+_PLAIN_PROGRESS_S = 5.0
+_STOP_TIMEOUT_S = 10.0
+"""The sandbox stops within its own 1 s shutdown bound; past this it is killed."""
+_INTERRUPTED = "\ndcr-stream demo: interrupted; everything it started is stopped"
 
 
-def _event(i: int, now_ms: int) -> bytes:
-    return json.dumps(
-        {
-            "client_account_id": "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11",
-            "caller": f"+91 80 4{i % 10_000:04d} 1000",
-            "receiver": f"+91 98{i:08d}",
-            "label_id": "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a",
-            "call_reason": "Your order is out for delivery",
-            "starts_at": now_ms,
-            "ends_at": now_ms + 3_600_000,
-        }
-    ).encode()
+class _Failed(DcrStreamError):
+    """Something the demo started did not do its part (in time)."""
 
 
-def run(*, events: int) -> int:
+class _Interrupted(DcrStreamError):
+    """Ctrl-C or SIGTERM while the service runs: it drains, then the demo ends with 130."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    valid: int
+    new_label: int
+    invalid: dict[str, int]
+    """Rejection code → events."""
+
+
+def run(*, events_count: int, accounts: int, verbose: bool) -> int:
+    """``dcr-stream demo``: 0 when every event ended where it should, 1 if not, 130 on Ctrl-C."""
+    if verbose:
+        logs.setup("INFO")
+    else:
+        # The summary tells the story; only the service's errors are worth a line meanwhile.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("service: %(levelname)s %(message)s"))
+        logging.getLogger().handlers[:] = [handler]
+        logging.getLogger().setLevel(logging.ERROR)
+    # SIGTERM cleans up as Ctrl-C does; the event loop takes both over while it runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
-    with LocalKafka() as broker:
-        print(f"Kafka {broker.version} at {broker.bootstrap_servers}", flush=True)
-        # The broker is stopped under the clients' feet at the end: that is not worth a log line.
-        quiet: dict[str, str | int | float | bool] = {
-            "bootstrap.servers": broker.bootstrap_servers,
-            "log.connection.close": False,
-        }
-        admin = AdminClient(quiet)
-        admin.create_topics([NewTopic(_TOPIC, num_partitions=_PARTITIONS)])[_TOPIC].result(30)
-
-        producer = Producer({**quiet, "linger.ms": 20})
-        now_ms = int(time.time() * 1000)
-        for i in range(events):
-            producer.produce(_TOPIC, key=str(i).encode(), value=_event(i, now_ms))
-            producer.poll(0)
-        producer.flush(30)
-
-        consumer = Consumer(
-            {
-                **quiet,
-                "group.id": f"dcr-demo-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+    ids = account_ids(accounts)
+    print(f"dcr-stream demo: {events_count:,} call-intent events, local Kafka, the API sandbox")
+    broker = LocalKafka()
+    sandbox: _SandboxProcess | None = None
+    try:
+        sandbox = _SandboxProcess(ids)  # starts while the broker does
+        if not (cache_dir() / "lib" / ".complete").exists():
+            print(
+                "  fetching Apache Kafka's jars with Maven (once, into the cache) ...", flush=True
+            )
+        print("  starting Kafka ...", flush=True)
+        broker.start()
+        print(
+            f"  Kafka {broker.version} at {broker.bootstrap_servers} (pid {broker.pid}), "
+            f"topic {TOPIC}: {PARTITIONS} partitions",
+            flush=True,
         )
-        consumer.subscribe([_TOPIC])
-        received = 0
-        deadline = time.monotonic() + 60
-        while received < events and time.monotonic() < deadline:
-            received += sum(1 for m in consumer.consume(1000, timeout=0.5) if m.error() is None)
-        consumer.close()
-    elapsed = time.monotonic() - started
-    print(f"events produced: {events}")
-    print(f"events consumed: {received}")
-    print(f"elapsed:         {elapsed:.1f} s (broker start and stop included)")
-    return 0 if received == events else 1
+        url = sandbox.wait_url()
+        print(
+            f"  API sandbox at {url} (pid {sandbox.pid}): {accounts} accounts, "
+            f"{RATE_LIMIT_RPS} requests/s each, {ERROR_RATE:.0%} injected 5xx",
+            flush=True,
+        )
+        demo = _Demo(broker.bootstrap_servers, url, ids, started)
+        return asyncio.run(demo.main(events_count))
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    except (_Failed, BrokerError) as exc:
+        print(f"dcr-stream demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        broker.stop()
+
+
+class _SandboxProcess:
+    """``dcr-stream sandbox`` on a free port, killed by the kernel if we die first."""
+
+    def __init__(self, accounts: tuple[str, ...]) -> None:
+        labels = ",".join(LABEL_IDS)
+        self._proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "stream", "sandbox", "--port", "0",
+                "--rate-limit-rps", str(RATE_LIMIT_RPS), "--error-rate", str(ERROR_RATE),
+                "--key-id", _KEY_ID, "--api-key", _API_KEY,
+                *(f"--labels={account}={labels}" for account in accounts),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop it, after the service drained
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        self.pid = self._proc.pid
+        self._tail: deque[str] = deque(maxlen=20)
+
+    def wait_url(self) -> str:
+        """The URL it prints first; then its log is drained (and its tail kept) by a thread."""
+        assert self._proc.stdout is not None
+        first = self._proc.stdout.readline().decode(errors="replace").strip()
+        if not first.startswith("http"):
+            self._tail.append(first)
+            self._drain()
+            raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
+        threading.Thread(target=self._drain, name="sandbox-log", daemon=True).start()
+        return first
+
+    def _drain(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._tail.append(line.decode(errors="replace").rstrip())
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+class _Demo:
+    def __init__(
+        self, bootstrap_servers: str, api_url: str, accounts: tuple[str, ...], started: float
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.kafka: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": bootstrap_servers,
+            "log.connection.close": False,
+            "log_level": 3,  # errors only: librdkafka's notices would break the progress line
+        }
+        self.api_url = api_url
+        self.accounts = accounts
+        self.started = started
+        self.progress = Progress(plain_every_s=_PLAIN_PROGRESS_S)
+
+    async def main(self, count: int) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def interrupt() -> None:
+            stop.set()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second one ends us at once
+                loop.remove_signal_handler(sig)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+                return await self._run(count, http, stop)
+        finally:
+            self.progress.close()
+
+    async def _run(self, count: int, http: aiohttp.ClientSession, stop: asyncio.Event) -> int:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._create_topics)
+        produced = await loop.run_in_executor(None, self._produce, count)
+        if stop.is_set():
+            print(_INTERRUPTED, file=sys.stderr)
+            return 130
+        expected = _expected(produced)
+        print(
+            f"  produced {produced.acknowledged:,} events in {produced.elapsed_s:.1f} s: "
+            f"{expected.valid:,} valid, {sum(expected.invalid.values()):,} invalid "
+            f"({len(expected.invalid)} kinds), {expected.new_label:,} with a label id no account "
+            "has registered yet",
+            flush=True,
+        )
+        pipeline = Pipeline(
+            load(
+                {
+                    "DCR_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+                    "DCR_KAFKA_TOPICS": TOPIC,
+                    "DCR_KAFKA_GROUP_ID": GROUP,
+                    "DCR_API_BASE_URL": self.api_url,
+                    "DCR_API_KEY_ID": _KEY_ID,
+                    "DCR_API_KEY": _API_KEY,
+                    "DCR_RATE_LIMIT_RPS": str(RATE_LIMIT_RPS),
+                    "DCR_HTTP_PORT": "0",
+                    "DCR_SHUTDOWN_TIMEOUT_S": str(_SHUTDOWN_TIMEOUT_S),
+                }
+            )
+        )
+        print(
+            f"  running the service: {RATE_LIMIT_RPS} requests/s per account, batches of up to "
+            "500 ...",
+            flush=True,
+        )
+        service = loop.create_task(pipeline.run(stop))
+        checker = _Commits(self.kafka)
+        try:
+            t0 = time.monotonic()
+            finished = expected.valid + expected.new_label + sum(expected.invalid.values())
+            await self._wait(pipeline, service, checker, finished, produced.acknowledged, stop)
+            first_pass_s = time.monotonic() - t0
+            self.progress.close()
+            print(
+                f"  first pass done in {first_pass_s:.1f} s; the accounts register label "
+                f"{NEW_LABEL_ID[:8]}…, and the API's rejections are replayed from {TOPIC}.dlq",
+                flush=True,
+            )
+            t1 = time.monotonic()
+            for account in self.accounts:
+                await self._sandbox(
+                    http, "labels", {"account": account, "label_ids": [NEW_LABEL_ID]}
+                )
+            replayed = await loop.run_in_executor(None, self._replay)
+            total = produced.acknowledged + replayed
+            await self._wait(pipeline, service, checker, finished + replayed, total, stop)
+            replay_s = time.monotonic() - t1
+            stats = await self._sandbox(http, "stats")
+        except (_Failed, _Interrupted, aiohttp.ClientError) as exc:
+            self.progress.close()
+            stop.set()
+            await service
+            if isinstance(exc, _Interrupted):
+                print(_INTERRUPTED, file=sys.stderr)
+                return 130
+            print(f"dcr-stream demo: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            checker.close()
+        stop.set()
+        status = await service
+        self.progress.close()
+        problems = _summary(
+            pipeline,
+            expected,
+            accepted=stats["totals"]["records_accepted"],
+            accounts=len(self.accounts),
+            events_in=produced.acknowledged,
+            replayed=replayed,
+            first_pass_s=first_pass_s,
+            replay_s=replay_s,
+            elapsed_s=time.monotonic() - self.started,
+        )
+        if status != 0:
+            problems.append(f"the service exited with status {status}")
+        for problem in problems:
+            print(f"dcr-stream demo: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+
+    async def _sandbox(
+        self, http: aiohttp.ClientSession, path: str, body: dict[str, Any] | None = None
+    ) -> Any:
+        """Call the sandbox's control API: POST ``body`` if given, else GET."""
+        url = f"{self.api_url}/_sandbox/{path}"
+        request = http.get(url) if body is None else http.post(url, json=body)
+        async with request as response:
+            response.raise_for_status()
+            return await response.json()
+
+    def _create_topics(self) -> None:
+        admin = AdminClient(self.kafka)
+        topics = [NewTopic(TOPIC, num_partitions=PARTITIONS), NewTopic(f"{TOPIC}.dlq", 1)]
+        for future in admin.create_topics(topics).values():
+            future.result(30)
+
+    def _produce(self, count: int) -> Produced:
+        mix = Mix(
+            accounts=self.accounts,
+            label_ids=LABEL_IDS,
+            invalid_ratio=INVALID_RATIO,
+            high_priority_ratio=HIGH_PRIORITY_RATIO,
+            unregistered_label_ids=(NEW_LABEL_ID,),
+            unregistered_ratio=NEW_LABEL_RATIO,
+            seed=_SEED,
+        )
+        result = produce(self.kafka, TOPIC, events(mix, count), progress=self.progress, total=count)
+        if result.failed:
+            raise _Failed(f"{result.failed:,} events were not acknowledged by Kafka")
+        return result
+
+    def _replay(self) -> int:
+        result = replay(self.kafka, f"{TOPIC}.dlq", select=Selection(stages=frozenset({"api"})))
+        return result.sent
+
+    async def _wait(
+        self,
+        pipeline: Pipeline,
+        service: asyncio.Task[int],
+        checker: _Commits,
+        finished: int,
+        total: int,
+        stop: asyncio.Event,
+    ) -> None:
+        """Until ``finished`` records are done and committed, showing progress."""
+        loop = asyncio.get_running_loop()
+        counts = pipeline.counts
+        started = time.monotonic()
+        deadline = started + _WAIT_S
+        before = sum(counts.delivered.values()) + sum(counts.dead_lettered.values())
+
+        def render() -> str:
+            delivered = sum(counts.delivered.values())
+            dead = sum(counts.dead_lettered.values())
+            requests = sum(counts.requests.values())
+            rate = (delivered + dead - before) / max(time.monotonic() - started, 1e-9)
+            return (
+                f"  service: {delivered + dead:,}/{finished:,} done ({delivered:,} delivered, "
+                f"{dead:,} dead-lettered), requests {requests:,}, 429s {counts.throttled}, "
+                f"retries {counts.retries}, {rate:,.0f} records/s"
+            )
+
+        while True:
+            if stop.is_set():
+                raise _Interrupted
+            if service.done():
+                raise _Failed(f"the service stopped early (status {service.result()})")
+            if time.monotonic() > deadline:
+                raise _Failed(f"not every event was finished within {_WAIT_S:.0f} s")
+            self.progress.update(render)
+            done = sum(counts.delivered.values()) + sum(counts.dead_lettered.values())
+            if done >= finished and await loop.run_in_executor(None, checker.at_end, total):
+                return
+            await asyncio.sleep(0.1)
+
+
+class _Commits:
+    """Reads the demo group's committed offsets from Kafka, as an operator would check them."""
+
+    def __init__(self, kafka: dict[str, str | int | float | bool]) -> None:
+        self._consumer = Consumer({**kafka, "group.id": GROUP})
+        self._tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+
+    def at_end(self, total: int) -> bool:
+        """Whether the group committed every partition to its end, and the ends add up to
+        ``total`` (so the replayed records are counted in)."""
+        committed = self._consumer.committed(self._tps, timeout=10)
+        ends = [self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._tps]
+        return sum(ends) == total and [tp.offset for tp in committed] == ends
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _expected(produced: Produced) -> _Expected:
+    return _Expected(
+        valid=produced.expected.get("valid", 0),
+        new_label=produced.expected.get("unregistered_label", 0),
+        invalid={code: n for code in INVALID_KINDS if (n := produced.expected.get(code, 0))},
+    )
+
+
+def _summary(
+    pipeline: Pipeline,
+    expected: _Expected,
+    *,
+    accepted: int,
+    accounts: int,
+    events_in: int,
+    replayed: int,
+    first_pass_s: float,
+    replay_s: float,
+    elapsed_s: float,
+) -> list[str]:
+    """Print the summary; return what did not end where it should (nothing, normally)."""
+    counts = pipeline.counts
+    delivered = sum(counts.delivered.values())
+    dead = counts.dead_lettered
+    by_class: dict[str, int] = {}
+    for (_, status), n in counts.requests.items():
+        by_class[status] = by_class.get(status, 0) + n
+
+    def line(label: str, value: str, note: str = "") -> None:
+        print(f"  {label:<33}{value:>8}{'   ' + note if note else ''}")
+
+    print("\nsummary")
+    line("events in", f"{events_in:,}", f"{PARTITIONS} partitions, {accounts} accounts")
+    line("delivered", f"{delivered:,}", f"the sandbox accepted {accepted:,}")
+    line("dead-lettered", f"{sum(dead.values()):,}", "stage, code:")
+    for (code, stage), n in sorted(dead.items(), key=lambda item: (item[0][1], item[0][0])):
+        line(f"  {stage:<9}{code}", f"{n:,}")
+    line("replayed from the DLQ", f"{replayed:,}", "the api rejections, once the label was known")
+    classes = ", ".join(f"{c} {n:,}" for c, n in sorted(by_class.items()))
+    line("API requests", f"{sum(by_class.values()):,}", classes)
+    ok = by_class.get("2xx", 0)
+    line("mean batch size", f"{delivered / max(ok, 1):.1f}", "records per accepted request")
+    line("429 answers", f"{counts.throttled:,}", f"quota {RATE_LIMIT_RPS} requests/s per account")
+    line("retries", f"{counts.retries:,}", f"and {counts.bisections:,} bisections")
+    line(
+        "elapsed",
+        f"{elapsed_s:.1f} s",
+        f"first pass {first_pass_s:.1f} s ({events_in / first_pass_s:,.0f} records/s), "
+        f"replay {replay_s:.1f} s",
+    )
+    problems = []
+    if delivered != expected.valid + expected.new_label or accepted != delivered:
+        problems.append(
+            f"{delivered:,} delivered and {accepted:,} accepted by the sandbox, expected "
+            f"{expected.valid + expected.new_label:,}"
+        )
+    by_code: dict[str, int] = {}
+    for (code, _), n in dead.items():
+        by_code[code] = by_code.get(code, 0) + n
+    want = {**expected.invalid, "api_rejected": expected.new_label}
+    if {c: n for c, n in by_code.items() if n} != {c: n for c, n in want.items() if n}:
+        problems.append(f"dead-lettered by code {by_code}, expected {want}")
+    if replayed != expected.new_label:
+        problems.append(f"replayed {replayed:,}, expected {expected.new_label:,}")
+    if not problems:
+        print("  every event ended where it belongs, and every offset is committed")
+    return problems

@@ -1,0 +1,443 @@
+"""``dcr-stream produce``: synthetic call-intent events, fast, to a topic.
+
+``events(mix, count)`` makes the events; the demo and the tests use it too, and each event says what
+should become of it (``Event.expect``): ``valid``, ``unregistered_label`` (valid for us, refused by
+the API until it learns the label: stage ``api``), or the rejection code of an invalid event.
+
+Valid events are formatted from byte templates prepared once per account, caller and label, so the
+generator costs about a microsecond an event and librdkafka's batching (``PRODUCER_TUNING``) does
+the rest: a million events leave in a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TextIO
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from stream.config import SETTINGS
+from stream.errors import ConfigError, DcrStreamError
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_LABEL_ID",
+    "INVALID_KINDS",
+    "PRODUCER_TUNING",
+    "Event",
+    "Mix",
+    "Produced",
+    "Progress",
+    "account_ids",
+    "default_topic",
+    "ensure_topic",
+    "events",
+    "kafka_config",
+    "produce",
+    "run",
+    "topic_partitions",
+]
+
+DEFAULT_LABEL_ID = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
+"""The label id of events when none is given (``--label-id``)."""
+
+_ACCOUNT_NAMESPACE = uuid.UUID("5d0c6b1e-2f55-4bb4-9a07-dc3e5d1a0c7e")
+
+PRODUCER_TUNING: dict[str, str | int | float | bool] = {
+    "linger.ms": 50,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 100_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 1_000_000,
+    "queue.buffering.max.kbytes": 1_048_576,
+    "acks": "all",
+    "enable.idempotence": True,
+    "log.connection.close": False,
+}
+"""Large, compressed, lingering batches: the broker sees a few thousand requests for a million
+events. Idempotence keeps a retried batch from being written twice."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long the first metadata request may take before the cluster counts as unreachable."""
+
+_HOURS_MS = 3_600_000
+_WINDOW_MS = 6 * _HOURS_MS
+"""``ends_at`` of every event is this long after its ``starts_at``, the time of making."""
+_TEXTS = (
+    ("Delivery", "Your order is out for delivery"),
+    ("Appointments", "Calling about your appointment tomorrow"),
+    ("Card services", "Your card replacement is ready"),
+    ("Support", "Follow up on your support ticket"),
+    ("Reservations", "Confirming your table reservation"),
+)
+"""(label_name, call_reason) pairs, valid by every rule."""
+
+
+def account_ids(count: int) -> tuple[str, ...]:
+    """``count`` client account ids, the same on every run (so a sandbox can be told them)."""
+    return tuple(str(uuid.uuid5(_ACCOUNT_NAMESPACE, f"account-{i}")) for i in range(count))
+
+
+class Event(NamedTuple):
+    key: bytes
+    value: bytes
+    expect: str
+    """``valid``, ``unregistered_label``, or the rejection code the event must be dead-lettered
+    with (a key of ``INVALID_KINDS``)."""
+
+
+def _dumps(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()
+
+
+INVALID_KINDS: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "invalid_phone": lambda e: _dumps({**e, "caller": "12345"}),
+    "timestamp_seconds": lambda e: _dumps({**e, "starts_at": e["starts_at"] // 1000}),
+    "not_json": lambda e: _dumps(e)[:40],
+    "missing_field": lambda e: _dumps({k: v for k, v in e.items() if k != "label_id"}),
+    "call_reason_characters": lambda e: _dumps({**e, "call_reason": "50% off today only!"}),
+    "window_inverted": lambda e: _dumps({**e, "starts_at": e["ends_at"] + 60_000}),
+    "expired": lambda e: _dumps(
+        {**e, "starts_at": e["starts_at"] - 2 * _HOURS_MS, "ends_at": e["starts_at"] - _HOURS_MS}
+    ),
+    "invalid_uuid": lambda e: _dumps({**e, "label_id": "not-a-label-id"}),
+}
+"""The invalid events ``events`` makes, by the code ``stream.validation`` gives each."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mix:
+    """What ``events`` makes: accounts and labels to draw from, and the share of each kind."""
+
+    accounts: tuple[str, ...] = field(default_factory=lambda: account_ids(1))
+    label_ids: tuple[str, ...] = (DEFAULT_LABEL_ID,)
+    invalid_ratio: float = 0.0
+    """Events broken in one of the ``INVALID_KINDS`` ways, in turn."""
+    high_priority_ratio: float = 0.0
+    unregistered_label_ids: tuple[str, ...] = ()
+    unregistered_ratio: float = 0.0
+    """Valid events that carry one of ``unregistered_label_ids`` instead."""
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.accounts or not self.label_ids:
+            raise ValueError("a mix needs at least one account and one label id")
+        for name in ("invalid_ratio", "high_priority_ratio", "unregistered_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.unregistered_ratio and not self.unregistered_label_ids:
+            raise ValueError("unregistered_ratio needs unregistered_label_ids")
+
+
+def events(mix: Mix, count: int | None = None) -> Iterator[Event]:
+    """``count`` events (None: without end). Event ``i`` goes to receiver ``+9198`` and ``i`` in 8
+    digits, so receivers are unique within a run of up to 10⁸ events; the key of an event is
+    ``caller:receiver`` (digits); ``starts_at`` is the time of making."""
+    rng = random.Random(mix.seed)
+    clock = time.time_ns
+    invalid_kinds = list(INVALID_KINDS.items())
+    # Per account: (caller digits, the value up to the receiver's digits) for a few callers.
+    heads = [
+        [
+            (
+                digits.encode(),
+                b'{"client_account_id":"%s","caller":"+%s","receiver":"+'
+                % (account.encode(), digits.encode()),
+            )
+            for digits in (f"91804{n:03d}{c:04d}" for c in range(3))
+        ]
+        for n, account in enumerate(mix.accounts)
+    ]
+
+    def tails(labels: tuple[str, ...]) -> list[bytes]:
+        return [
+            b'","label_id":"%s","label_name":"%s","call_reason":"%s","starts_at":'
+            % (label.encode(), name.encode(), reason.encode())
+            for label in labels
+            for name, reason in _TEXTS
+        ]
+
+    known, unregistered = tails(mix.label_ids), tails(mix.unregistered_label_ids)
+    invalid_made = 0
+    random_, choice = rng.random, rng.choice
+    i = 0
+    while count is None or i < count:
+        which = int(random_() * len(heads))
+        caller, head = choice(heads[which])
+        receiver = b"9198%08d" % (i % 100_000_000)
+        key = caller + b":" + receiver
+        now = clock() // 1_000_000
+        i += 1
+        if random_() < mix.invalid_ratio:
+            code, make = invalid_kinds[invalid_made % len(invalid_kinds)]
+            invalid_made += 1
+            name, reason = choice(_TEXTS)
+            event = {
+                "client_account_id": mix.accounts[which],
+                "caller": f"+{caller.decode()}",
+                "receiver": f"+{receiver.decode()}",
+                "label_id": choice(mix.label_ids),
+                "label_name": name,
+                "call_reason": reason,
+                "starts_at": now,
+                "ends_at": now + _WINDOW_MS,
+            }
+            yield Event(key, make(event), code)
+            continue
+        expect = "valid"
+        if mix.unregistered_ratio and random_() < mix.unregistered_ratio:
+            tail, expect = choice(unregistered), "unregistered_label"
+        else:
+            tail = choice(known)
+        end_ = b',"priority":"high"}' if random_() < mix.high_priority_ratio else b"}"
+        value = b'%s%s%s%d,"ends_at":%d%s' % (head, receiver, tail, now, now + _WINDOW_MS, end_)
+        yield Event(key, value, expect)
+
+
+def kafka_config(env: Mapping[str, str], bootstrap_servers: str | None = None) -> dict[str, Any]:
+    """Connection properties for ``produce`` and ``replay``: ``bootstrap_servers``, else
+    ``DCR_KAFKA_BOOTSTRAP_SERVERS`` (default ``localhost:9092``), plus the service's librdkafka
+    pass-through (``DCR_KAFKA_CONFIG``, ``DCR_KAFKA_SECRET_CONFIG``), so TLS and SASL work as they
+    do for ``run``. A bad value raises ``ConfigError`` naming the variable."""
+    settings = {s.field: s for s in SETTINGS}
+
+    def parse(field_: str) -> Any:
+        setting = settings[field_]
+        try:
+            return setting.parse(env.get(setting.env, setting.default or ""))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(setting.env, str(exc)) from None
+
+    servers = bootstrap_servers or parse("kafka_bootstrap_servers")
+    secrets = {k: v.reveal() for k, v in parse("kafka_secret_config").items()}
+    return {"bootstrap.servers": servers, **parse("kafka_config"), **secrets}
+
+
+def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
+    """The partition count of ``topic``, created with ``partitions`` when it does not exist.
+
+    Raises ``DcrStreamError`` in one line when the cluster cannot be reached.
+    """
+    # log_level 0: an unreachable broker is reported once, by us, not by librdkafka every second.
+    admin = AdminClient({**config, "log_level": 0})
+    found = topic_partitions(admin, config, topic)
+    if found:
+        return len(found)
+    created = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
+    try:
+        created[topic].result(CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise DcrStreamError(f"cannot create topic {topic}: {exc.args[0].str()}") from None
+        return len(topic_partitions(admin, config, topic))  # someone created it meanwhile
+    return partitions
+
+
+def topic_partitions(
+    client: AdminClient | Consumer, config: Mapping[str, Any], topic: str
+) -> list[int]:
+    """The partitions of ``topic``, none if it does not exist; ``DcrStreamError`` in one line when
+    the cluster does not answer within ``CONNECT_TIMEOUT_S``."""
+    try:
+        metadata = client.list_topics(timeout=CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        error = exc.args[0]
+        reason = error.str() if isinstance(error, KafkaError) else str(error)
+        raise DcrStreamError(
+            f"Kafka at {config['bootstrap.servers']} did not answer ({reason}); check "
+            "--bootstrap-servers or DCR_KAFKA_BOOTSTRAP_SERVERS, and that the broker runs"
+        ) from None
+    found = metadata.topics.get(topic)
+    return sorted(found.partitions) if found is not None and found.error is None else []
+
+
+class Progress:
+    """One status line on stderr: redrawn in place on a terminal; elsewhere printed as a new
+    line every ``plain_every_s`` seconds, or never when that is None."""
+
+    def __init__(self, out: TextIO | None = None, *, plain_every_s: float | None = None) -> None:
+        self._out = out or sys.stderr
+        self._tty = self._out.isatty()
+        self._every_s = 0.2 if self._tty else plain_every_s
+        self._next = time.monotonic() + (self._every_s or 0.0)
+        self._shown = 0
+
+    def update(self, render: Callable[[], str]) -> None:
+        """Show ``render()`` if a line is due; cheap enough to call per event."""
+        if self._every_s is None or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self._every_s
+        text = render()
+        if self._tty:
+            self._out.write("\r" + text.ljust(self._shown))
+            self._shown = len(text)
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        """Clear the line on a terminal, so what is printed next starts on a clean one."""
+        if self._shown:
+            self._out.write("\r" + " " * self._shown + "\r")
+            self._out.flush()
+            self._shown = 0
+
+
+@dataclass(slots=True)
+class Produced:
+    """What ``produce`` handed to Kafka and what became of it."""
+
+    sent: int = 0
+    """Events given to the producer."""
+    failed: int = 0
+    """Events Kafka did not acknowledge (delivery error, or still queued at the flush bound)."""
+    elapsed_s: float = 0.0
+    expected: dict[str, int] = field(default_factory=dict)
+    """``Event.expect`` → events sent."""
+    interrupted: bool = False
+    """Ctrl-C stopped the sending early."""
+
+    @property
+    def acknowledged(self) -> int:
+        return self.sent - self.failed
+
+
+_FLUSH_TIMEOUT_S = 120.0
+"""The final wait for acknowledgements; what is still queued then counts as failed."""
+
+
+def produce(
+    config: Mapping[str, Any],
+    topic: str,
+    source: Iterator[Event],
+    *,
+    rate: float | None = None,
+    duration_s: float | None = None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> Produced:
+    """Send ``source`` to ``topic`` and wait for Kafka's acknowledgements: at most ``rate`` events
+    a second, for at most ``duration_s`` (with both, at most their product). A KeyboardInterrupt
+    stops the sending; what was sent is flushed and counted, and the result says it was
+    interrupted."""
+    result = Produced()
+
+    def failed(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            result.failed += 1
+
+    # Only failures are reported: a million success callbacks would cost more than the sending.
+    # Log level 3 (errors): a fresh broker's "coordinator load in progress" warnings are noise here.
+    producer = Producer(
+        {
+            **config,
+            **PRODUCER_TUNING,
+            "delivery.report.only.error": True,
+            "on_delivery": failed,
+            "log_level": 3,
+        }
+    )
+    expected = result.expected
+    started = time.monotonic()
+    stop_at = None if duration_s is None else started + duration_s
+    limit = None if rate is None or duration_s is None else int(rate * duration_s)
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+    # Events between two looks at the clock: 10 ms worth at a rate, else a thousand.
+    chunk = 1000 if rate is None else max(1, min(1000, int(rate / 100)))
+
+    def render() -> str:
+        rate_now = result.sent / max(time.monotonic() - started, 1e-9)
+        if total is None:
+            return f"{topic}: {result.sent:,} events, {rate_now:,.0f}/s"
+        done = result.sent / total
+        bar = "#" * int(30 * done)
+        return f"{topic} [{bar:<30}] {result.sent:,}/{total:,} ({done:.0%}), {rate_now:,.0f}/s"
+
+    try:
+        for event in source:
+            if result.sent == limit:
+                break
+            while True:
+                try:
+                    producer.produce(topic, event.value, event.key)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka send some
+                    producer.poll(0.05)
+            result.sent += 1
+            expected[event.expect] = expected.get(event.expect, 0) + 1
+            if result.sent % chunk:
+                continue
+            producer.poll(0)
+            if rate is not None and (ahead := started + result.sent / rate - time.monotonic()) > 0:
+                producer.poll(ahead)
+            if stop_at is not None and time.monotonic() >= stop_at:
+                break
+            if progress is not None:
+                progress.update(render)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        # Runs on Ctrl-C too: what was handed over is delivered and counted before we go.
+        result.failed += producer.flush(_FLUSH_TIMEOUT_S)
+        result.elapsed_s = time.monotonic() - started
+        if progress is not None:
+            progress.close()
+    return result
+
+
+def run(
+    *,
+    env: Mapping[str, str],
+    bootstrap_servers: str | None,
+    topic: str | None,
+    partitions: int,
+    count: int | None,
+    rate: float | None,
+    duration_s: float | None,
+    mix: Mix,
+) -> int:
+    """``dcr-stream produce``; errors raise ``DcrStreamError`` (``ConfigError``) for the CLI."""
+    config = kafka_config(env, bootstrap_servers)
+    topic = topic or default_topic(env)
+    ensure_topic(config, topic, partitions)
+    result = produce(
+        config,
+        topic,
+        events(mix, count),
+        rate=rate,
+        duration_s=duration_s,
+        progress=Progress(),
+        total=count,
+    )
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(result.expected.items()))
+    per_s = result.acknowledged / max(result.elapsed_s, 1e-9)
+    print(
+        f"{'interrupted: ' if result.interrupted else ''}produced {result.acknowledged:,} events "
+        f"to {topic} in {result.elapsed_s:.1f} s ({per_s:,.0f}/s){': ' if kinds else ''}{kinds}"
+    )
+    if result.failed:
+        print(
+            f"dcr-stream produce: {result.failed:,} events were not acknowledged by Kafka",
+            file=sys.stderr,
+        )
+        return 1
+    return 130 if result.interrupted else 0
+
+
+def default_topic(env: Mapping[str, str]) -> str:
+    """The first of ``DCR_KAFKA_TOPICS`` (default ``call-intents``), as the service reads it."""
+    setting = next(s for s in SETTINGS if s.field == "kafka_topics")
+    try:
+        topics: tuple[str, ...] = setting.parse(env.get(setting.env, setting.default or ""))
+    except ValueError as exc:
+        raise ConfigError(setting.env, str(exc)) from None
+    return topics[0]

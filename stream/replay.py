@@ -1,0 +1,303 @@
+"""``dcr-stream replay``: send dead letters back to an input topic once their cause is fixed.
+
+The dead-letter topic is read from its beginning to the end it has when the replay starts (records
+written meanwhile wait for the next run), without joining a consumer group or committing anything,
+so a replay can be repeated, first with ``dry_run``. Each record that passes the ``Selection`` is
+produced to ``to``, or else to the topic it was consumed from (``dcr.source.topic``), with its
+original key, value and headers: every ``dcr.*`` header is stripped, so a record that fails again is
+dead-lettered afresh and its headers describe the new failure only.
+
+Every run reads the whole topic: replaying the same records twice sends them twice. Narrow a run
+with the selection (code, stage, source partition and offsets).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from stream.dlq import ERROR_CODE, ERROR_STAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
+from stream.errors import ConfigError, DcrStreamError
+from stream.produce import (
+    CONNECT_TIMEOUT_S,
+    Progress,
+    default_topic,
+    kafka_config,
+    topic_partitions,
+)
+
+__all__ = ["Letter", "Replayed", "Selection", "default_dlq_topic", "replay", "run"]
+
+_PREFIX = "dcr."
+"""Headers that dcr-stream writes: none of them go back to an input topic."""
+
+_IDLE_TIMEOUT_S = 30.0
+"""How long reading may go without a single record or end-of-partition before it gives up."""
+_FLUSH_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which dead letters to replay; an empty set or None matches everything."""
+
+    codes: frozenset[str] = frozenset()
+    stages: frozenset[str] = frozenset()
+    partitions: frozenset[int] = frozenset()
+    """Source partitions (``dcr.source.partition``)."""
+    offset_from: int | None = None
+    offset_to: int | None = None
+    """Source offsets (``dcr.source.offset``), both inclusive."""
+
+    def __call__(self, letter: Letter) -> bool:
+        offset = letter.source_offset
+        return (
+            (not self.codes or letter.code in self.codes)
+            and (not self.stages or letter.stage in self.stages)
+            and (not self.partitions or letter.source_partition in self.partitions)
+            and (self.offset_from is None or (offset is not None and offset >= self.offset_from))
+            and (self.offset_to is None or (offset is not None and offset <= self.offset_to))
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Letter:
+    """A dead letter as read: its ``dcr.*`` headers parsed, the rest kept to send again."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]]
+    """The original headers, without any ``dcr.*`` one."""
+    code: str
+    stage: str
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+
+    @classmethod
+    def of(cls, message: Message) -> Letter:
+        ours: dict[str, str] = {}
+        kept: list[tuple[str, str | bytes | None]] = []
+        raw = message.headers() or []
+        for name, value in raw.items() if isinstance(raw, dict) else raw:
+            if name.startswith(_PREFIX):
+                ours[name] = _text(value)
+            else:
+                kept.append((name, value))
+        return cls(
+            key=message.key(),
+            value=message.value(),
+            headers=kept,
+            code=ours.get(ERROR_CODE, ""),
+            stage=ours.get(ERROR_STAGE, ""),
+            source_topic=ours.get(SOURCE_TOPIC, ""),
+            source_partition=_number(ours.get(SOURCE_PARTITION)),
+            source_offset=_number(ours.get(SOURCE_OFFSET)),
+        )
+
+    def describe(self) -> str:
+        """``topic[partition]@offset code stage``, as the dry run lists it."""
+        where = f"{self.source_topic or '?'}[{_shown(self.source_partition)}]"
+        return f"{where}@{_shown(self.source_offset)} {self.code or '-'} {self.stage or '-'}"
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value or ""
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text and text.lstrip("-").isdigit() else None
+
+
+def _shown(number: int | None) -> str:
+    return "?" if number is None else str(number)
+
+
+@dataclass(slots=True)
+class Replayed:
+    read: int = 0
+    """Dead letters read."""
+    selected: int = 0
+    sent: int = 0
+    """Produced and acknowledged (a dry run sends nothing)."""
+    failed: int = 0
+    """Not acknowledged by Kafka."""
+    no_source: int = 0
+    """Selected but skipped: no ``dcr.source.topic`` and no ``to``."""
+
+
+def default_dlq_topic(env: Mapping[str, str]) -> str:
+    """``DCR_DLQ_TOPIC``, else ``<first of DCR_KAFKA_TOPICS>.dlq``, as the service decides it."""
+    return env.get("DCR_DLQ_TOPIC", "").strip() or f"{default_topic(env)}.dlq"
+
+
+def replay(
+    config: Mapping[str, Any],
+    dlq_topic: str,
+    *,
+    select: Selection,
+    to: str | None = None,
+    dry_run: bool = False,
+    out: TextIO | None = None,
+    progress: Progress | None = None,
+) -> Replayed:
+    """Read ``dlq_topic`` from its beginning to its current end and send the selected records on.
+
+    A dry run writes a line per selected record to ``out`` (``Letter.describe`` and where it would
+    go) and sends nothing. Raises ``DcrStreamError`` when Kafka cannot be reached or the topic does
+    not exist.
+    """
+    if to == dlq_topic:
+        raise ConfigError("--to", "must not be the dead-letter topic itself")
+    out = out or sys.stdout
+    result = Replayed()
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": f"dcr-stream-replay-{uuid.uuid4().hex[:12]}",  # never joined or committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # records removed by retention meanwhile: go on
+            "log_level": 0,  # an unreachable broker is reported once, by us
+        }
+    )
+    producer: Producer | None = None
+
+    def failed(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            result.failed += 1
+
+    try:
+        ends = _assign_all(consumer, config, dlq_topic)
+        if not dry_run:
+            producer = Producer(
+                {
+                    **config,
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": 20,
+                    "log.connection.close": False,
+                    "log_level": 3,  # errors only, as for produce
+                    "on_delivery": failed,
+                }
+            )
+        quiet_since = time.monotonic()
+        while ends:
+            messages = consumer.consume(500, 0.5)
+            if messages:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
+                raise DcrStreamError(
+                    f"reading {dlq_topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
+                    f"{sorted(ends)} unfinished; is the broker healthy?"
+                )
+            for message in messages:
+                partition = message.partition()
+                assert partition is not None
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        ends.pop(partition, None)
+                        continue
+                    raise DcrStreamError(f"reading {dlq_topic}: {error.str()}")
+                offset = message.offset()
+                if partition not in ends or offset is None or offset >= ends[partition]:
+                    continue  # written after we started: the next run's
+                if offset + 1 >= ends[partition]:
+                    ends.pop(partition)
+                result.read += 1
+                letter = Letter.of(message)
+                if not select(letter):
+                    continue
+                result.selected += 1
+                target = to or letter.source_topic
+                if not target:
+                    result.no_source += 1
+                elif producer is None:
+                    print(f"{letter.describe()} -> {target}", file=out)
+                else:
+                    _send(producer, target, letter)
+            if progress is not None:
+                progress.update(
+                    lambda: f"{dlq_topic}: {result.read:,} read, {result.selected:,} selected"
+                )
+    finally:
+        consumer.close()
+        if producer is not None:
+            unsent = producer.flush(_FLUSH_TIMEOUT_S)
+            result.failed += unsent
+        if progress is not None:
+            progress.close()
+    if producer is not None:
+        result.sent = result.selected - result.no_source - result.failed
+    return result
+
+
+def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> dict[int, int]:
+    """Assign every partition of ``topic`` from its beginning; return the partitions that hold
+    records, each with its end offset (exclusive) as of now."""
+    partitions = topic_partitions(consumer, config, topic)
+    if not partitions:
+        raise DcrStreamError(
+            f"topic {topic} does not exist; check --from (default: $DCR_DLQ_TOPIC, else the first "
+            "of $DCR_KAFKA_TOPICS plus .dlq)"
+        )
+    ends: dict[int, int] = {}
+    starts = []
+    for partition in partitions:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S
+        )
+        if high > low:
+            ends[partition] = high
+            starts.append(TopicPartition(topic, partition, low))
+    consumer.assign(starts)
+    return ends
+
+
+def _send(producer: Producer, topic: str, letter: Letter) -> None:
+    while True:
+        try:
+            producer.produce(topic, letter.value, letter.key, headers=letter.headers)
+            break
+        except BufferError:  # the local queue is full: let librdkafka send some
+            producer.poll(0.05)
+    producer.poll(0)
+
+
+def run(
+    *,
+    env: Mapping[str, str],
+    bootstrap_servers: str | None,
+    dlq_topic: str | None,
+    to: str | None,
+    select: Selection,
+    dry_run: bool,
+) -> int:
+    """``dcr-stream replay``; errors raise ``DcrStreamError`` (``ConfigError``) for the CLI."""
+    config = kafka_config(env, bootstrap_servers)
+    source = dlq_topic or default_dlq_topic(env)
+    result = replay(config, source, select=select, to=to, dry_run=dry_run, progress=Progress())
+    verb = "would replay" if dry_run else "replayed"
+    count = result.selected - result.no_source if dry_run else result.sent
+    print(f"{verb} {count:,} of {result.read:,} dead letters in {source}", file=sys.stderr)
+    if result.no_source:
+        print(
+            f"dcr-stream replay: skipped {result.no_source:,} records without {SOURCE_TOPIC}; "
+            "give --to",
+            file=sys.stderr,
+        )
+    if result.failed:
+        print(
+            f"dcr-stream replay: {result.failed:,} records were not acknowledged by Kafka",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
