@@ -241,7 +241,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "retry_cap_ms", _int(1), "30000", "longest retry delay (a `Retry-After` may be longer)"
     ),
-    Setting("commit_interval_ms", _int(10), "1000", "how often completed offsets are committed"),
+    Setting(
+        "commit_interval_ms",
+        _int(10),
+        "100",
+        "how often finished offsets are committed (a crash re-sends at most this much more)",
+    ),
     Setting("http_port", _int(0, 65535), "8080", "port of /metrics, /healthz, /readyz"),
     Setting(
         "shutdown_timeout_s", _positive, "25", "drain bound on SIGTERM (below the pod's grace)"
