@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from confluent_kafka import Message
+from msgspec import Struct
 
 from stream.api import ApiClient, Response, make_session
 from stream.batching import Batch, Pending
@@ -40,8 +41,19 @@ __all__ = ["Pipeline"]
 _log = logging.getLogger("stream.app")
 _librdkafka_log = logging.getLogger("librdkafka")
 
-Source = tuple[Ticket, Message]
-"""What the pipeline keeps with each record: its offset claim and the original message (DLQ)."""
+
+class Source(Struct, frozen=True, gc=False):
+    """What the pipeline keeps with each record: its offset claim and the original message (DLQ).
+
+    A ``gc=False`` struct, as ``Pending`` is: one per record, never tracked by the cyclic collector.
+    """
+
+    ticket: Ticket
+    message: Message
+
+
+_DLQ_LOG_EVERY_S = 5.0
+"""Dead-letter write failures are logged at most this often (see ``_log_dlq_failure``)."""
 
 _CLOSE_RESERVE_S = 3.0
 """Of the shutdown timeout, kept back for the final commit and leaving the group."""
@@ -82,6 +94,7 @@ class Pipeline:
         self._consumer: ConsumerThread | None = None
         self._tokens_source: TokenSource | None = None
         self.last_commit_s = 0.0
+        self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self.assigned = asyncio.Event()
         """Set once the group gave us partitions (readiness)."""
         self.http_port: int | None = None
@@ -222,10 +235,12 @@ class Pipeline:
     # -- consume → validate → submit ----------------------------------------------------------
 
     def _on_messages(self, messages: list[Message]) -> None:
+        """One consumed slice, in order: the once-a-record path (see ``bench/``)."""
         assert self._delivery is not None
         now_ms = self._wall_ms()
-        receive, submit = self.tracker.receive, self._delivery.submit
+        receive, rules, high_topics = self.tracker.receive, self._rules, self._high_topics
         self.counts.consumed += len(messages)
+        valid: list[Pending[Source]] = []
         for message in messages:
             topic = message.topic()
             assert topic is not None
@@ -235,14 +250,15 @@ class Pipeline:
                 continue
             result = validate(
                 message.value(),
-                rules=self._rules,
+                rules=rules,
                 now_ms=now_ms,
-                high_priority_topic=topic in self._high_topics,
+                high_priority_topic=topic in high_topics,
             )
             if isinstance(result, Rejection):
-                self._spawn(self._dead_letter((ticket, message), result, None, None))
+                self._spawn(self._dead_letter(Source(ticket, message), result, None, None))
             else:
-                submit(Pending(result, (ticket, message)))
+                valid.append(Pending(result, Source(ticket, message)))
+        self._delivery.submit_all(valid)
 
     def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
         self.tracker.assign(tps)
@@ -272,7 +288,7 @@ class Pipeline:
     def delivered(self, batch: Batch[Source], response: Response) -> None:
         finish = self.tracker.finish
         for item in batch.items:
-            finish(item.source[0])
+            finish(item.source.ticket)
         records = len(batch.items)
         self.finished += records
         delivered = self.counts.delivered
@@ -287,7 +303,7 @@ class Pipeline:
                     batch_id=response.batch_id,
                     sent_at_ms=self._wall_ms(),
                     sources=offset_ranges(
-                        (t.tp[0], t.tp[1], t.offset) for t, _ in (i.source for i in batch.items)
+                        (t.tp[0], t.tp[1], t.offset) for t in (i.source.ticket for i in batch.items)
                     ),
                 )
             )
@@ -307,7 +323,7 @@ class Pipeline:
         """Write to the DLQ until Kafka acknowledges it; only then is the record finished. While it
         fails, the partition's position cannot pass this record (SPEC §4.6)."""
         assert self._dlq is not None
-        ticket, message = source
+        ticket, message = source.ticket, source.message
         attempt = 0
         while True:
             try:
@@ -315,13 +331,28 @@ class Pipeline:
                 break
             except DeadLetterError as exc:
                 attempt += 1
+                self.counts.dlq_write_failures += 1
                 delay = self._backoff.delay(attempt, None, self._rng)
-                _log.error("%s; retry %d in %.1f s", exc, attempt, delay)
+                self._log_dlq_failure(exc, attempt, delay)
                 await asyncio.sleep(delay)
         self.tracker.finish(ticket)
         self.finished += 1
         self._progress.set()
         self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
+
+    def _log_dlq_failure(self, exc: DeadLetterError, attempt: int, delay: float) -> None:
+        """One error line per ``_DLQ_LOG_EVERY_S`` at most: while the DLQ is unwritable every stuck
+        record retries, and a line per retry would flood the logs (the counter counts them all)."""
+        now = time.monotonic()
+        if now - self._dlq_logged_at >= _DLQ_LOG_EVERY_S:
+            self._dlq_logged_at = now
+            _log.error(
+                "%s; retry %d in %.1f s (%d dead-letter writes failed so far)",
+                exc,
+                attempt,
+                delay,
+                self.counts.dlq_write_failures,
+            )
 
     # -- commits -------------------------------------------------------------------------------
 

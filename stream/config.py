@@ -62,13 +62,22 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str
 
     def consumer_config(self) -> dict[str, str | int | float | bool]:
-        """librdkafka properties: ours, then the pass-through (which may override any of them)."""
+        """librdkafka properties: ours, then the pass-through (which may override any of them).
+
+        The prefetch queue is bounded at 8 MiB (librdkafka's default is 64 MiB plus a fetch): the
+        service buffers its own ``max_buffered_records`` anyway, and with the API down the prefetch
+        is most of the memory held (``bench/`` B4). A partition whose queue is full waits
+        ``fetch.queue.backoff.ms`` before it is fetched again: 20 ms, not the default second, so a
+        small queue never leaves the consumer waiting (B1).
+        """
         return {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "group.id": self.kafka_group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            "queued.max.messages.kbytes": 8192,
+            "fetch.queue.backoff.ms": 20,
             **self.kafka_config,
             **{k: v.reveal() for k, v in self.kafka_secret_config.items()},
         }
@@ -254,8 +263,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "liveness_stall_s",
         _positive,
-        "60",
-        "/healthz fails when the consumer has not polled for this long",
+        "120",
+        "/healthz fails when the consumer has not polled for this long (keep it above a commit's "
+        "worst wait during a broker outage, ~60 s)",
     ),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
 )

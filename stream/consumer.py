@@ -1,11 +1,11 @@
 """The Kafka consumer, owned by one thread (SPEC §5).
 
 confluent-kafka's consumer is a blocking client; rather than share it between threads we give it
-one owner. The thread polls in short slices (``consume(500, 0.1)``), hands each slice to the asyncio
-loop in arrival order (``call_soon_threadsafe``), and between slices runs the commands the loop
-sends it (commit, stop fetching). Rebalance callbacks run on this thread inside ``consume``; a
-revoke asks the loop for the partitions' final positions (bounded) and commits them before the
-partitions go.
+one owner. The thread polls in short slices (up to 500 messages; when none wait, at most 0.1 s for
+the next one), hands each slice to the asyncio loop in arrival order (``call_soon_threadsafe``), and
+between slices runs the commands the loop sends it (commit, stop fetching). Rebalance callbacks run
+on this thread inside ``poll``/``consume``; a revoke asks the loop for the partitions' final
+positions (bounded) and commits them before the partitions go.
 
 Backpressure lives here too, since only this thread may pause: when the records consumed and not yet
 finished reach ``max_buffered`` it pauses every assigned partition, keeps polling (so
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -35,12 +36,22 @@ _log = logging.getLogger("stream.consumer")
 CONSUME_BATCH = 500
 """Messages per consume call: a full API batch, and far below what the loop handles per slice."""
 
+AHEAD = 2 * CONSUME_BATCH
+"""Messages handed to the loop and not yet taken by it, beyond which the thread waits (at most a
+slice) before it polls again: the loop always has the next slice queued, and what it cannot take
+yet stays in librdkafka's prefetch queue (bounded by ``queued.max.messages.kbytes``) rather than in
+Python objects, so a fast topic no longer runs into the pause/resume bound just because the loop
+is slower than the client."""
+
 POLL_TIMEOUT_S = 0.1
 """Slice length: commands wait at most this long. Polls every 0.1 s keep us far inside
 ``max.poll.interval.ms`` (default 300 s) even while paused or draining."""
 
 LAG_INTERVAL_S = 5.0
 """How often the consumer lag gauge is refreshed (from cached watermarks: no broker round trip)."""
+
+WAKE_TIMEOUT_S = 0.05
+"""The longest a resume waits for the lookup that wakes the fetchers (see ``_wake_fetchers``)."""
 
 REVOKE_WAIT_S = 10.0
 """How long a revoke waits for the revoked partitions' records to finish before committing what is
@@ -83,6 +94,10 @@ class ConsumerThread:
         """Resolves when the thread has closed the consumer (or failed)."""
         self.consumed = 0
         """Records handed to the loop since start; written by this thread only."""
+        self._taken = 0
+        """Records the loop has taken from the hand-over; written by the loop only."""
+        self._room = threading.Event()
+        """Set by the loop when the hand-over is down to ``AHEAD``."""
         self.last_poll = time.monotonic()
         """When ``consume`` last returned: the liveness signal."""
         self.assignment: set[TopicPartitionKey] = set()
@@ -130,7 +145,8 @@ class ConsumerThread:
             )
             while not self._stop.is_set():
                 self._run_commands()
-                messages = self._consumer.consume(CONSUME_BATCH, POLL_TIMEOUT_S)
+                self._wait_for_room()
+                messages = self._poll()
                 self.last_poll = time.monotonic()
                 if messages:
                     self._hand_over(messages)
@@ -147,6 +163,21 @@ class ConsumerThread:
         self._fail_commands(RuntimeError("the consumer is closed"))
         self.done.set_result(None)
 
+    def _poll(self) -> list[Message]:
+        """What has arrived, or else the first message within the slice.
+
+        ``consume(n, timeout)`` waits for ``n`` messages or the whole timeout, so a trickle would
+        wait up to a slice in the client before it even reaches its batch; ``poll`` returns with the
+        first message, and ``consume(n, 0)`` takes whatever is already fetched without waiting.
+        """
+        messages = self._consumer.consume(CONSUME_BATCH, 0)
+        if messages:
+            return messages
+        first = self._consumer.poll(POLL_TIMEOUT_S)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(CONSUME_BATCH - 1, 0)]
+
     def _hand_over(self, messages: list[Message]) -> None:
         good = []
         for message in messages:
@@ -159,7 +190,20 @@ class ConsumerThread:
                 _log.warning("consumer: %s", error)
         if good:
             self.consumed += len(good)
-            self._loop.call_soon_threadsafe(self._on_messages, good)
+            self._loop.call_soon_threadsafe(self._take, good)
+
+    def _wait_for_room(self) -> None:
+        if self.consumed - self._taken > AHEAD:
+            self._room.clear()
+            if self.consumed - self._taken > AHEAD:  # the loop may have taken them meanwhile
+                self._room.wait(POLL_TIMEOUT_S)
+
+    def _take(self, messages: list[Message]) -> None:
+        """On the loop: pass a slice on, and tell the thread when there is room for more."""
+        self._taken += len(messages)
+        if self.consumed - self._taken <= AHEAD:
+            self._room.set()
+        self._on_messages(messages)
 
     def _apply_backpressure(self) -> None:
         if self._draining:
@@ -170,10 +214,27 @@ class ConsumerThread:
             _log.info("paused %d partitions: %d records buffered", len(self._paused), buffered)
         elif self._paused and buffered <= self._max_buffered // 2:
             _log.info("resumed %d partitions: %d records buffered", len(self._paused), buffered)
-            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            resumed = [TopicPartition(t, p) for t, p in self._paused]
+            self._consumer.resume(resumed)
+            self._wake_fetchers(resumed)
             self._paused.clear()
         elif self._paused and self.assignment - self._paused:
             self._pause(self.assignment - self._paused)  # assigned while paused
+
+    def _wake_fetchers(self, tps: list[TopicPartition]) -> None:
+        """Make librdkafka fetch the resumed partitions now, not up to a second later.
+
+        A resume is applied by librdkafka's main thread; the broker threads, which have nothing to
+        fetch while everything is paused, sleep up to 1 s before they look again (librdkafka #1787,
+        confluent-kafka-go #630): a second of nothing per pause/resume cycle. Any request queued on
+        a broker thread wakes it; an offsets-for-times lookup of the resumed partitions queues one
+        on each of their leaders. The answer is not needed, so the wait is short and a timeout is
+        harmless.
+        """
+        with contextlib.suppress(KafkaException):
+            self._consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, 0) for tp in tps], timeout=WAKE_TIMEOUT_S
+            )
 
     def _measure_lag(self) -> None:
         self._lag_at = self.last_poll
@@ -248,6 +309,10 @@ class ConsumerThread:
         self.assignment.update(keys)
         if self._paused or self._draining:
             self._pause(set(keys))
+        elif partitions:
+            # librdkafka keeps a partition's pause across revoke (or loss) and a later assign,
+            # while we forgot it with the partition: one paused then would never fetch again.
+            consumer.resume(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

@@ -7,9 +7,9 @@ with capped, fully jittered exponential backoff for as long as it takes (SPEC §
 applies backpressure meanwhile.
 
 Per account there is one lane: two queues (high priority first) and one dispatcher task that takes
-a slot from the account's limiter and only then picks the batch, so a high-priority batch that
-arrives while normal ones wait gets the very next slot (SPEC §4.2). Retries and bisected halves go
-back to the front of their queue and take slots like any request.
+a slot (``_Slots``) and only then picks the batch, so a high-priority batch that arrives while
+normal ones wait gets the very next slot (SPEC §4.2). Retries and bisected halves go back to the
+front of their queue and take slots like any request.
 
 The quota is per account, not per process (SPEC §5): when replicas together exceed it, the API
 answers 429. A lane then halves its rate (not below a tenth of ``DCR_RATE_LIMIT_RPS``) and, once
@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
-
-from aiolimiter import AsyncLimiter
 
 from stream.api import ApiClient, Response
 from stream.batching import Batch, Batcher, Pending
@@ -41,8 +40,13 @@ __all__ = ["Backoff", "Delivery", "Outcomes"]
 S = TypeVar("S")
 _log = logging.getLogger("stream.delivery")
 
-_SPACING_MARGIN = 1.01
-"""Requests are spaced 1% wider than 1/rps (see ``_Lane``)."""
+_WINDOW_MARGIN = 1.02
+"""A lane's rolling window is 2% longer than the API's second (see ``_Slots``)."""
+_MIN_GAP = 0.8
+"""Requests are never closer than 0.8 of the mean spacing (see ``_Slots``)."""
+_MAX_WINDOW_REQUESTS = 1000
+"""Above this many requests per second the window is shortened to hold this many, so that its log
+stays small when the quota is set out of the way (``DCR_RATE_LIMIT_RPS=1000000``)."""
 
 _DECREASE = 0.5
 _FLOOR = 0.1
@@ -77,25 +81,60 @@ class Backoff:
         return max(jittered, retry_after_s or 0.0)
 
 
+class _Slots:
+    """When a lane may send: at most ``n`` requests in any rolling ``window_s``, ``n / window_s``
+    being the rate less 2%, and never two closer than ``gap_s``.
+
+    The API counts requests in a rolling second, and so does this: for a whole-number rate,
+    ``n = rps`` and the window is 1.02 s, so any ``rps + 1`` consecutive requests span more than a
+    second, with 20 ms to spare for requests that arrive bunched up against how they were sent (the
+    loop, the network, the API's own scheduling). Spacing every request ``1.02/rps`` apart would
+    guarantee the same, but every delay in sending one (the loop is busy) would then push all the
+    later ones back too, and those delays add up to several percent of the quota (``bench/`` B2);
+    here a late request only moves the one ``n`` places after it. The gap, 0.8 of the mean
+    spacing, keeps a lane that was idle from opening with a burst.
+    """
+
+    def __init__(self, rps: float, sent: deque[float] | None = None) -> None:
+        self.n = max(1, min(_MAX_WINDOW_REQUESTS, math.floor(rps)))
+        self.window_s = _WINDOW_MARGIN * self.n / rps
+        self.gap_s = _MIN_GAP * self.window_s / self.n
+        self.sent: deque[float] = sent if sent is not None else deque()
+        """Loop times of the requests sent within the last window, oldest first."""
+
+    def wait_s(self, now: float) -> float:
+        """How long from ``now`` until the next request may go."""
+        sent = self.sent
+        while sent and sent[0] <= now - self.window_s:
+            sent.popleft()
+        if not sent:
+            return 0.0
+        ready = sent[-1] + self.gap_s
+        if len(sent) >= self.n:
+            ready = max(ready, sent[-self.n] + self.window_s)
+        return max(0.0, ready - now)
+
+    async def acquire(self) -> None:
+        """Wait for the next slot and take it (a sleep never ends early: one wait is enough)."""
+        loop = asyncio.get_running_loop()
+        wait_s = self.wait_s(loop.time())
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        self.sent.append(loop.time())
+
+
 class _Lane(Generic[S]):
-    """One account's queues, limiter and dispatcher."""
+    """One account's queues, slots and dispatcher."""
 
     def __init__(self, rps: float) -> None:
         self.max_rps = rps
         self.rps = rps
-        self.limiter = self._limiter(rps)
+        self.slots = _Slots(rps)
         self.last_throttle = -_RECOVERY_S
         self.high: deque[Batch[S]] = deque()
         self.normal: deque[Batch[S]] = deque()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-
-    @staticmethod
-    def _limiter(rps: float) -> AsyncLimiter:
-        # A bucket of one: requests are spaced 1/rps apart, so no rolling second ever holds more
-        # than rps of them (a bucket of rps would allow a burst of rps and then rps more). The 1%
-        # margin absorbs arrival jitter at a server that counts a strict rolling second.
-        return AsyncLimiter(1, time_period=_SPACING_MARGIN / rps)
 
     def throttled(self, now: float) -> None:
         self.last_throttle = now
@@ -108,7 +147,8 @@ class _Lane(Generic[S]):
     def _set(self, rps: float) -> None:
         if rps != self.rps:
             self.rps = rps
-            self.limiter = self._limiter(rps)
+            # The requests already sent still count against the new rate's window.
+            self.slots = _Slots(rps, self.slots.sent)
 
     def put(self, batch: Batch[S], *, front: bool = False) -> None:
         queue = self.high if batch.high_priority else self.normal
@@ -162,13 +202,22 @@ class Delivery(Generic[S]):
 
     def submit(self, item: Pending[S]) -> None:
         """Add a record; it is sent when its batch is full, old enough or large enough."""
+        self.submit_all((item,))
+
+    def submit_all(self, items: Iterable[Pending[S]]) -> None:
+        """Add records in order, as ``submit`` does, reading the clock once for all of them (the
+        pipeline hands over each consumed slice in one call)."""
         loop = asyncio.get_running_loop()
         if self._timer is None:
             self._timer = loop.create_task(self._linger())
-        was_empty = self._batcher.next_deadline() is None
-        full = self._batcher.add(item, loop.time())
-        if full is not None:
-            self._dispatch(full)
+        # The linger timer sleeps until the oldest open batch is due; only a first open batch
+        # brings that deadline forward.
+        was_empty = not self._batcher
+        now, add, dispatch = loop.time(), self._batcher.add, self._dispatch
+        for item in items:
+            full = add(item, now)
+            if full is not None:
+                dispatch(full)
         if was_empty:
             self._wake.set()
 
@@ -233,7 +282,7 @@ class Delivery(Generic[S]):
                 lane.ready.clear()
                 await lane.ready.wait()
             waited = time.monotonic()
-            await lane.limiter.acquire()
+            await lane.slots.acquire()
             self.metrics.limiter_wait.observe(time.monotonic() - waited)
             batch = lane.high.popleft() if lane.high else lane.normal.popleft()
             self._spawn(self._send(lane, batch))

@@ -41,7 +41,7 @@ from confluent_kafka.cimpl import NewTopic
 from stream import logs
 from stream.app import Pipeline
 from stream.config import load
-from stream.devkafka import BrokerError, LocalKafka, _die_with_parent, cache_dir
+from stream.devkafka import BrokerError, LocalKafka, cache_dir, die_with_parent
 from stream.errors import DcrStreamError
 from stream.produce import (
     DEFAULT_LABEL_ID,
@@ -166,7 +166,7 @@ class _SandboxProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us; we stop it, after the service drained
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         self.pid = self._proc.pid
         self._tail: deque[str] = deque(maxlen=20)

@@ -53,6 +53,8 @@ class Counts:
     """Requests answered 429."""
     bisections: int = 0
     commit_failures: int = 0
+    dlq_write_failures: int = 0
+    """Dead-letter writes Kafka did not acknowledge (each is retried)."""
 
     def bump(self, table: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) -> None:
         table[key] = table.get(key, 0) + n
@@ -132,6 +134,11 @@ class _Collector(Collector):
         )
         yield CounterMetricFamily(
             "dcr_commit_failures", "Partition commits Kafka refused", c.commit_failures
+        )
+        yield CounterMetricFamily(
+            "dcr_dlq_write_failures",
+            "Dead-letter writes Kafka did not acknowledge (retried)",
+            c.dlq_write_failures,
         )
         yield GaugeMetricFamily(
             "dcr_buffered_records", "Records consumed and not yet finished", value=s.buffered()

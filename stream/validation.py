@@ -1,9 +1,15 @@
 """Every rule of SPEC §3: bytes in, a ``Record`` or a ``Rejection`` out — never an exception.
 
-msgspec decodes and checks types and ``Meta`` constraints in one pass (the fast path, one reused
-``Decoder``). Only when that fails do we look closer, to give the failure its stable code. The rules
-msgspec cannot express (phone normalisation, timestamp units, the window, expiry, the allow-list,
+msgspec decodes and checks types and ``Meta`` constraints in one pass (one reused ``Decoder``).
+Only when that fails do we look closer, to give the failure its stable code. The rules msgspec
+cannot express (phone normalisation, timestamp units, the window, expiry, the allow-list,
 ``call_reason``'s characters and edges) follow in ``_check``.
+
+The fast path decodes into ``CallIntent`` less its UUID patterns, and checks the two UUIDs against
+those already seen: a deployment has a handful of accounts and labels, and msgspec runs a pattern
+through ``re`` on every decode, which was half the cost of a decode. Anything the fast path does not
+accept is decoded again by the full ``CallIntent`` decoder, so every rejection is exactly the one
+msgspec's own checks give.
 
 Every code, its field and an example are listed in the README; ``CODES`` is the source of truth.
 """
@@ -12,13 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 from msgspec.structs import force_setattr
 
-from stream.events import CallIntent, Record
+from stream.events import UUID_PATTERN, CallIntent, Record, Uuid
 
 __all__ = ["CODES", "Rejection", "Rules", "check_expiry", "normalise_phone", "validate"]
 
@@ -92,6 +98,30 @@ _MS_CEILING = 10**14
 """From this on it is microseconds: 1e14 ms is the year 5138, 1e14 µs is 1973."""
 
 _decoder = msgspec.json.Decoder(CallIntent)
+_UUID = re.compile(UUID_PATTERN)
+_UUID_SHAPE = Annotated[str, Meta(min_length=36, max_length=36)]
+_UUIDS_SEEN_MAX = 4096
+"""UUIDs remembered as valid; past this many the memory starts again (bounds odd producers)."""
+_uuids_seen: set[str] = set()
+
+
+def _without_uuid_patterns() -> Any:
+    """``CallIntent`` with ``_UUID_SHAPE`` for ``Uuid``: the same decode, the patterns left out."""
+    swaps = {Uuid: _UUID_SHAPE, Uuid | None: _UUID_SHAPE | None}
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    swapped = 0
+    for field in msgspec.structs.fields(CallIntent):
+        kind = swaps.get(field.type, field.type)
+        swapped += kind is not field.type
+        if field.required:
+            fields.append((field.name, kind))
+        else:
+            fields.append((field.name, kind, field.default))
+    assert swapped == 2, "CallIntent's UUID fields changed: revisit the fast path"
+    return msgspec.defstruct("CallIntentFast", fields, kw_only=True, frozen=True, gc=False)
+
+
+_fast_decoder = msgspec.json.Decoder(_without_uuid_patterns())
 _PHONE_STRIP = str.maketrans("", "", "+ -().")
 _FORBIDDEN = frozenset("!@#$%^&*()_+/")
 _EDGES = frozenset(".,-")
@@ -121,6 +151,14 @@ def validate(
                 "not_utf8", None, f"not UTF-8: {exc.reason} at byte {exc.start}", "decode"
             )
     try:
+        event = _fast_decoder.decode(value)
+    except (msgspec.DecodeError, RecursionError):
+        event = None
+    if event is not None and _known_uuid(event.label_id):
+        account_id = event.client_account_id
+        if account_id is None or _known_uuid(account_id):
+            return _check(event, rules, now_ms, high_priority_topic)
+    try:
         event = _decoder.decode(value)
     except msgspec.ValidationError as exc:
         return _from_validation_error(str(exc))
@@ -131,12 +169,27 @@ def validate(
     return _check(event, rules, now_ms, high_priority_topic)
 
 
+def _known_uuid(text: str) -> bool:
+    """Whether ``text`` (36 characters) matches ``UUID_PATTERN``, remembering those that do."""
+    if text in _uuids_seen:
+        return True
+    if _UUID.match(text) is None:
+        return False
+    if len(_uuids_seen) >= _UUIDS_SEEN_MAX:
+        _uuids_seen.clear()
+    _uuids_seen.add(text)
+    return True
+
+
 def normalise_phone(number: str) -> str | None:
     """Digits only once ``+``, spaces, ``-``, ``(``, ``)``, ``.`` are stripped; None unless 8-15."""
-    digits = number.translate(_PHONE_STRIP)
-    if 8 <= len(digits) <= 15 and digits.isascii() and digits.isdigit():
-        return digits
-    return None
+    # Most numbers arrive as +<digits> or <digits>: slicing is cheaper than translating.
+    digits = number[1:] if number[:1] == "+" else number
+    if not (digits.isascii() and digits.isdigit()):
+        digits = number.translate(_PHONE_STRIP)
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+    return digits if 8 <= len(digits) <= 15 else None
 
 
 def check_expiry(ends_at: int, now_ms: int, stage: Stage) -> Rejection | None:
@@ -175,28 +228,19 @@ def _check(
         )
     if event.call_reason is not None and (rejection := _check_reason(event.call_reason)):
         return rejection
-    for name, stamp in (("starts_at", event.starts_at), ("ends_at", event.ends_at)):
-        if stamp < _MS_FLOOR:
-            return _reject(
-                "timestamp_seconds", name, f"{name} {stamp} looks like seconds", "validate"
-            )
-        if stamp >= _MS_CEILING:
-            return _reject(
-                "timestamp_microseconds",
-                name,
-                f"{name} {stamp} looks like microseconds",
-                "validate",
-            )
-    if event.starts_at > event.ends_at:
+    starts_at, ends_at = event.starts_at, event.ends_at
+    if not (_MS_FLOOR <= starts_at < _MS_CEILING and _MS_FLOOR <= ends_at < _MS_CEILING):
+        return _bad_unit(starts_at, ends_at)
+    if starts_at > ends_at:
         return _reject("window_inverted", "ends_at", "ends_at is before starts_at", "validate")
-    if event.ends_at - event.starts_at > MAX_WINDOW_MS:
+    if ends_at - starts_at > MAX_WINDOW_MS:
         return _reject(
             "window_too_long",
             "ends_at",
-            f"the window is {event.ends_at - event.starts_at} ms, more than 24 h",
+            f"the window is {ends_at - starts_at} ms, more than 24 h",
             "validate",
         )
-    if rejection := check_expiry(event.ends_at, now_ms, "validate"):
+    if rejection := check_expiry(ends_at, now_ms, "validate"):
         return rejection
     return Record(
         account=account,
@@ -205,9 +249,22 @@ def _check(
         label_id=event.label_id,
         label_name=event.label_name,
         call_reason=event.call_reason,
-        starts_at=event.starts_at,
-        ends_at=event.ends_at,
+        starts_at=starts_at,
+        ends_at=ends_at,
         high_priority=high_priority_topic or event.priority == "high",
+    )
+
+
+def _bad_unit(starts_at: int, ends_at: int) -> Rejection:
+    """The rejection of the first timestamp that is plainly seconds or microseconds."""
+    if _MS_FLOOR <= starts_at < _MS_CEILING:
+        name, stamp = "ends_at", ends_at
+    else:
+        name, stamp = "starts_at", starts_at
+    if stamp < _MS_FLOOR:
+        return _reject("timestamp_seconds", name, f"{name} {stamp} looks like seconds", "validate")
+    return _reject(
+        "timestamp_microseconds", name, f"{name} {stamp} looks like microseconds", "validate"
     )
 
 

@@ -7,7 +7,13 @@ later starts reuse them without touching the network.
 A started broker lives in a fresh temporary directory on free loopback ports. It is stopped by
 :meth:`LocalKafka.stop` (SIGTERM, then SIGKILL after a bound), and the kernel kills it if the Python
 process that started it dies first (``PR_SET_PDEATHSIG``), so no JVM outlives a test run, whether it
-passed, failed, was interrupted or was killed.
+passed, failed, was interrupted or was killed. ``stop(keep_data=True)`` then ``start()`` restarts
+the same broker, on the same ports with the same data: what a broker outage looks like to clients.
+
+``LocalKafka(scram_users={"user": "password"})`` adds a ``SASL_PLAINTEXT`` listener
+(``sasl_bootstrap_servers``) that authenticates with SCRAM-SHA-512; the credentials are written into
+the KRaft metadata when storage is formatted (``StorageTool format --add-scram``, KIP-900). The
+``PLAINTEXT`` listener stays, for tools and tests that set the stage.
 """
 
 from __future__ import annotations
@@ -23,10 +29,19 @@ import tempfile
 import time
 import uuid
 from base64 import urlsafe_b64encode
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["KAFKA_VERSION", "BrokerError", "LocalKafka", "cache_dir", "fetch_jars"]
+__all__ = [
+    "KAFKA_VERSION",
+    "SCRAM_MECHANISM",
+    "BrokerError",
+    "LocalKafka",
+    "cache_dir",
+    "die_with_parent",
+    "fetch_jars",
+]
 
 _HERE = Path(__file__).resolve().parent
 _POM = _HERE / "pom.xml"
@@ -42,6 +57,12 @@ _STOP_TIMEOUT_S = 30.0
 """Controlled shutdown of a single node takes a few seconds; past this the JVM is killed."""
 
 _PR_SET_PDEATHSIG = 1
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+"""The mechanism of the SASL listener (``scram_users``)."""
+
+_SCRAM_FORBIDDEN = frozenset(',=[]"\n')
+"""Characters ``--add-scram``'s ``[name=…,password=…]`` syntax cannot carry."""
 
 
 class BrokerError(RuntimeError):
@@ -103,7 +124,7 @@ def _cluster_id() -> str:
     return urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends SIGKILL when the parent process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -113,22 +134,38 @@ class LocalKafka:
     """One broker+controller process on ``127.0.0.1``; use as a context manager or start/stop.
 
     ``heap_mb`` bounds the JVM heap (the distribution's scripts default to 1 GiB; a test broker
-    needs far less).
+    needs far less). ``scram_users`` (name → password) adds the SCRAM-SHA-512 listener.
     """
 
     bootstrap_servers: str
-    """``127.0.0.1:<port>`` once started."""
+    """``127.0.0.1:<port>`` (``PLAINTEXT``) once started."""
+    sasl_bootstrap_servers: str
+    """``127.0.0.1:<port>`` of the ``SASL_PLAINTEXT`` listener; empty without ``scram_users``."""
 
-    def __init__(self, *, heap_mb: int = 384, java: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        heap_mb: int = 384,
+        java: str | None = None,
+        scram_users: Mapping[str, str] | None = None,
+    ) -> None:
         self._heap_mb = heap_mb
         self._java = java or os.environ.get("DCR_KAFKA_JAVA") or _java_binary()
+        self._scram_users = dict(scram_users or {})
+        for name, password in self._scram_users.items():
+            if not name or not password or _SCRAM_FORBIDDEN.intersection(name + password):
+                raise ValueError(f'SCRAM user {name!r}: empty, or holds one of , = [ ] " \\n')
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
+        """The data directory; kept by ``stop(keep_data=True)`` for the next ``start``."""
         self.bootstrap_servers = ""
+        self.sasl_bootstrap_servers = ""
 
     def __repr__(self) -> str:
+        # Never the SCRAM passwords: a repr ends up in test reports and logs.
         state = f"running at {self.bootstrap_servers}" if self._proc else "stopped"
-        return f"LocalKafka(version={KAFKA_VERSION!r}, {state})"
+        users = f", scram_users={sorted(self._scram_users)}" if self._scram_users else ""
+        return f"LocalKafka(version={KAFKA_VERSION!r}, {state}{users})"
 
     @property
     def version(self) -> str:
@@ -147,12 +184,27 @@ class LocalKafka:
         return log.read_text(errors="replace") if log.exists() else ""
 
     def start(self) -> str:
-        """Format storage, start, wait until an admin client sees the broker; return its address."""
+        """Format storage, start, wait until an admin client sees the broker; return its address.
+
+        After ``stop(keep_data=True)`` the broker starts again on the same ports from the same data
+        (no formatting): topics, committed offsets and SCRAM credentials are all still there.
+        Call it from a thread that outlives the broker: ``PR_SET_PDEATHSIG`` fires when the
+        *thread* that started the JVM ends, not only the process.
+        """
+        if self._proc is not None:
+            raise BrokerError("the broker is already running")
         lib = fetch_jars()
-        self._dir = Path(tempfile.mkdtemp(prefix="dcr-kafka-"))
-        port, controller_port = _free_port(), _free_port()
+        fresh = self._dir is None
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="dcr-kafka-"))
+            port, controller_port = _free_port(), _free_port()
+            sasl_port = _free_port() if self._scram_users else None
+            (self._dir / "server.properties").write_text(
+                _server_properties(self._dir, port, controller_port, sasl_port=sasl_port)
+            )
+            self.bootstrap_servers = f"127.0.0.1:{port}"
+            self.sasl_bootstrap_servers = f"127.0.0.1:{sasl_port}" if sasl_port else ""
         properties = self._dir / "server.properties"
-        properties.write_text(_server_properties(self._dir, port, controller_port))
         classpath = f"{lib}/*"
         jvm = [
             self._java, f"-Xms{min(128, self._heap_mb)}m", f"-Xmx{self._heap_mb}m",
@@ -160,31 +212,42 @@ class LocalKafka:
             f"-Dlog4j2.configurationFile={_LOG4J2}", f"-Dkafka.logs.dir={self._dir / 'logs'}",
             "-cp", classpath,
         ]  # fmt: skip
-        fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", _cluster_id(), "-c", str(properties)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if fmt.returncode != 0:
-            self._cleanup()
-            raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
-        stdout = open(self._dir / "stdout.log", "wb")  # noqa: SIM115 - the child owns it
+        if fresh:
+            self._format(jvm, properties)
+        stdout = open(self._dir / "stdout.log", "ab")  # noqa: SIM115 - the child owns it
         self._proc = subprocess.Popen(
             [*jvm, "kafka.Kafka", str(properties)],
             stdout=stdout,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, which stops us
-            preexec_fn=_die_with_parent,  # prctl must run in the child, before exec
+            preexec_fn=die_with_parent,  # prctl must run in the child, before exec
         )
         stdout.close()
-        self.bootstrap_servers = f"127.0.0.1:{port}"
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self.bootstrap_servers
+
+    def _format(self, jvm: list[str], properties: Path) -> None:
+        scram = [
+            arg
+            for name, password in self._scram_users.items()
+            for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")
+        ]
+        fmt = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", _cluster_id(), "-c", str(properties), *scram],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if fmt.returncode != 0:
+            output = f"{fmt.stdout}{fmt.stderr}"
+            for password in self._scram_users.values():
+                output = output.replace(password, "********")
+            self._cleanup()
+            raise BrokerError(f"formatting KRaft storage failed:\n{output}")
 
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
@@ -213,8 +276,9 @@ class LocalKafka:
         text = (out.read_text(errors="replace") if out.exists() else "") + self.log_text()
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
-        """SIGTERM (controlled shutdown), SIGKILL past the bound; then remove the data directory."""
+    def stop(self, *, keep_data: bool = False) -> None:
+        """SIGTERM (controlled shutdown), SIGKILL past the bound; then remove the data directory,
+        unless ``keep_data``: then the next ``start`` brings the same broker back."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -223,7 +287,8 @@ class LocalKafka:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._cleanup()
+        if not keep_data:
+            self._cleanup()
 
     def _cleanup(self) -> None:
         if self._dir is not None:
@@ -253,14 +318,29 @@ def _java_binary() -> str:
     return found
 
 
-def _server_properties(data: Path, port: int, controller_port: int) -> str:
+def _server_properties(
+    data: Path, port: int, controller_port: int, *, sasl_port: int | None = None
+) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    sasl = ""
+    if sasl_port is not None:
+        listeners += f",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"
+        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        # Brokers talk to each other over PLAINTEXT (inter.broker.listener.name), so only the
+        # clients' listener needs a JAAS section; the credentials live in the metadata log.
+        sasl = f"""\
+sasl.enabled.mechanisms={SCRAM_MECHANISM}
+listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+"""
     return f"""\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners={listeners}
+advertised.listeners={listeners}
+listener.security.protocol.map={protocols}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data / "data"}
@@ -273,4 +353,4 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
-"""
+{sasl}"""

@@ -1,0 +1,221 @@
+"""Run the benchmarks: ``.venv/bin/python -m bench [--size quick|full] [--only B1,B3] [--readme]``.
+
+B1 throughput against a bare consume loop, B2 quota efficiency, B3 latency, B4 memory with the API
+down (see each module's docstring). One local Kafka broker serves the whole run. Figures go to
+``bench/results/latest.json`` (and ``<size>.json``), child logs to ``bench/results/logs/``;
+``--readme`` rewrites the figures block of ``bench/README.md`` from ``quick.json`` and
+``full.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import latency, memory, quota, throughput
+from bench.harness import RESULTS, kafka, machine
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Size:
+    b1_events: int
+    b1_pairs: int
+    b2_events: int
+    b3_seconds: float
+    b4_events: int
+    b4_seconds: float
+    repeat: int
+    """Runs of B2, B3 and B4 (B4: of each of idle and backlog, alternating)."""
+
+
+SIZES = {
+    "quick": Size(
+        b1_events=100_000,
+        b1_pairs=3,
+        b2_events=60_000,
+        b3_seconds=15,
+        b4_events=200_000,
+        b4_seconds=15,
+        repeat=1,
+    ),
+    "full": Size(
+        b1_events=1_000_000,
+        b1_pairs=3,
+        b2_events=300_000,
+        b3_seconds=60,
+        b4_events=1_000_000,
+        b4_seconds=30,
+        repeat=3,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    bench: str
+    read: Callable[[dict[str, Any]], float]
+    bound: float
+    at_least: bool
+
+    def check(self, results: dict[str, Any]) -> dict[str, Any] | None:
+        if self.bench not in results:
+            return None
+        value = self.read(results[self.bench])
+        holds = value >= self.bound if self.at_least else value <= self.bound
+        return {"value": value, "bound": f"{'>=' if self.at_least else '<='} {self.bound}",
+                "holds": holds}  # fmt: skip
+
+
+TARGETS = (
+    Target("B1 service/bare ratio", "B1", lambda r: r["ratio"], 0.5, True),
+    Target("B2 share of the quota used", "B2", lambda r: r["quota_used"], 0.97, True),
+    Target("B2 share of 429s", "B2", lambda r: r["share_429"], 0.01, False),
+    Target("B2 mean batch", "B2", lambda r: r["mean_batch"], 495, True),
+    Target("B3 p99 ms", "B3", lambda r: r["p99_ms"], 350, False),
+    Target("B4 peak RSS MiB", "B4", lambda r: r["peak_rss_mib"], 200, False),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SIZES, default="quick", help="default: quick")
+    parser.add_argument("--only", default="B1,B2,B3,B4", help="comma list (default: all)")
+    parser.add_argument("--repeat", type=int, help="override the size's runs of B2-B4")
+    parser.add_argument(
+        "--readme", action="store_true", help="rewrite bench/README.md's figures and exit"
+    )
+    args = parser.parse_args(argv)
+    if args.readme:
+        update_readme()
+        return 0
+    size = SIZES[args.size]
+    repeat = args.repeat or size.repeat
+    only = {name.strip().upper() for name in args.only.split(",")}
+    logs = RESULTS / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+
+    started = time.time()
+    results: dict[str, Any] = {}
+    with kafka() as broker:
+        info = machine(broker)
+        print(f"bench --size {args.size} on {info['nproc']} x {info['cpu_model']}, "
+              f"Kafka {info['kafka']} at {broker.bootstrap_servers}", flush=True)  # fmt: skip
+        if "B1" in only:
+            print("B1 throughput against a bare consume loop", flush=True)
+            results["B1"] = throughput.run(
+                broker, events=size.b1_events, pairs=size.b1_pairs, logs=logs
+            )
+        if "B2" in only:
+            print("B2 quota efficiency", flush=True)
+            results["B2"] = quota.run(broker, events=size.b2_events, repeat=repeat, logs=logs)
+        if "B3" in only:
+            print("B3 latency", flush=True)
+            results["B3"] = latency.run(broker, seconds=size.b3_seconds, repeat=repeat, logs=logs)
+        if "B4" in only:
+            print("B4 memory with the API down", flush=True)
+            results["B4"] = memory.run(
+                broker, events=size.b4_events, seconds=size.b4_seconds, repeat=repeat, logs=logs
+            )
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    targets = {t.name: c for t in TARGETS if (c := t.check(results)) is not None}
+    document = {
+        "size": args.size,
+        "sizes": asdict(size),
+        "repeat": repeat,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "minutes": round((time.time() - started) / 60, 1),
+        "machine": info,
+        "targets": targets,
+        "results": results,
+    }
+    text = json.dumps(document, indent=2) + "\n"
+    (RESULTS / "latest.json").write_text(text)
+    if only == {"B1", "B2", "B3", "B4"}:
+        (RESULTS / f"{args.size}.json").write_text(text)
+    print(render(document))
+    print(f"wrote {RESULTS / 'latest.json'}")
+    return 0 if all(t["holds"] for t in targets.values()) else 1
+
+
+def render(document: dict[str, Any]) -> str:
+    """The figures of one run as markdown."""
+    r, m = document["results"], document["machine"]
+    lines = [
+        f"**{document['size']}** run of {document['started']} ({document['minutes']} min): "
+        f"nproc {m['nproc']}, CPU {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, confluent-kafka {m['confluent_kafka']} / librdkafka "
+        f"{m['librdkafka']}, Apache Kafka {m['kafka']}, {m['kafka_broker']}; load average "
+        f"{m['load_average_at_start'][0]} at the start.",
+        "",
+        "| bench | figure | value |",
+        "|---|---|---|",
+    ]
+    if b1 := r.get("B1"):
+        bare, svc = b1["bare"], b1["service"]
+        lines += [
+            f"| B1 ({b1['events']:,} events, {b1['pairs']} pairs) | bare consume loop | "
+            f"{bare['records_per_s']:,.0f} records/s, {bare['cpu_s_per_million']} CPU-s/M |",
+            f"| | `dcr-stream run` → sink | {svc['records_per_s']:,.0f} records/s, "
+            f"{svc['cpu_s_per_million']} CPU-s/M, start-up {svc['startup_s']} s |",
+            f"| | **ratio** (median of pairs) | **{b1['ratio']}** ({', '.join(map(str, b1['ratios']))}) |",  # noqa: E501
+        ]
+    if b2 := r.get("B2"):
+        lines += [
+            f"| B2 ({b2['events']:,} events, {b2['rate_limit_rps']} req/s) | drain time | "
+            f"{b2['drain_s']} s (minimum {b2['minimum_s']} s; spawn → committed "
+            f"{b2['end_to_end_s']} s) |",
+            f"| | **quota used** | **{b2['quota_used']:.1%}** |",
+            f"| | 429s | {b2['share_429']:.2%} of {b2['requests']:.0f} requests |",
+            f"| | mean batch | {b2['mean_batch']} records |",
+        ]
+    if b3 := r.get("B3"):
+        lines += [
+            f"| B3 ({b3['rate_per_s']}/s for {b3['seconds']:.0f} s, linger {b3['linger_ms']} ms)"
+            f" | p50 / p90 / **p99** / max | {b3['p50_ms']:.0f} / {b3['p90_ms']:.0f} / "
+            f"**{b3['p99_ms']:.0f}** / {b3['max_ms']:.0f} ms |",
+        ]
+    if b4 := r.get("B4"):
+        lines += [
+            f"| B4 ({b4['events']:,} events, API down, {b4['seconds']:.0f} s) | **peak RSS** | "
+            f"**{b4['peak_rss_mib']} MiB** (idle service {b4['idle_peak_rss_mib']} MiB, "
+            f"x {b4['ratio_to_idle']}) |",
+        ]
+    lines += ["", "| target | value | bound | holds |", "|---|---|---|---|"]
+    for name, t in document["targets"].items():
+        lines.append(
+            f"| {name} | {t['value']} | {t['bound']} | {'yes' if t['holds'] else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+_BLOCK = re.compile(r"(<!-- figures:start -->\n).*?(<!-- figures:end -->)", re.S)
+
+
+def update_readme() -> None:
+    parts = []
+    for size in ("full", "quick"):
+        path = RESULTS / f"{size}.json"
+        if path.exists():
+            parts.append(render(json.loads(path.read_text())))
+    if not parts:
+        sys.exit("no results/full.json or results/quick.json yet: run the benchmarks first")
+    text = README.read_text()
+    README.write_text(_BLOCK.sub(lambda m: m[1] + "\n\n".join(parts) + "\n" + m[2], text))
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""B3: latency from produce to the API at a steady trickle.
+
+``dcr-stream run`` with ``DCR_BATCH_LINGER_MS=200`` joins its group on an empty topic; then events
+are produced at 200 a second (``linger.ms`` 5) into the sandbox's default quota. Each event's
+``starts_at`` is the wall clock when it was made, just before it went to the producer; the sandbox
+notes the wall clock when each batch arrives (``Accepted.received_ms``). The latency of an event is
+the difference: producer, broker, consumer, validation, the batch's linger, the quota, HTTP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.harness import (
+    Kafka,
+    Service,
+    fill,
+    http_json,
+    http_lines,
+    median,
+    sandbox,
+    wait_until,
+)
+
+RATE = 200
+LINGER_MS = "200"
+
+
+class _Receipt(msgspec.Struct):
+    batch_id: str
+    received_ms: int
+    starts_at: int
+
+
+_receipts = msgspec.json.Decoder(_Receipt)
+
+
+def run(kafka: Kafka, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
+    runs = []
+    sandbox_child, url = sandbox(logs / "b3-sandbox.log", 10)
+    with sandbox_child:
+        for i in range(repeat):
+            http_json(f"{url}/_sandbox/reset", b"{}")
+            runs.append(_trickle(kafka, seconds, url, logs / f"b3-service-{i}.log"))
+            print(
+                f"  B3 run {i + 1}/{repeat}: p50 {runs[-1]['p50_ms']:.0f} ms, "
+                f"p99 {runs[-1]['p99_ms']:.0f} ms, max {runs[-1]['max_ms']:.0f} ms",
+                flush=True,
+            )
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    return {
+        "rate_per_s": RATE,
+        "seconds": seconds,
+        "linger_ms": int(LINGER_MS),
+        "repeat": repeat,
+        **{k: round(median([r[k] for r in runs]), 1) for k in keys},
+        "runs": runs,
+    }
+
+
+def _trickle(kafka: Kafka, seconds: float, url: str, log: Path) -> dict[str, float]:
+    topic = kafka.topic("b3")
+    events = int(RATE * seconds)
+    with Service(kafka, topic, url, log, batch_linger_ms=LINGER_MS) as service:
+        wait_until(service.joined, "the B3 service to join")
+        fill(kafka, topic, events, rate=RATE, linger_ms=5)
+        wait_until(
+            lambda: http_json(f"{url}/_sandbox/stats")["totals"]["records_accepted"] >= events,
+            "B3 records at the sandbox",
+            0.2,
+        )
+    kafka.delete([topic])
+    latencies = []
+    batches = set()
+    for line in http_lines(f"{url}/_sandbox/accepted"):
+        receipt = _receipts.decode(line)
+        latencies.append(receipt.received_ms - receipt.starts_at)
+        batches.add(receipt.batch_id)
+    latencies.sort()
+    return {
+        "events": len(latencies),
+        "p50_ms": _percentile(latencies, 0.50),
+        "p90_ms": _percentile(latencies, 0.90),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": latencies[-1],
+        "mean_batch": round(len(latencies) / len(batches), 1),
+    }
+
+
+def _percentile(ordered: list[int], q: float) -> float:
+    """Nearest-rank percentile of an ordered list."""
+    return float(ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))])

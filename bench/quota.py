@@ -1,0 +1,110 @@
+"""B2: how much of the API's quota a backlog gets.
+
+A backlog of valid events for one account is drained by ``dcr-stream run`` into the sandbox
+(``dcr-stream sandbox``, real HTTP, its own process) at its default 10 requests/s, which answers
+429 to any request beyond 10 in a rolling second. The theoretical minimum is one full batch per
+slot: ``ceil(events / 500) / 10`` seconds.
+
+``tightest_second_ms`` is the shortest time the sandbox saw between an accepted batch and the
+tenth after it: below 1000 ms the eleventh would have been a 429.
+
+The drain time is what the quota was in use for: from the sandbox's receipt of the first accepted
+batch to that of the last, plus the last one's own slot (1/rps), so that a perfect client scores
+exactly the minimum. The time from spawning the service until its commits reach the end of the
+topic is reported beside it (it adds start-up, group join and the last commit interval).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.harness import (
+    Kafka,
+    Service,
+    fill,
+    http_json,
+    http_lines,
+    median,
+    sandbox,
+    wait_until,
+)
+
+RPS = 10
+BATCH = 500
+
+
+class _Receipt(msgspec.Struct):
+    batch_id: str
+    received_monotonic_ms: float
+
+
+_receipts = msgspec.json.Decoder(_Receipt)
+
+
+def run(kafka: Kafka, *, events: int, repeat: int, logs: Path) -> dict[str, Any]:
+    topic = kafka.topic("b2")
+    fill(kafka, topic, events)
+    runs = []
+    sandbox_child, url = sandbox(logs / "b2-sandbox.log", RPS)
+    with sandbox_child:
+        for i in range(repeat):
+            http_json(f"{url}/_sandbox/reset", b"{}")
+            runs.append(_drain(kafka, topic, events, url, logs / f"b2-service-{i}.log"))
+            print(
+                f"  B2 run {i + 1}/{repeat}: drained in {runs[-1]['drain_s']:.2f} s "
+                f"(minimum {runs[-1]['minimum_s']:.1f} s), 429s {runs[-1]['share_429']:.2%}, "
+                f"mean batch {runs[-1]['mean_batch']:.1f}",
+                flush=True,
+            )
+    kafka.delete([topic])
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    return {
+        "events": events,
+        "rate_limit_rps": RPS,
+        "repeat": repeat,
+        **{k: round(median([r[k] for r in runs]), 4) for k in keys},
+        "runs": runs,
+    }
+
+
+def _drain(kafka: Kafka, topic: str, events: int, url: str, log: Path) -> dict[str, float]:
+    with Service(kafka, topic, url, log, rate_limit_rps=str(RPS)) as service:
+        with kafka.committed(service.group, topic) as committed:
+            done = wait_until(lambda: service.alive() and committed() >= events, "B2 commits", 0.2)
+        end_to_end_s = done - service.started
+        metrics = service.metrics()
+    stats = http_json(f"{url}/_sandbox/stats")["totals"]
+    first: dict[str, float] = {}
+    for line in http_lines(f"{url}/_sandbox/accepted"):
+        receipt = _receipts.decode(line)
+        first.setdefault(receipt.batch_id, receipt.received_monotonic_ms)
+    times = sorted(first.values())
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    requests = sum(stats["requests"].values())
+    accepted = stats["records_accepted"]
+    drain_s = (times[-1] - times[0]) / 1000 + 1 / RPS
+    minimum_s = math.ceil(events / BATCH) / RPS
+    return {
+        "drain_s": round(drain_s, 3),
+        "minimum_s": minimum_s,
+        "quota_used": round(minimum_s / drain_s, 4),
+        "end_to_end_s": round(end_to_end_s, 3),
+        "requests": requests,
+        "throttled": stats["throttled"],
+        "share_429": round(stats["throttled"] / requests, 5),
+        "records_accepted": accepted,
+        "mean_batch": round(accepted / len(times), 2),
+        "gap_ms_p50": round(gaps[len(gaps) // 2], 1),
+        "gap_ms_p99": round(gaps[int(len(gaps) * 0.99)], 1),
+        "gap_ms_max": round(gaps[-1], 1),
+        "tightest_second_ms": round(
+            min(b - a for a, b in zip(times, times[RPS:], strict=False)), 1
+        ),
+        "service_retries": metrics.get("dcr_api_retries_total", 0.0),
+        "service_rps_at_end": metrics.get("dcr_rate_limit_rps", float(RPS)),
+    }

@@ -1,0 +1,112 @@
+"""B1: throughput against the Kafka read limit.
+
+One topic of valid events over 8 partitions is read, in alternation, by (a) a bare confluent-kafka
+consume loop (``bench.bare_consume``: the limit) and (b) ``dcr-stream run`` sending to
+``bench.sink`` with the quota out of the way; each run joins a fresh group and reads it all from the
+start. (a) is timed from spawn to exit; (b) from spawn until the group's committed positions reach
+the end offsets, which is when every record was accepted by the sink and committed. Both are charged
+the CPU their process used by then. The headline is the ratio of (b)'s rate to (a)'s, per adjacent
+pair, median over pairs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Child, Kafka, Service, cpu_s, fill, median, sink, unique, wait_until
+
+QUOTA_OFF_RPS = "1000000"
+"""``DCR_RATE_LIMIT_RPS`` for B1: requests are never held back by the quota."""
+
+
+def run(kafka: Kafka, *, events: int, pairs: int, logs: Path) -> dict[str, Any]:
+    topic = kafka.topic("b1")
+    produce_s = fill(kafka, topic, events)
+    if (end := kafka.end(topic)) != events:
+        raise RuntimeError(f"B1: the topic holds {end} events, not {events}")
+    bare: list[dict[str, float]] = []
+    service: list[dict[str, float]] = []
+    sink_child, url = sink(logs / "b1-sink.log")
+    with sink_child:
+        for i in range(pairs):
+            bare.append(_bare(kafka, topic, events, logs / f"b1-bare-{i}.log"))
+            service.append(_service(kafka, topic, events, url, logs / f"b1-service-{i}.log"))
+            print(
+                f"  B1 pair {i + 1}/{pairs}: bare {bare[-1]['records_per_s']:,.0f}/s, "
+                f"service {service[-1]['records_per_s']:,.0f}/s "
+                f"(ratio {service[-1]['records_per_s'] / bare[-1]['records_per_s']:.2f})",
+                flush=True,
+            )
+    kafka.delete([topic])
+    ratios = [s["records_per_s"] / b["records_per_s"] for b, s in zip(bare, service, strict=True)]
+    return {
+        "events": events,
+        "partitions": 8,
+        "produce_s": round(produce_s, 2),
+        "pairs": pairs,
+        "bare": _summary(bare),
+        "service": _summary(service),
+        "ratio": round(median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "bare_runs": bare,
+        "service_runs": service,
+    }
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+    return {k: round(median([r[k] for r in runs]), 3) for k in keys}
+
+
+def _bare(kafka: Kafka, topic: str, events: int, log: Path) -> dict[str, float]:
+    child = Child(
+        [sys.executable, "-m", "bench.bare_consume", kafka.bootstrap_servers, topic,
+         unique("bench-bare"), str(events)],
+        log,
+    )  # fmt: skip
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.monotonic() - child.started
+    child.proc.returncode = os.waitstatus_to_exitcode(status)
+    if child.proc.returncode != 0:
+        raise RuntimeError(f"B1: the bare consume loop failed:\n{log.read_text()[-2000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return _figures(events, elapsed, cpu)
+
+
+def _service(kafka: Kafka, topic: str, events: int, url: str, log: Path) -> dict[str, float]:
+    started_wall = time.time()
+    with Service(kafka, topic, url, log, rate_limit_rps=QUOTA_OFF_RPS) as service:
+        with kafka.committed(service.group, topic) as committed:
+            done = wait_until(lambda: service.alive() and committed() >= events, "B1 commits", 0.1)
+        cpu = cpu_s(service.pid)
+        metrics = service.metrics()
+        figures = _figures(events, done - service.started, cpu)
+        if metrics.get("dcr_records_delivered_total") != events:
+            raise RuntimeError(f"B1: the service delivered {metrics} , not {events}")
+        figures["startup_s"] = round(_assigned_at(service) - started_wall, 3)
+        figures["mean_batch"] = round(
+            metrics["dcr_batch_records_sum"] / metrics["dcr_batch_records_count"], 1
+        )
+        return figures
+
+
+def _assigned_at(service: Service) -> float:
+    """Wall time of the service's first ``assigned`` log line."""
+    for entry in service.lines():
+        if entry["message"].startswith("assigned"):
+            return datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+    return float("nan")
+
+
+def _figures(events: int, elapsed_s: float, cpu: float) -> dict[str, float]:
+    return {
+        "seconds": round(elapsed_s, 3),
+        "records_per_s": round(events / elapsed_s),
+        "cpu_s": round(cpu, 2),
+        "cpu_s_per_million": round(cpu / events * 1e6, 2),
+    }

@@ -1,0 +1,113 @@
+"""Scenario 5: the dead-letter topic refuses writes for a while (a ``max.message.bytes`` too small
+for any dead letter, a config a real broker enforces; raised again with an incremental config
+change). No offset past a partition's first rejected record may be committed meanwhile (SPEC §4.6),
+the failure must be logged clearly, and everything must be delivered once the DLQ is back."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from tests.conftest import Broker
+from tests.faults.conftest import DEADLINE_S, SOAK, sized
+from tests.faults.events import mixed
+from tests.faults.verifier import Ledger, Offsets, api_stats, verify, wait_complete, wait_until
+from tests.integration.conftest import SandboxThread, Service
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+EVENTS = sized(10_000, 100_000)
+PARTITIONS = 4
+HOLD_S = 30.0 if SOAK else 8.0
+"""How long the DLQ stays unwritable once the commits reached the first rejected records."""
+TOO_SMALL = "200"
+"""Bytes: less than any dead letter (the original plus the ``dcr.*`` headers)."""
+
+
+def set_max_message_bytes(admin: AdminClient, topic: str, value: str) -> None:
+    entry = ConfigEntry("max.message.bytes", value, incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def test_an_unwritable_dlq_holds_the_commits_back(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    api: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    started = time.monotonic()
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    dlq = f"{topic}.dlq"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    created = admin.create_topics([NewTopic(dlq, 1, config={"max.message.bytes": TOO_SMALL})])
+    created[dlq].result(30)
+    sandbox = api()
+    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    # Every 25th invalid: round-robin puts the first one of each partition at offset 6.
+    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=25))
+    first_invalid = ledger.first_invalid()
+    assert sorted(first_invalid) == list(range(PARTITIONS))
+    blocked = [first_invalid[p] for p in range(PARTITIONS)]
+
+    service = service_factory(sandbox.url, topic, group)
+    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
+    samples = 0
+    try:
+        # The commits reach each partition's first rejected record, and stop there.
+        wait_until(lambda: offsets.committed() == blocked, 120, f"commits to reach {blocked}")
+        held_from = time.monotonic()
+        while time.monotonic() - held_from < HOLD_S:
+            committed = offsets.committed()
+            assert all(c <= b for c, b in zip(committed, blocked, strict=True)), (
+                f"committed {committed} past the first rejected records {blocked}"
+            )
+            samples += 1
+            time.sleep(0.5)
+        assert service.proc.poll() is None, "the service died while the DLQ was unwritable"
+        delivered_meanwhile = len({r.receiver for r in sandbox.run(sandbox.sandbox.accepted)})
+    finally:
+        offsets.close()
+    errors = [
+        e["message"]
+        for e in service.lines()
+        if e["level"] == "error" and e["message"].startswith(f"dead-letter write for {topic}[")
+    ]
+    assert errors, "no error was logged for the failing dead-letter writes"
+    assert "Message size too large" in errors[0], errors[0]
+
+    set_max_message_bytes(admin, dlq, "1048588")
+    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    report = verify(
+        scenario="5. DLQ unwritable",
+        ledger=ledger,
+        sandbox=sandbox,
+        group=group,
+        dlq_topic=dlq,
+        started=started,
+        notes={
+            "held_s": HOLD_S,
+            "commit_samples_while_held": samples,
+            "held_at": blocked,
+            "valid_delivered_while_held": delivered_meanwhile,
+            "dlq_errors_logged": len(errors),
+            "first_error": errors[0],
+            **api_stats(sandbox),
+        },
+    )
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
+    report.show()
+    report.check()

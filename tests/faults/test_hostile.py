@@ -1,0 +1,80 @@
+"""Scenario 7: hostile messages interleaved with valid ones: random bytes, invalid UTF-8, deep
+nesting, huge strings, numbers out of range, duplicate keys, wrong types, top-level arrays and
+scalars, nulls and tombstones, malformed JSON, oversize values (``tests.faults.events``). Every one
+must be dead-lettered with the code the validator gives it, the valid ones delivered, no partition
+stalled and the process never die or log a traceback (SPEC §3: rejected, never a crash)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.conftest import Broker
+from tests.faults.conftest import DEADLINE_S, sized
+from tests.faults.events import Event, hostile, valid
+from tests.faults.verifier import Ledger, api_stats, verify, wait_complete
+from tests.integration.conftest import SandboxThread, Service
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+HOSTILE = sized(10_000, 100_000)
+VALID = HOSTILE
+PARTITIONS = 6
+
+
+def test_hostile_messages_are_dead_lettered_and_nothing_stalls(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    api: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    started = time.monotonic()
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = api()
+    rng = random.Random(7)
+    now_ms = int(time.time() * 1000)
+    kinds: Counter[str] = Counter()
+
+    def interleaved() -> Iterator[Event]:
+        left_valid, left_hostile = VALID, HOSTILE
+        while left_valid or left_hostile:
+            if rng.random() * (left_valid + left_hostile) < left_hostile:
+                kind, event = hostile(left_hostile, now_ms, rng)
+                kinds[kind] += 1
+                left_hostile -= 1
+            else:
+                event = valid(left_valid, now_ms)
+                left_valid -= 1
+            yield event
+
+    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    ledger.produce(interleaved())
+    assert len(ledger.invalid) == HOSTILE
+    service = service_factory(sandbox.url, topic, group)
+    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    assert service.proc.poll() is None, "the service died"
+    tracebacks = [e for e in service.lines() if "exception" in e]
+    report = verify(
+        scenario="7. hostile messages",
+        ledger=ledger,
+        sandbox=sandbox,
+        group=group,
+        dlq_topic=f"{topic}.dlq",
+        started=started,
+        notes={
+            "kinds": dict(kinds.most_common()),
+            "codes": dict(Counter(ledger.invalid.values()).most_common()),
+            **api_stats(sandbox),
+        },
+    )
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
+    report.show()
+    report.check()
+    assert not tracebacks, tracebacks[:3]

@@ -1,0 +1,98 @@
+"""Scenario 4: one replica, then three in the same group, then one again (the first, which gets
+back partitions it had paused for backpressure before they were taken away). The account's quota
+is the sandbox's, shared by all replicas (SPEC §5): three replicas at the full rate meet 429s."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Broker
+from tests.faults.conftest import DEADLINE_S, sized
+from tests.faults.events import mixed
+from tests.faults.verifier import (
+    Ledger,
+    Offsets,
+    accepted_count,
+    api_stats,
+    verify,
+    wait_complete,
+    wait_until,
+)
+from tests.integration.conftest import SandboxThread, Service, wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+EVENTS = sized(60_000, 600_000)
+PARTITIONS = 6
+RPS = 4
+
+
+def owns_partitions(service: Service) -> bool:
+    return any(
+        e["message"].startswith("assigned ") and e["message"] != "assigned nothing"
+        for e in service.lines()
+    )
+
+
+def test_scaling_1_3_1_loses_nothing(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    api: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    started = time.monotonic()
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = api(rate_limit_rps=RPS)
+    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=30))
+    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=100))
+    valid = len(ledger.valid)
+    settings = {
+        "rate_limit_rps": str(RPS),  # each replica the whole quota: together they exceed it
+        "max_buffered_records": "4000",  # backpressure pauses partitions throughout the run
+    }
+
+    def delivered(more: float) -> None:
+        """Wait until another ``more`` (a fraction) of the valid events was accepted."""
+        target = accepted_count(sandbox) + more * valid
+        wait_until(lambda: accepted_count(sandbox) >= target, DEADLINE_S, f"{target:.0f} accepted")
+
+    first = service_factory(sandbox.url, topic, group, **settings)
+    delivered(0.1)
+    more = [service_factory(sandbox.url, topic, group, **settings) for _ in range(2)]
+    for service in more:
+        wait_for(lambda s=service: owns_partitions(s), 120, "a new replica to own partitions")
+    delivered(0.15)  # three replicas at work
+    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
+    try:
+        assert offsets.committed() != offsets.ends(), "the run was over before the scale-down"
+    finally:
+        offsets.close()
+    for service in more:
+        service.signal(signal.SIGTERM)
+    exits = [service.wait(60) for service in more]
+    assert exits == [0, 0], exits
+    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    messages = [e["message"] for s in (first, *more) for e in s.lines()]
+    report = verify(
+        scenario="4. scale 1-3-1",
+        ledger=ledger,
+        sandbox=sandbox,
+        group=group,
+        dlq_topic=f"{topic}.dlq",
+        started=started,
+        notes={
+            "assignments": sum(m.startswith("assigned") for m in messages),
+            "revocations": sum(m.startswith("revoking") for m in messages),
+            **api_stats(sandbox),
+        },
+    )
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    report.show()
+    report.check()

@@ -1,0 +1,101 @@
+"""The verifier itself: it must see every kind of loss and count duplicates. Here no service runs;
+the test plays it, badly on purpose: some records sent twice, some never, a dead letter with the
+wrong code, one twice, one missing, commits short of the end."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from tests.conftest import Broker
+from tests.faults.events import mixed
+from tests.faults.verifier import ID_HEADER, Ledger, verify
+from tests.integration.conftest import ACCOUNTS, LABEL, TOKEN, SandboxThread
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def post(sandbox: SandboxThread, receivers: list[str], now_ms: int) -> None:
+    records = [
+        {
+            "caller": "918040001000",
+            "receiver": receiver,
+            "label_id": LABEL,
+            "starts_at": now_ms,
+            "ends_at": now_ms + 3_600_000,
+        }
+        for receiver in receivers
+    ]
+    request = urllib.request.Request(
+        f"{sandbox.url}/clients/{ACCOUNTS[0]}/dynamic_call_records",
+        data=json.dumps({"call_records": records}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_the_verifier_sees_loss_and_counts_duplicates(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    api: Callable[..., SandboxThread],
+) -> None:
+    started = time.monotonic()
+    topic, group = topic_factory(partitions=2), group_factory()
+    dlq = f"{topic}.dlq"
+    sandbox = api()
+    now_ms = int(time.time() * 1000)
+    ledger = Ledger(kafka.bootstrap_servers, topic, 2)
+    ledger.produce(mixed(20, now_ms, invalid_every=5))  # 16 valid, 4 invalid
+    valid, invalid = sorted(ledger.valid), sorted(ledger.invalid)
+
+    post(sandbox, valid[:14], now_ms)  # two never sent
+    post(sandbox, valid[:3], now_ms)  # three sent twice
+    post(sandbox, ["919999999999"], now_ms)  # one nobody produced
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    letters = [
+        (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),
+        (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),  # twice
+        (invalid[1], "not_json", ledger.where[invalid[1]]),  # the wrong code
+        (invalid[2], ledger.invalid[invalid[2]], (9, 9)),  # the wrong source
+    ]  # and invalid[3] never
+    for event_id, code, (partition, offset) in letters:
+        headers = {
+            ID_HEADER: event_id,
+            "dcr.error.code": code,
+            "dcr.source.partition": str(partition),
+            "dcr.source.offset": str(offset),
+        }
+        producer.produce(dlq, value=b"{}", headers=list(headers.items()))
+    assert producer.flush(30) == 0
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    committer.commit(offsets=[TopicPartition(topic, 0, 10)], asynchronous=False)  # the end
+    committer.commit(offsets=[TopicPartition(topic, 1, 4)], asynchronous=False)  # short of it
+    committer.close()
+
+    report = verify(
+        scenario="0. the verifier, fed a bad run",
+        ledger=ledger,
+        sandbox=sandbox,
+        group=group,
+        dlq_topic=dlq,
+        started=started,
+    )
+    assert report.produced == 20
+    assert (report.valid, report.invalid) == (16, 4)
+    assert report.missing == valid[14:]
+    assert (report.delivered, report.accepted, report.duplicates) == (14, 18, 3)
+    assert report.unexpected == ["api:919999999999"]
+    assert report.dead_lettered == 1
+    assert report.dlq_duplicates == 1
+    assert report.missing_dlq == [invalid[3]]
+    assert sorted(w.split(":")[0] for w in report.wrong_code) == [invalid[1], invalid[2]]
+    assert report.uncommitted == {1: (4, 10)}
+    with pytest.raises(AssertionError, match="2 valid events never accepted"):
+        report.check()
