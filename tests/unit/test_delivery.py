@@ -227,6 +227,7 @@ async def test_bisection_isolates_three_bad_records(session: aiohttp.ClientSessi
     for _, rejection, status, body in recorder.dead:
         assert (rejection.code, rejection.stage, status) == ("api_rejected", "api", 400)
         assert body
+    print(f"bisection: {requests} requests for 3 bad records in 500")
     assert requests <= 2 * 3 * 9 + 1  # 2·3·⌈log2 500⌉ + 1
 
 
