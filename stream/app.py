@@ -179,7 +179,9 @@ class Pipeline:
             )
         )
         health = Health(
-            last_poll=lambda: consumer.last_poll,
+            last_poll=lambda: (
+                time.monotonic() if consumer.waiting_on_broker else consumer.last_poll
+            ),
             consumer_alive=lambda: not consumer.done.done(),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,

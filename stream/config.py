@@ -263,9 +263,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "liveness_stall_s",
         _positive,
-        "120",
-        "/healthz fails when the consumer has not polled for this long (keep it above a commit's "
-        "worst wait during a broker outage, ~60 s)",
+        "60",
+        "/healthz fails when the consumer has not polled for this long (a commit waiting for an "
+        "unreachable broker does not count)",
     ),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
 )

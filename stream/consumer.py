@@ -100,6 +100,8 @@ class ConsumerThread:
         """Set by the loop when the hand-over is down to ``AHEAD``."""
         self.last_poll = time.monotonic()
         """When ``consume`` last returned: the liveness signal."""
+        self.waiting_on_broker = False
+        """True while a synchronous commit waits for the coordinator: not a stall of ours."""
         self.assignment: set[TopicPartitionKey] = set()
         self.rebalances = 0
         self.lag: dict[TopicPartitionKey, int] = {}
@@ -281,11 +283,16 @@ class ConsumerThread:
         if not ours:
             return {}
         offsets = [TopicPartition(t, p, pos) for (t, p), pos in ours.items()]
+        # While the group coordinator is unreachable a synchronous commit waits for it (up to about
+        # a minute). That is the broker's trouble, not a stall of ours: liveness must not fail.
+        self.waiting_on_broker = True
         try:
             results = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             _log.warning("commit failed: %s", exc.args[0])
             return {}
+        finally:
+            self.waiting_on_broker = False
         accepted = {}
         for result in results or []:
             if result.error is None:

@@ -204,6 +204,11 @@ async def test_liveness_follows_the_consumer_not_the_api(in_process: Callable[..
         assert await probe(session, port, "/healthz") == 200  # the API being down is not our death
         held.held.add("consume")  # the next consume blocks: the consumer stops polling
         await until_status(session, port, "/healthz", 503)
+        consumer = pipeline._consumer
+        consumer.waiting_on_broker = True  # as during a commit to an unreachable coordinator
+        await until_status(session, port, "/healthz", 200)
+        consumer.waiting_on_broker = False
+        await until_status(session, port, "/healthz", 503)
         held.release.set()
         await until_status(session, port, "/healthz", 200)
 
