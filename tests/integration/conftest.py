@@ -176,6 +176,16 @@ def committed_and_end(
     return committed, ends
 
 
+def all_committed(kafka: Broker, group: str, topic: str, partitions: int) -> Callable[[], bool]:
+    """A condition for ``wait_for``: the group's committed offsets are the end offsets."""
+
+    def check() -> bool:
+        committed, ends = committed_and_end(kafka, group, topic, partitions)
+        return committed == ends
+
+    return check
+
+
 def read_dlq(kafka: Broker, topic: str, expected: int) -> list[Any]:
     consumer = Consumer(
         {

@@ -26,7 +26,7 @@ from tests.integration.conftest import (
     TOKEN,
     SandboxThread,
     Service,
-    committed_and_end,
+    all_committed,
     produce_events,
     read_dlq,
     wait_for,
@@ -43,12 +43,15 @@ def port_of(service: Service) -> int:
     raise AssertionError("the service logged no http port")
 
 
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def scrape(port: int) -> dict[str, float]:
     """Samples of /metrics: ``name{labels}`` → value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
     samples = {}
-    for line in text.splitlines():
+    for line in scrape_text(port).splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
@@ -266,11 +269,6 @@ def test_secrets_never_leave_the_process(
             assert secret not in text
 
 
-def scrape_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
 def test_receipts_add_up_to_what_was_delivered(
     kafka: Broker,
     topic_factory: Callable[..., str],
@@ -283,12 +281,7 @@ def test_receipts_add_up_to_what_was_delivered(
     produced = produce_events(kafka, topic, 3_000, invalid_every=30)
     service = service_factory(sandbox.url, topic, group, receipts_topic=receipts, api_version="v2")
     wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(
-        lambda: (
-            committed_and_end(kafka, group, topic, 3)[0]
-            == committed_and_end(kafka, group, topic, 3)[1]
-        )
-    )
+    wait_for(all_committed(kafka, group, topic, 3), what="commits")
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
     messages = read_dlq(kafka, receipts, len(produced.valid) // 500)

@@ -13,6 +13,7 @@ from tests.conftest import Broker
 from tests.integration.conftest import (
     SandboxThread,
     Service,
+    all_committed,
     committed_and_end,
     produce_events,
     read_dlq,
@@ -26,14 +27,6 @@ PARTITIONS = 4
 
 def headers(message: object) -> dict[str, str]:
     return {k: v.decode() for k, v in (message.headers() or [])}  # type: ignore[attr-defined]
-
-
-def all_committed(kafka: Broker, group: str, topic: str) -> Callable[[], bool]:
-    def check() -> bool:
-        committed, ends = committed_and_end(kafka, group, topic, PARTITIONS)
-        return committed == ends
-
-    return check
 
 
 def test_every_event_is_delivered_or_dead_lettered_and_committed(
@@ -50,7 +43,7 @@ def test_every_event_is_delivered_or_dead_lettered_and_committed(
 
     service = service_factory(sandbox.url, topic, group)
     wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic), what="commits")
+    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
@@ -86,7 +79,7 @@ def test_nothing_is_committed_while_the_api_is_down(
 
     sandbox.run(lambda: sandbox.sandbox.set_faults(outage="off"))
     wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic), what="commits")
+    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
@@ -113,7 +106,7 @@ def test_kill_9_and_restart_loses_nothing(
 
     second = service_factory(sandbox.url, topic, group)
     wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic), what="commits")
+    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
     accepted = sandbox.accepted_receivers()
@@ -141,14 +134,7 @@ def test_a_third_joins_and_one_leaves_without_loss(
     one.signal(signal.SIGTERM)
     assert one.wait(30) == 0
     wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    committed, ends = [], []
-
-    def done() -> bool:
-        nonlocal committed, ends
-        committed, ends = committed_and_end(kafka, group, topic, 6)
-        return committed == ends
-
-    wait_for(done, what="commits")
+    wait_for(all_committed(kafka, group, topic, 6), what="commits")
     for service in (two, three):
         service.signal(signal.SIGTERM)
         assert service.wait(30) == 0

@@ -272,11 +272,11 @@ def test_api_rejections_replayed_after_the_label_is_registered_are_delivered(
     wanted = receivers["valid"] | receivers["unregistered_label"]
     wait_for(lambda: set(sandbox.accepted_receivers()) >= wanted, what="replayed deliveries")
 
-    def all_committed() -> bool:
+    def committed_to_the_end() -> bool:
         committed, ends = committed_and_end(kafka, group, topic, 4)
         return committed == ends and sum(ends) == 3000 + refused
 
-    wait_for(all_committed, what="commits")
+    wait_for(committed_to_the_end, what="commits")
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
     accepted = sandbox.accepted_receivers()
