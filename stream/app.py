@@ -30,7 +30,8 @@ from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery
 from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
-from stream.metrics import Health, Metrics, State, http_app
+from stream.http import Health, http_app
+from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.tokens import MintedTokens, StaticToken, TokenFile, TokenSource

@@ -41,7 +41,7 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from stream.demo import run
+    from stream.tools.demo import run
 
     return _guarded(
         "demo", lambda: run(events_count=args.events, accounts=args.accounts, verbose=args.verbose)
@@ -68,7 +68,7 @@ def _guarded(command: str, job: Callable[[], int]) -> int:
 def _produce(args: argparse.Namespace) -> int:
     import os
 
-    from stream.produce import DEFAULT_LABEL_ID, Mix, account_ids, run
+    from stream.tools.produce import DEFAULT_LABEL_ID, Mix, account_ids, run
 
     if args.count is None and args.duration is None:
         print(
@@ -100,7 +100,7 @@ def _produce(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import os
 
-    from stream.replay import Selection, run
+    from stream.tools.replay import Selection, run
 
     select = Selection(
         codes=frozenset(code for codes in args.code for code in codes),
@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from stream.validate_cmd import run
+    from stream.tools.validate import run
 
     return run(
         args.files,

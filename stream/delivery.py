@@ -1,19 +1,15 @@
-"""The delivery engine: batches → requests under the quota, retried, bisected, reported (SPEC §4).
+"""The delivery engine: batches → requests under the quota, retried, bisected, reported.
 
 Records enter with :meth:`Delivery.submit` and leave through the caller's :class:`Outcomes`: each
 one exactly once, as ``delivered`` (in the batch the API accepted) or ``dead_letter`` (expired at
 send time, or refused on its own by the API). Transient failures never leave: they are retried
-with capped, fully jittered exponential backoff for as long as it takes (SPEC §4.3); the caller
-applies backpressure meanwhile.
+with capped, fully jittered exponential backoff for as long as it takes (docs/design.md#retry);
+the caller applies backpressure meanwhile.
 
-Per account there is one lane: two queues (high priority first) and one dispatcher task that takes
-a slot (``_Slots``) and only then picks the batch, so a high-priority batch that arrives while
-normal ones wait gets the very next slot (SPEC §4.2). Retries and bisected halves go back to the
-front of their queue and take slots like any request.
-
-The quota is per account, not per process (SPEC §5): when replicas together exceed it, the API
-answers 429. A lane then halves its rate (not below a tenth of ``DCR_RATE_LIMIT_RPS``) and, once
-``_RECOVERY_S`` passed without a 429, gives back a twentieth of it per accepted request (AIMD).
+Per account there is one ``stream.quota.Lane`` and one dispatcher task that takes a slot and
+only then picks the batch, so a high-priority batch that arrives while normal ones wait gets the
+very next slot (docs/design.md#quota). Retries and bisected halves go back to the front of their
+queue and take slots like any request.
 """
 
 from __future__ import annotations
@@ -21,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -33,30 +27,13 @@ from stream.api import ApiClient, Response
 from stream.batching import Batch, Batcher, Pending
 from stream.events import encode_batch
 from stream.metrics import Metrics, status_class
+from stream.quota import Lane
 from stream.validation import Rejection, check_expiry
 
 __all__ = ["Backoff", "Delivery", "Outcomes"]
 
 S = TypeVar("S")
 _log = logging.getLogger("stream.delivery")
-
-_WINDOW_MARGIN = 1.02
-"""A lane's rolling window is 2% longer than the API's second (see ``_Slots``)."""
-_MIN_GAP = 0.8
-"""Requests are never closer than 0.8 of the mean spacing (see ``_Slots``)."""
-_MAX_WINDOW_REQUESTS = 1000
-"""Above this many requests per second the window is shortened to hold this many, so that its log
-stays small when the quota is set out of the way (``DCR_RATE_LIMIT_RPS=1000000``)."""
-
-_DECREASE = 0.5
-_FLOOR = 0.1
-_INCREASE = 0.05
-_RECOVERY_S = 5.0
-"""Adaptive rate after 429s: halved per 429, never below a tenth of the configured rate; after 5 s
-without a 429, a twentieth of the configured rate back per accepted request."""
-
-_HTTP_BODY_LIMIT = 1024
-"""Bytes of an API error body kept with a rejection (and so in the DLQ header)."""
 
 
 class Outcomes(Protocol[S]):
@@ -79,84 +56,6 @@ class Backoff:
     def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
         jittered = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
         return max(jittered, retry_after_s or 0.0)
-
-
-class _Slots:
-    """When a lane may send: at most ``n`` requests in any rolling ``window_s``, ``n / window_s``
-    being the rate less 2%, and never two closer than ``gap_s``.
-
-    The API counts requests in a rolling second, and so does this: for a whole-number rate,
-    ``n = rps`` and the window is 1.02 s, so any ``rps + 1`` consecutive requests span more than a
-    second, with 20 ms to spare for requests that arrive bunched up against how they were sent (the
-    loop, the network, the API's own scheduling). Spacing every request ``1.02/rps`` apart would
-    guarantee the same, but every delay in sending one (the loop is busy) would then push all the
-    later ones back too, and those delays add up to several percent of the quota (``bench/`` B2);
-    here a late request only moves the one ``n`` places after it. The gap, 0.8 of the mean
-    spacing, keeps a lane that was idle from opening with a burst.
-    """
-
-    def __init__(self, rps: float, sent: deque[float] | None = None) -> None:
-        self.n = max(1, min(_MAX_WINDOW_REQUESTS, math.floor(rps)))
-        self.window_s = _WINDOW_MARGIN * self.n / rps
-        self.gap_s = _MIN_GAP * self.window_s / self.n
-        self.sent: deque[float] = sent if sent is not None else deque()
-        """Loop times of the requests sent within the last window, oldest first."""
-
-    def wait_s(self, now: float) -> float:
-        """How long from ``now`` until the next request may go."""
-        sent = self.sent
-        while sent and sent[0] <= now - self.window_s:
-            sent.popleft()
-        if not sent:
-            return 0.0
-        ready = sent[-1] + self.gap_s
-        if len(sent) >= self.n:
-            ready = max(ready, sent[-self.n] + self.window_s)
-        return max(0.0, ready - now)
-
-    async def acquire(self) -> None:
-        """Wait for the next slot and take it (a sleep never ends early: one wait is enough)."""
-        loop = asyncio.get_running_loop()
-        wait_s = self.wait_s(loop.time())
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
-        self.sent.append(loop.time())
-
-
-class _Lane(Generic[S]):
-    """One account's queues, slots and dispatcher."""
-
-    def __init__(self, rps: float) -> None:
-        self.max_rps = rps
-        self.rps = rps
-        self.slots = _Slots(rps)
-        self.last_throttle = -_RECOVERY_S
-        self.high: deque[Batch[S]] = deque()
-        self.normal: deque[Batch[S]] = deque()
-        self.ready = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def throttled(self, now: float) -> None:
-        self.last_throttle = now
-        self._set(max(self.max_rps * _FLOOR, self.rps * _DECREASE))
-
-    def accepted(self, now: float) -> None:
-        if self.rps < self.max_rps and now - self.last_throttle >= _RECOVERY_S:
-            self._set(min(self.max_rps, self.rps + self.max_rps * _INCREASE))
-
-    def _set(self, rps: float) -> None:
-        if rps != self.rps:
-            self.rps = rps
-            # The requests already sent still count against the new rate's window.
-            self.slots = _Slots(rps, self.slots.sent)
-
-    def put(self, batch: Batch[S], *, front: bool = False) -> None:
-        queue = self.high if batch.high_priority else self.normal
-        if front:
-            queue.appendleft(batch)
-        else:
-            queue.append(batch)
-        self.ready.set()
 
 
 class Delivery(Generic[S]):
@@ -187,7 +86,7 @@ class Delivery(Generic[S]):
         self._backoff = backoff or Backoff()
         self._wall_ms = wall_ms
         self._rng = rng or random.Random()
-        self._lanes: dict[str, _Lane[S]] = {}
+        self._lanes: dict[str, Lane[S]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._active = 0
@@ -269,14 +168,14 @@ class Delivery(Generic[S]):
         self._idle.clear()
         self._lane(batch.account).put(batch)
 
-    def _lane(self, account: str) -> _Lane[S]:
+    def _lane(self, account: str) -> Lane[S]:
         lane = self._lanes.get(account)
         if lane is None:
-            lane = self._lanes[account] = _Lane(self._rps)
+            lane = self._lanes[account] = Lane(self._rps)
             lane.task = asyncio.get_running_loop().create_task(self._run_lane(lane))
         return lane
 
-    async def _run_lane(self, lane: _Lane[S]) -> None:
+    async def _run_lane(self, lane: Lane[S]) -> None:
         while True:
             while not (lane.high or lane.normal):
                 lane.ready.clear()
@@ -299,14 +198,14 @@ class Delivery(Generic[S]):
 
     # -- one request -------------------------------------------------------------------------
 
-    async def _send(self, lane: _Lane[S], batch: Batch[S]) -> None:
+    async def _send(self, lane: Lane[S], batch: Batch[S]) -> None:
         try:
             await self._try_send(lane, batch)
         except Exception as exc:  # a bug must not strand a batch: its offsets would never commit
             _log.exception("sending a batch for account %s failed", batch.account)
             self._retry_later(lane, batch, Response(status=0, error=type(exc).__name__))
 
-    async def _try_send(self, lane: _Lane[S], batch: Batch[S]) -> None:
+    async def _try_send(self, lane: Lane[S], batch: Batch[S]) -> None:
         live = await self._drop_expired(batch)
         if not live:
             self._resolved()
@@ -347,18 +246,17 @@ class Delivery(Generic[S]):
                 await self._outcomes.dead_letter(item, rejection, None, None)
         return live
 
-    async def _reject(self, lane: _Lane[S], batch: Batch[S], response: Response) -> None:
+    async def _reject(self, lane: Lane[S], batch: Batch[S], response: Response) -> None:
         """400/413/422: halve until each refused record stands alone (SPEC §4.5)."""
         items = batch.items
         if len(items) == 1:
-            body = response.body[:_HTTP_BODY_LIMIT]
             rejection = Rejection(
                 code="api_rejected",
                 field=None,
                 message=f"the API answered {response.status} for this record",
                 stage="api",
             )
-            await self._outcomes.dead_letter(items[0], rejection, response.status, body)
+            await self._outcomes.dead_letter(items[0], rejection, response.status, response.body)
             self._resolved()
             return
         self._counts.bisections += 1
@@ -371,7 +269,7 @@ class Delivery(Generic[S]):
         for half in halves:  # reversed order + front: the first half is sent first
             lane.put(half, front=True)
 
-    def _retry_later(self, lane: _Lane[S], batch: Batch[S], response: Response) -> None:
+    def _retry_later(self, lane: Lane[S], batch: Batch[S], response: Response) -> None:
         batch.attempt += 1
         self._counts.retries += 1
         if response.status == 429:
@@ -387,6 +285,6 @@ class Delivery(Generic[S]):
         )
         self._spawn(self._requeue(lane, batch, delay))
 
-    async def _requeue(self, lane: _Lane[S], batch: Batch[S], delay: float) -> None:
+    async def _requeue(self, lane: Lane[S], batch: Batch[S], delay: float) -> None:
         await asyncio.sleep(delay)
         lane.put(batch, front=True)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (prefix ``dcr_``) and the endpoints ``/metrics``, ``/healthz``, ``/readyz``.
+"""Prometheus metrics (prefix ``dcr_``); ``stream.http`` serves them on ``/metrics``.
 
 Counters live in ``Counts``, plain ints and dicts that the hot path bumps without registry calls; a
 collector turns them into Prometheus counters at scrape time, together with the gauges of live
@@ -12,16 +12,14 @@ ever a label.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Counts", "Health", "Metrics", "State", "http_app", "status_class"]
+__all__ = ["Counts", "Metrics", "State", "status_class"]
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 200, 300, 400, 499, 500)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -185,46 +183,3 @@ def _labelled(
     for key, value in sorted(table.items()):
         family.add_metric([key] if isinstance(key, str) else list(key), value)
     return family
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Health:
-    """What liveness and readiness look at."""
-
-    last_poll: Callable[[], float]
-    """Monotonic time the consumer last returned from ``consume``."""
-    consumer_alive: Callable[[], bool]
-    ready: Callable[[], bool]
-    """Joined the group (got an assignment, possibly empty)."""
-    stall_s: float
-    """No poll for this long means the consumer is stuck: liveness fails, Kubernetes restarts us."""
-
-
-def http_app(metrics: Metrics, health: Health) -> web.Application:
-    """``/metrics``, ``/healthz`` (the loop answers and the consumer polls) and ``/readyz``.
-
-    Liveness never looks at the API or the broker: an outage there must not restart the pods
-    (a restart would only re-read what is already buffered); backpressure handles it.
-    """
-
-    async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
-
-    async def healthz(_: web.Request) -> web.Response:
-        idle = time.monotonic() - health.last_poll()
-        if not health.consumer_alive():
-            return web.json_response({"status": "consumer thread ended"}, status=503)
-        if idle > health.stall_s:
-            return web.json_response({"status": f"consumer stalled for {idle:.0f} s"}, status=503)
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        if health.ready():
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not in the group yet"}, status=503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from stream.cli import main
 from stream.dlq import build
-from stream.produce import INVALID_KINDS, Mix, account_ids, events, produce
+from stream.tools.produce import INVALID_KINDS, Mix, account_ids, events, produce
 from stream.validation import Rejection, Rules, validate
 from tests.conftest import Broker, unique
 from tests.integration.conftest import (

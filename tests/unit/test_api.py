@@ -52,9 +52,9 @@ def test_backoff_is_jittered_capped_and_respects_retry_after() -> None:
 
 
 def test_a_lane_halves_its_rate_on_429_and_recovers_after_a_quiet_spell() -> None:
-    from stream.delivery import _Lane
+    from stream.quota import Lane
 
-    lane: _Lane[int] = _Lane(10.0)
+    lane: Lane[int] = Lane(10.0)
     lane.throttled(now=100.0)
     lane.throttled(now=100.5)
     assert lane.rps == 2.5

@@ -91,7 +91,7 @@ def refused_port() -> int:
 def test_unreachable_kafka_is_one_line(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("stream.produce.CONNECT_TIMEOUT_S", 1.0)  # the default waits 10 s
+    monkeypatch.setattr("stream.tools.produce.CONNECT_TIMEOUT_S", 1.0)  # the default waits 10 s
     address = f"127.0.0.1:{refused_port()}"
     assert main([*argv, "--bootstrap-servers", address]) == 1
     err = capsys.readouterr().err

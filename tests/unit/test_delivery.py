@@ -320,9 +320,9 @@ def test_slots_keep_a_rolling_second_and_do_not_add_up_delays() -> None:
     """Clock-free: ``wait_s`` is asked at chosen times. Every 7th request goes out 30 ms late. No 11
     requests ever fall within 1.02 s, nor any two within 0.8 of the mean spacing, and the delays
     cost less than half what they would if every request waited 102 ms after the one before."""
-    from stream.delivery import _Slots
+    from stream.quota import Slots
 
-    slots = _Slots(10.0)
+    slots = Slots(10.0)
     now, sent, late = 0.0, [], 0
     for n in range(200):
         delay = 0.030 if n % 7 == 3 else 0.0
@@ -335,4 +335,4 @@ def test_slots_keep_a_rolling_second_and_do_not_add_up_delays() -> None:
     on_time = 9 * 0.8 * 0.102 + 19 * 1.02  # the first ten at the gap, then a window per ten
     assert sent[-1] - sent[0] - on_time < late * 0.030 / 2
     # A lower rate after a 429 still counts what was just sent.
-    assert _Slots(5.0, slots.sent).wait_s(now) > 0.102
+    assert Slots(5.0, slots.sent).wait_s(now) > 0.102

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from stream.dlq import ERROR_CODE, ERROR_STAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from stream.errors import ConfigError, DcrStreamError
-from stream.produce import (
+from stream.tools.produce import (
     CONNECT_TIMEOUT_S,
     Progress,
     default_topic,

@@ -1,7 +1,7 @@
 """``dcr-stream sandbox``: a stand-in for Truecaller's Dynamic Call Records API (SPEC §2, §8).
 
 It serves the documented endpoints (v1 and v2 batches, token minting) under the documented rules:
-batches checked by ``stream.sandbox_batches`` (at most 500 records, every record by
+batches checked by ``stream.sandbox.batches`` (at most 500 records, every record by
 ``stream.validation``), at most 10 tokens minted per 30 minutes, and a per-account request quota
 answered with 429. Faults are injected on purpose (random and burst 5xx, 429 bursts, latency and its
 spikes, outages that answer 503 or cut the connection) and can be changed while it runs, through
@@ -39,7 +39,7 @@ from aiohttp import web
 from msgspec import Struct
 
 from stream import logs
-from stream.sandbox_batches import MAX_RECORDS, Accepted, Batch, Refusal, Version, check_batch
+from stream.sandbox.batches import MAX_RECORDS, Accepted, Batch, Refusal, Version, check_batch
 
 __all__ = [
     "MAX_RECORDS",

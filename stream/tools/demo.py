@@ -5,9 +5,9 @@
    not share its time (and its timing) with the API's. The sandbox mints tokens, answers 429 above
    10 requests per second per account (the API's quota), fails 2% of requests with a 5xx, and
    knows two label ids per account.
-2. Create the input topic and produce a realistic mix (``stream.produce``): several accounts, some
-   high-priority events, a few percent invalid events of eight kinds, and a few events that carry a
-   label id no account has registered yet, which the sandbox refuses (400).
+2. Create the input topic and produce a realistic mix (``stream.tools.produce``): several
+   accounts, some high-priority events, a few percent invalid events of eight kinds, and a few
+   events that carry a label id no account has registered yet, which the sandbox refuses (400).
 3. Run the real ``Pipeline`` in this process, configured through ``stream.config.load`` like
    ``dcr-stream run``, at the API's quota; wait until every event is delivered or dead-lettered
    and the group's committed offsets reach the end of every partition.
@@ -43,7 +43,7 @@ from stream.app import Pipeline
 from stream.config import load
 from stream.devkafka import BrokerError, LocalKafka, cache_dir, die_with_parent
 from stream.errors import DcrStreamError
-from stream.produce import (
+from stream.tools.produce import (
     DEFAULT_LABEL_ID,
     INVALID_KINDS,
     Mix,
@@ -53,7 +53,7 @@ from stream.produce import (
     events,
     produce,
 )
-from stream.replay import Selection, replay
+from stream.tools.replay import Selection, replay
 
 __all__ = ["run"]
 

@@ -1,0 +1,56 @@
+"""The service's HTTP endpoints: ``/metrics``, ``/healthz`` and ``/readyz`` (docs/operations.md).
+
+Liveness never looks at the API or the broker: an outage there must not restart the pods (a restart
+would only re-read what is already buffered); backpressure handles it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from stream.metrics import Metrics
+
+__all__ = ["Health", "http_app"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Health:
+    """What liveness and readiness look at."""
+
+    last_poll: Callable[[], float]
+    """Monotonic time the consumer last returned from ``consume``."""
+    consumer_alive: Callable[[], bool]
+    ready: Callable[[], bool]
+    """Joined the group (got an assignment, possibly empty)."""
+    stall_s: float
+    """No poll for this long means the consumer is stuck: liveness fails, Kubernetes restarts us."""
+
+
+def http_app(metrics: Metrics, health: Health) -> web.Application:
+    """``/metrics``, ``/healthz`` (the loop answers and the consumer polls) and ``/readyz``."""
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(_: web.Request) -> web.Response:
+        idle = time.monotonic() - health.last_poll()
+        if not health.consumer_alive():
+            return web.json_response({"status": "consumer thread ended"}, status=503)
+        if idle > health.stall_s:
+            return web.json_response({"status": f"consumer stalled for {idle:.0f} s"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if health.ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not in the group yet"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
