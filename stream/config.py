@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +21,17 @@ from stream.errors import ConfigError
 from stream.events import UUID_PATTERN
 from stream.tokens import Secret
 
-__all__ = ["SETTINGS", "Config", "Setting", "load"]
+__all__ = [
+    "SETTINGS",
+    "Config",
+    "Setting",
+    "client_properties",
+    "default_dlq_topic",
+    "load",
+    "parse_positive",
+    "parse_uuid",
+    "setting",
+]
 
 _UUID = re.compile(UUID_PATTERN)
 
@@ -84,11 +94,27 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     def client_config(self) -> dict[str, str | int | float | bool]:
         """Properties for producers and admin clients: the connection part of the pass-through."""
-        return {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            **{k: v for k, v in self.kafka_config.items() if not _consumer_only(k)},
-            **{k: v.reveal() for k, v in self.kafka_secret_config.items()},
-        }
+        return client_properties(
+            self.kafka_bootstrap_servers, self.kafka_config, self.kafka_secret_config
+        )
+
+
+def client_properties(
+    bootstrap_servers: str, config: Mapping[str, str], secret_config: Mapping[str, Secret]
+) -> dict[str, str | int | float | bool]:
+    """librdkafka properties for a producer or an admin client (the service's DLQ and receipts,
+    the tools' producers): the pass-through without the consumer-only properties, which a producer
+    would warn about."""
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        **{k: v for k, v in config.items() if not _consumer_only(k)},
+        **{k: v.reveal() for k, v in secret_config.items()},
+    }
+
+
+def default_dlq_topic(topics: Sequence[str]) -> str:
+    """``DCR_DLQ_TOPIC`` when it is not set: ``<first input topic>.dlq``."""
+    return f"{topics[0]}.dlq"
 
 
 def _consumer_only(prop: str) -> bool:
@@ -137,7 +163,7 @@ def _list(value: str) -> tuple[str, ...]:
     return items
 
 
-def _uuid(value: str) -> str:
+def parse_uuid(value: str) -> str:
     if not _UUID.match(value.strip()):
         raise ValueError(f"{value!r} is not a UUID")
     return value.strip().lower()
@@ -153,7 +179,7 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _positive(value: str) -> float:
+def parse_positive(value: str) -> float:
     number = float(value)
     if not number > 0 or number == float("inf"):
         raise ValueError(f"{value} must be a positive number")
@@ -189,7 +215,7 @@ def _labels(value: str) -> dict[str, frozenset[str]]:
         account, sep, label = entry.partition(":")
         if not sep:
             raise ValueError(f"{entry!r} is not ACCOUNT_ID:LABEL_ID")
-        allowed.setdefault(_uuid(account), set()).add(_uuid(label))
+        allowed.setdefault(parse_uuid(account), set()).add(parse_uuid(label))
     return {account: frozenset(labels) for account, labels in allowed.items()}
 
 
@@ -230,12 +256,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key_id", _text, None, "key id for minting tokens (with `DCR_API_KEY`)"),
     Setting("api_key", lambda v: Secret(_text(v)), None, "API key for minting tokens"),
     Setting("api_ca_bundle", _text, None, "PEM file of CAs to trust for the API (TLS stays on)"),
-    Setting("api_timeout_s", _positive, "30", "total timeout of one API request"),
-    Setting("client_account_id", _uuid, None, "account of events that carry none"),
+    Setting("api_timeout_s", parse_positive, "30", "total timeout of one API request"),
+    Setting("client_account_id", parse_uuid, None, "account of events that carry none"),
     Setting(
         "allowed_label_ids", _labels, "", "allow-list, `ACCOUNT:LABEL,…`; unlisted accounts: any"
     ),
-    Setting("rate_limit_rps", _positive, "10", "requests per second per account, retries included"),
+    Setting(
+        "rate_limit_rps", parse_positive, "10", "requests per second per account, retries included"
+    ),
     Setting("batch_max_records", _int(1, 500), "500", "records per request (the API allows 500)"),
     Setting("batch_linger_ms", _int(0), "1000", "longest wait of a record for its batch to fill"),
     Setting("batch_max_bytes", _int(1024), "1000000", "cap on a request body's bytes"),
@@ -258,11 +286,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("http_port", _int(0, 65535), "8080", "port of /metrics, /healthz, /readyz"),
     Setting(
-        "shutdown_timeout_s", _positive, "25", "drain bound on SIGTERM (below the pod's grace)"
+        "shutdown_timeout_s", parse_positive, "25", "drain bound on SIGTERM (below the pod's grace)"
     ),
     Setting(
         "liveness_stall_s",
-        _positive,
+        parse_positive,
         "60",
         "/healthz fails when the consumer has not polled for this long (a commit waiting for an "
         "unreachable broker does not count)",
@@ -271,28 +299,37 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+def setting(env: Mapping[str, str], field: str) -> Any:
+    """One setting, parsed from ``env`` (or its default), for the tools that read a few of the
+    service's settings (``produce``, ``replay``); a bad value raises ``ConfigError``."""
+    row = next(s for s in SETTINGS if s.field == field)
+    return _parse(row, env.get(row.env))
+
+
+def _parse(row: Setting, text: str | None) -> Any:
+    """``text`` (or, when None, the default) parsed; None for an unset setting without default."""
+    text = row.default if text is None else text
+    if text is None or (text == "" and row.default is None):
+        return None
+    try:
+        return row.parse(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(row.env, str(exc)) from None
+
+
 def load(env: Mapping[str, str], toml_path: str | None = None) -> Config:
     """Parse and check every setting; the first problem raises ``ConfigError``."""
     raw: dict[str, str] = {}
     if toml_path is not None:
         raw = _from_toml(toml_path)
-    for setting in SETTINGS:
-        if setting.env in env:
-            raw[setting.field] = env[setting.env]
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        text = raw.get(setting.field, setting.default)
-        if text is None or (text == "" and setting.default is None):
-            values[setting.field] = None
-            continue
-        try:
-            values[setting.field] = setting.parse(text)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(setting.env, str(exc)) from None
+    for row in SETTINGS:
+        if row.env in env:
+            raw[row.field] = env[row.env]
+    values: dict[str, Any] = {row.field: _parse(row, raw.get(row.field)) for row in SETTINGS}
     if values["api_base_url"] is None:
         raise ConfigError("DCR_API_BASE_URL", "is required (the API's base URL)")
     _check_auth(values)
-    values["dlq_topic"] = values["dlq_topic"] or f"{values['kafka_topics'][0]}.dlq"
+    values["dlq_topic"] = values["dlq_topic"] or default_dlq_topic(values["kafka_topics"])
     if values["dlq_topic"] in values["kafka_topics"]:
         raise ConfigError("DCR_DLQ_TOPIC", "must not be one of the input topics")
     if values["retry_cap_ms"] < values["retry_base_ms"]:

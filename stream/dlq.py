@@ -13,9 +13,10 @@ A dead-letter record has the key, value and headers of the message it replaces, 
     dcr.http.status       API rejections only
     dcr.http.body         API rejections only: at most 1024 bytes of the answer
 
-Nothing else is added: no configuration, no token, no request. An original that already carries some
-of these headers (a replayed record that failed again) has them replaced, so each appears once and
-always describes the latest failure.
+Nothing else is added: no configuration, no token, no request. Every header named ``dcr.*`` is
+ours (``is_ours``): an original that already carries some (a replayed record that failed again) has
+them replaced, so each appears once and always describes the latest failure, and ``replay`` strips
+them all before a record goes back to an input topic.
 
 :class:`DeadLetterProducer` returns from ``send`` only once Kafka acknowledged the write (acks=all,
 idempotent), because the consumer commits past a dead-lettered record on the strength of it (§4.6).
@@ -45,6 +46,7 @@ __all__ = [
     "HTTP_BODY",
     "HTTP_BODY_MAX_BYTES",
     "HTTP_STATUS",
+    "PREFIX",
     "SOURCE_OFFSET",
     "SOURCE_PARTITION",
     "SOURCE_TOPIC",
@@ -53,7 +55,11 @@ __all__ = [
     "SourceMessage",
     "build",
     "dead_letter_headers",
+    "is_ours",
 ]
+
+PREFIX = "dcr."
+"""The namespace of the headers dcr-stream writes."""
 
 ERROR_CODE = "dcr.error.code"
 ERROR_FIELD = "dcr.error.field"
@@ -64,6 +70,12 @@ SOURCE_PARTITION = "dcr.source.partition"
 SOURCE_OFFSET = "dcr.source.offset"
 HTTP_STATUS = "dcr.http.status"
 HTTP_BODY = "dcr.http.body"
+
+
+def is_ours(header: str) -> bool:
+    """Whether ``header`` is one dcr-stream writes (and so replaces, or strips on replay)."""
+    return header.startswith(PREFIX)
+
 
 HEADERS = (
     ERROR_CODE,
@@ -139,7 +151,7 @@ def build(
     """The dead-letter record for ``message``: its key, value and headers, plus ours."""
     original = message.headers() or []
     pairs = original.items() if isinstance(original, dict) else original
-    kept = [(name, value) for name, value in pairs if name not in HEADERS]
+    kept = [(name, value) for name, value in pairs if not is_ours(name)]
     ours = dead_letter_headers(message, rejection, http_status=http_status, http_body=http_body)
     return DeadLetter(key=message.key(), value=message.value(), headers=[*kept, *ours])
 

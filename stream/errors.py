@@ -3,14 +3,15 @@
     DcrStreamError
     ├── ConfigError          a setting is missing or invalid (exit status 2)
     ├── AuthError            no token could be had (minting refused, token file unreadable)
-    └── DeadLetterError      Kafka did not acknowledge a dead-letter write
+    ├── DeadLetterError      Kafka did not acknowledge a dead-letter write
+    └── BrokerError          the tools' local Kafka broker could not be fetched or started
 
 Rejected events and refused API records are not exceptions: they are ``Rejection`` values.
 """
 
 from __future__ import annotations
 
-__all__ = ["AuthError", "ConfigError", "DcrStreamError", "DeadLetterError"]
+__all__ = ["AuthError", "BrokerError", "ConfigError", "DcrStreamError", "DeadLetterError"]
 
 
 class DcrStreamError(Exception):
@@ -43,3 +44,8 @@ class DeadLetterError(DcrStreamError):
         self.partition = partition
         self.offset = offset
         self.reason = reason
+
+
+class BrokerError(DcrStreamError):
+    """The local broker (``stream.devkafka``) could not be fetched or started; the message carries
+    the tail of its log."""

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from stream.errors import BrokerError
+
 __all__ = [
     "KAFKA_VERSION",
     "SCRAM_MECHANISM",
@@ -63,10 +65,6 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 
 _SCRAM_FORBIDDEN = frozenset(',=[]"\n')
 """Characters ``--add-scram``'s ``[name=…,password=…]`` syntax cannot carry."""
-
-
-class BrokerError(RuntimeError):
-    """The local broker could not be fetched or started; the message carries the log's tail."""
 
 
 def cache_dir() -> Path:

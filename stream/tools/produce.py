@@ -24,8 +24,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream.config import SETTINGS
-from stream.errors import ConfigError, DcrStreamError
+from stream.config import client_properties, setting
+from stream.errors import DcrStreamError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -207,18 +207,11 @@ def kafka_config(env: Mapping[str, str], bootstrap_servers: str | None = None) -
     ``DCR_KAFKA_BOOTSTRAP_SERVERS`` (default ``localhost:9092``), plus the service's librdkafka
     pass-through (``DCR_KAFKA_CONFIG``, ``DCR_KAFKA_SECRET_CONFIG``), so TLS and SASL work as they
     do for ``run``. A bad value raises ``ConfigError`` naming the variable."""
-    settings = {s.field: s for s in SETTINGS}
-
-    def parse(field_: str) -> Any:
-        setting = settings[field_]
-        try:
-            return setting.parse(env.get(setting.env, setting.default or ""))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(setting.env, str(exc)) from None
-
-    servers = bootstrap_servers or parse("kafka_bootstrap_servers")
-    secrets = {k: v.reveal() for k, v in parse("kafka_secret_config").items()}
-    return {"bootstrap.servers": servers, **parse("kafka_config"), **secrets}
+    return client_properties(
+        bootstrap_servers or setting(env, "kafka_bootstrap_servers"),
+        setting(env, "kafka_config"),
+        setting(env, "kafka_secret_config"),
+    )
 
 
 def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
@@ -435,9 +428,5 @@ def run(
 
 def default_topic(env: Mapping[str, str]) -> str:
     """The first of ``DCR_KAFKA_TOPICS`` (default ``call-intents``), as the service reads it."""
-    setting = next(s for s in SETTINGS if s.field == "kafka_topics")
-    try:
-        topics: tuple[str, ...] = setting.parse(env.get(setting.env, setting.default or ""))
-    except ValueError as exc:
-        raise ConfigError(setting.env, str(exc)) from None
+    topics: tuple[str, ...] = setting(env, "kafka_topics")
     return topics[0]

@@ -22,20 +22,25 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from stream.dlq import ERROR_CODE, ERROR_STAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
+from stream.config import default_dlq_topic as _default_dlq
+from stream.config import setting
+from stream.dlq import (
+    ERROR_CODE,
+    ERROR_STAGE,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    is_ours,
+)
 from stream.errors import ConfigError, DcrStreamError
 from stream.tools.produce import (
     CONNECT_TIMEOUT_S,
     Progress,
-    default_topic,
     kafka_config,
     topic_partitions,
 )
 
 __all__ = ["Letter", "Replayed", "Selection", "default_dlq_topic", "replay", "run"]
-
-_PREFIX = "dcr."
-"""Headers that dcr-stream writes: none of them go back to an input topic."""
 
 _IDLE_TIMEOUT_S = 30.0
 """How long reading may go without a single record or end-of-partition before it gives up."""
@@ -85,7 +90,7 @@ class Letter:
         kept: list[tuple[str, str | bytes | None]] = []
         raw = message.headers() or []
         for name, value in raw.items() if isinstance(raw, dict) else raw:
-            if name.startswith(_PREFIX):
+            if is_ours(name):
                 ours[name] = _text(value)
             else:
                 kept.append((name, value))
@@ -135,7 +140,8 @@ class Replayed:
 
 def default_dlq_topic(env: Mapping[str, str]) -> str:
     """``DCR_DLQ_TOPIC``, else ``<first of DCR_KAFKA_TOPICS>.dlq``, as the service decides it."""
-    return env.get("DCR_DLQ_TOPIC", "").strip() or f"{default_topic(env)}.dlq"
+    topic: str | None = setting(env, "dlq_topic")
+    return topic or _default_dlq(setting(env, "kafka_topics"))
 
 
 def replay(
