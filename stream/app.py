@@ -16,7 +16,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +47,7 @@ _librdkafka_log = logging.getLogger("librdkafka")
 class Source(Struct, frozen=True, gc=False):
     """What the pipeline keeps with each record: its offset claim and the original message (DLQ).
 
-    A ``gc=False`` struct, as ``Pending`` is: one per record, never tracked by the cyclic collector.
+    One per record, hence ``gc=False`` (docs/design.md#the-hot-path).
     """
 
     ticket: Ticket
@@ -56,8 +57,25 @@ class Source(Struct, frozen=True, gc=False):
 _DLQ_LOG_EVERY_S = 5.0
 """Dead-letter write failures are logged at most this often (see ``_log_dlq_failure``)."""
 
-_CLOSE_RESERVE_S = 3.0
-"""Of the shutdown timeout, kept back for the final commit and leaving the group."""
+
+@dataclass(frozen=True, slots=True)
+class ShutdownBudget:
+    """How ``DCR_SHUTDOWN_TIMEOUT_S`` is spent after SIGTERM (docs/design.md#shutdown).
+
+    The whole stop fits in ``total_s``, which the Helm chart keeps below the pod's
+    ``terminationGracePeriodSeconds`` (``shutdownTimeoutSeconds`` plus
+    ``terminationGraceMarginSeconds``): the drain gets all of it but ``close_s``, which is kept
+    back for the final commit, leaving the group and flushing the producers. What is not finished
+    by then is left to the partitions' next owner, as after any rebalance: at-least-once, not a
+    failure.
+    """
+
+    total_s: float
+    close_s: float = 3.0
+
+    @property
+    def drain_s(self) -> float:
+        return max(0.0, self.total_s - self.close_s)
 
 
 class Pipeline:
@@ -96,6 +114,11 @@ class Pipeline:
         self._tokens_source: TokenSource | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
+        self.budget = ShutdownBudget(config.shutdown_timeout_s)
+        self._stop_by = 0.0
+        """Loop time by which the stop must be over; 0 until it starts."""
+        self._revoke_wait_s = REVOKE_WAIT_S
+        """How long a revoke waits for its partitions' records; nothing once the drain is over."""
         self.assigned = asyncio.Event()
         """Set once the group gave us partitions (readiness)."""
         self.http_port: int | None = None
@@ -161,9 +184,10 @@ class Pipeline:
                 task.cancel()
             await self._delivery.close()
             await session.close()
-            self._dlq.close()
+            # Within what is left of the stop's budget (all of ``close_s`` after a failure).
+            self._dlq.close(self._left(loop) if self._stop_by else self.budget.close_s)
             if self._receipts is not None:
-                self._receipts.close()
+                self._receipts.close(self._left(loop) if self._stop_by else self.budget.close_s)
             await http.cleanup()
 
     async def _serve_http(self, consumer: ConsumerThread) -> web.AppRunner:
@@ -196,32 +220,58 @@ class Pipeline:
         return runner
 
     async def _shutdown(self) -> int:
-        """SIGTERM/SIGINT (SPEC §5), in order:
+        """SIGTERM/SIGINT: the whole stop within ``ShutdownBudget.total_s``, in order:
 
         1. stop fetching: pause every partition (polling goes on, the group keeps us);
         2. send every open batch now;
-        3. wait, up to the shutdown timeout less a reserve, until every record is finished;
-        4. commit the finished prefix of every partition;
-        5. close the consumer, which leaves the group (its revoke commits nothing new).
+        3. drain: wait until every record is finished, for at most ``ShutdownBudget.drain_s``;
+        4. stop delivering, so that what is unfinished now stays unfinished (a request cut short
+           may still have reached the API: at-least-once);
+        5. commit the finished prefix of every partition;
+        6. close the consumer, which leaves the group; its revoke no longer waits (the drain is
+           over) and commits nothing new;
+        7. (``run``) flush the producers in what is left of the budget.
 
-        Returns 0 when everything consumed was finished and committed, 1 otherwise.
+        The records consumed and not committed are left to the partitions' next owner, which
+        consumes them again; the last log line counts them. Returns 0: that is a normal stop.
         """
         assert self._consumer is not None
         assert self._delivery is not None
         loop = asyncio.get_running_loop()
-        _log.info("shutting down: draining")
-        deadline = loop.time() + max(0.0, self.config.shutdown_timeout_s - _CLOSE_RESERVE_S)
+        budget = self.budget
+        started = loop.time()
+        self._stop_by = started + budget.total_s
+        _log.info("shutting down: draining for up to %.1f s", budget.drain_s)
         await self._consumer.stop_fetching()
         self._delivery.flush_open()
-        drained = await self._wait_finished(None, deadline)
-        await self._commit()
-        await self._consumer.close()
-        left = self.tracker.unfinished()
-        if drained:
-            _log.info("shut down cleanly: every consumed record was finished and committed")
-            return 0
-        _log.error("shut down with %d records unfinished; they will be consumed again", left)
-        return 1
+        await self._wait_finished(None, started + budget.drain_s)
+        await self._delivery.close()
+        for task in self._tasks:  # dead-letter writes not yet acknowledged
+            task.cancel()
+        self._revoke_wait_s = 0.0
+        with contextlib.suppress(Exception):  # logged by the consumer thread
+            await asyncio.wait_for(self._commit(), self._stop_by - loop.time())
+        left = self.tracker.uncommitted()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._consumer.close()), self._left(loop))
+        except TimeoutError:
+            _log.warning("shutting down: leaving the group took too long; exiting without it")
+        if left:
+            _log.info(
+                "shut down after %.1f s: %d records consumed and not committed are left to the "
+                "partitions' next owner, which consumes them again",
+                loop.time() - started,
+                left,
+            )
+        else:
+            _log.info(
+                "shut down after %.1f s: every consumed record was finished and committed",
+                loop.time() - started,
+            )
+        return 0
+
+    def _left(self, loop: asyncio.AbstractEventLoop) -> float:
+        return max(0.0, self._stop_by - loop.time())
 
     def _tokens(self, session: Any) -> TokenSource:
         config = self.config
@@ -249,7 +299,7 @@ class Pipeline:
             assert topic is not None
             ticket = receive(topic, message.partition() or 0, message.offset() or 0)
             if ticket is None:  # revoked since it was fetched: the new owner reads it again
-                self.finished += 1
+                self._finish((None,))
                 continue
             result = validate(
                 message.value(),
@@ -272,7 +322,7 @@ class Pipeline:
         their final positions for the consumer thread to commit, and forget them."""
         assert self._delivery is not None
         self._delivery.flush_open()
-        deadline = asyncio.get_running_loop().time() + REVOKE_WAIT_S
+        deadline = asyncio.get_running_loop().time() + self._revoke_wait_s
         await self._wait_finished(tps, deadline)
         positions = self.tracker.to_commit(tps)
         self.tracker.forget(tps)
@@ -288,15 +338,21 @@ class Pipeline:
 
     # -- outcomes (called by Delivery) -----------------------------------------------------------
 
-    def delivered(self, batch: Batch[Source], response: Response) -> None:
+    def _finish(self, tickets: Collection[Ticket | None]) -> None:
+        """Records leave the pipeline (delivered, dead-lettered, or no longer ours): their offsets
+        may be committed, backpressure counts them out, and a drain waiting for them wakes up."""
         finish = self.tracker.finish
-        for item in batch.items:
-            finish(item.source.ticket)
+        for ticket in tickets:
+            if ticket is not None:
+                finish(ticket)
+        self.finished += len(tickets)
+        self._progress.set()
+
+    def delivered(self, batch: Batch[Source], response: Response) -> None:
+        self._finish([item.source.ticket for item in batch.items])
         records = len(batch.items)
-        self.finished += records
         delivered = self.counts.delivered
         delivered[batch.account] = delivered.get(batch.account, 0) + records
-        self._progress.set()
         if self._receipts is not None:
             self._receipts.publish(
                 Receipt(
@@ -324,7 +380,7 @@ class Pipeline:
         self, source: Source, rejection: Rejection, status: int | None, body: bytes | None
     ) -> None:
         """Write to the DLQ until Kafka acknowledges it; only then is the record finished. While it
-        fails, the partition's position cannot pass this record (SPEC §4.6)."""
+        fails, the partition's position cannot pass this record (docs/design.md#at-least-once)."""
         assert self._dlq is not None
         ticket, message = source.ticket, source.message
         attempt = 0
@@ -338,9 +394,7 @@ class Pipeline:
                 delay = self._backoff.delay(attempt, None, self._rng)
                 self._log_dlq_failure(exc, attempt, delay)
                 await asyncio.sleep(delay)
-        self.tracker.finish(ticket)
-        self.finished += 1
-        self._progress.set()
+        self._finish((ticket,))
         self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
 
     def _log_dlq_failure(self, exc: DeadLetterError, attempt: int, delay: float) -> None:

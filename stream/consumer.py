@@ -1,4 +1,4 @@
-"""The Kafka consumer, owned by one thread (SPEC §5).
+"""The Kafka consumer, owned by one thread (docs/design.md#consumer).
 
 confluent-kafka's consumer is a blocking client; rather than share it between threads we give it
 one owner. The thread polls in short slices (up to 500 messages; when none wait, at most 0.1 s for
@@ -54,8 +54,10 @@ WAKE_TIMEOUT_S = 0.05
 """The longest a resume waits for the lookup that wakes the fetchers (see ``_wake_fetchers``)."""
 
 REVOKE_WAIT_S = 10.0
-"""How long a revoke waits for the revoked partitions' records to finish before committing what is
-done. Must stay well below ``max.poll.interval.ms`` and the pod's termination grace (30 s)."""
+"""How long a revoke in a running service waits for the revoked partitions' records to finish before
+committing what is done: the rebalance waits for it, so it stays far below ``max.poll.interval.ms``
+(300 s) and ``session.timeout.ms`` (45 s). A revoke during shutdown does not wait at all: the
+shutdown budget already drained (``stream.app.ShutdownBudget``)."""
 
 
 class ConsumerThread:
@@ -103,7 +105,6 @@ class ConsumerThread:
         self.waiting_on_broker = False
         """True while a synchronous commit waits for the coordinator: not a stall of ours."""
         self.assignment: set[TopicPartitionKey] = set()
-        self.rebalances = 0
         self.lag: dict[TopicPartitionKey, int] = {}
         """Per assigned partition: end offset minus position, refreshed every LAG_INTERVAL_S."""
         self._lag_at = 0.0
@@ -307,7 +308,6 @@ class ConsumerThread:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.rebalances += 1
         _log.info("assigned %s", _names(keys))
         # The loop learns of the partitions before any of their messages: both go through the
         # same FIFO (call_soon_threadsafe).
@@ -323,7 +323,6 @@ class ConsumerThread:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.rebalances += 1
         _log.info("revoking %s", _names(keys))
         future = asyncio.run_coroutine_threadsafe(_awaitable(self._on_revoke(keys)), self._loop)
         try:
@@ -339,7 +338,6 @@ class ConsumerThread:
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.rebalances += 1
         _log.warning("lost %s; their positions are not committed", _names(keys))
         self._loop.call_soon_threadsafe(self._on_lost, keys)
         consumer.incremental_unassign(partitions)

@@ -89,10 +89,7 @@ class Delivery(Generic[S]):
         self._lanes: dict[str, Lane[S]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._active = 0
-        """Batches handed to lanes and not yet resolved (queued, sending or backing off)."""
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._closed = False
         self._timer: asyncio.Task[None] | None = None
         self.metrics = metrics or Metrics()
         self._counts = self.metrics.counts
@@ -134,12 +131,10 @@ class Delivery(Generic[S]):
         for batch in self._batcher.drain():
             self._dispatch(batch)
 
-    async def wait_idle(self) -> None:
-        """Return once every dispatched batch is resolved (open batches are not waited for)."""
-        await self._idle.wait()
-
     async def close(self) -> None:
-        """Stop every task; unresolved records stay unresolved (their offsets are not committed)."""
+        """Stop every task; unresolved records stay unresolved (their offsets are not committed),
+        and so do records submitted later."""
+        self._closed = True
         tasks = [t for t in (self._timer, *self._tasks) if t is not None]
         tasks += [lane.task for lane in self._lanes.values() if lane.task is not None]
         for task in tasks:
@@ -164,9 +159,8 @@ class Delivery(Generic[S]):
                 self._dispatch(batch)
 
     def _dispatch(self, batch: Batch[S]) -> None:
-        self._active += 1
-        self._idle.clear()
-        self._lane(batch.account).put(batch)
+        if not self._closed:
+            self._lane(batch.account).put(batch)
 
     def _lane(self, account: str) -> Lane[S]:
         lane = self._lanes.get(account)
@@ -191,11 +185,6 @@ class Delivery(Generic[S]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _resolved(self, batches: int = 1) -> None:
-        self._active -= batches
-        if self._active == 0:
-            self._idle.set()
-
     # -- one request -------------------------------------------------------------------------
 
     async def _send(self, lane: Lane[S], batch: Batch[S]) -> None:
@@ -208,7 +197,6 @@ class Delivery(Generic[S]):
     async def _try_send(self, lane: Lane[S], batch: Batch[S]) -> None:
         live = await self._drop_expired(batch)
         if not live:
-            self._resolved()
             return
         batch.items = live
         body = encode_batch([p.record for p in live], self._version)
@@ -221,7 +209,6 @@ class Delivery(Generic[S]):
         if kind == "ok":
             lane.accepted(time.monotonic())
             self._outcomes.delivered(batch, response)
-            self._resolved()
         elif kind == "reject":
             await self._reject(lane, batch, response)
         elif (
@@ -257,7 +244,6 @@ class Delivery(Generic[S]):
                 stage="api",
             )
             await self._outcomes.dead_letter(items[0], rejection, response.status, response.body)
-            self._resolved()
             return
         self._counts.bisections += 1
         middle = len(items) // 2
@@ -265,7 +251,6 @@ class Delivery(Generic[S]):
             Batch(batch.account, batch.high_priority, items[middle:], opened_at=batch.opened_at),
             Batch(batch.account, batch.high_priority, items[:middle], opened_at=batch.opened_at),
         ]
-        self._active += 1  # one batch became two
         for half in halves:  # reversed order + front: the first half is sent first
             lane.put(half, front=True)
 

@@ -176,10 +176,6 @@ _POLL_S = 0.1
 _QUEUE_FULL_WAIT_S = 0.05
 """How long ``send`` yields when librdkafka's local queue is full before it tries again."""
 
-_CLOSE_FLUSH_S = 2.0
-"""``close`` normally finds nothing to flush, since every ``send`` waited for its acknowledgement.
-The bound is for a broker that stopped answering: the drain already used up to
-``DCR_SHUTDOWN_TIMEOUT_S`` (25 s) of the pod's 30 s termination grace."""
 
 
 class DeadLetterProducer:
@@ -194,7 +190,8 @@ class DeadLetterProducer:
 
     def __init__(self, config: Mapping[str, str | int | float | bool], topic: str) -> None:
         self.topic = topic
-        # Ours win over the pass-through: the commit after a dead letter relies on them (§4.6).
+        # Ours win over the pass-through: the commit after a dead letter relies on them
+        # (docs/design.md#at-least-once).
         self._producer = Producer({**config, "acks": "all", "enable.idempotence": True})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="dcr-dlq-poll", daemon=True)
@@ -245,12 +242,12 @@ class DeadLetterProducer:
         if error is not None:
             raise self._error(message, error.str())
 
-    def flush(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for outstanding writes; return how many are left."""
-        return self._producer.flush(timeout_s)
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Flush up to ``timeout_s``, fail whatever is left (its ``send`` raises), stop polling.
 
-    def close(self, timeout_s: float = _CLOSE_FLUSH_S) -> None:
-        """Flush up to ``timeout_s``, fail whatever is left (its ``send`` raises), stop polling."""
+        There is normally nothing to flush, since every ``send`` waited for its acknowledgement;
+        the bound (what is left of the shutdown budget) is for a broker that stopped answering.
+        """
         if self._producer.flush(timeout_s):
             self._producer.purge()
             # Serve the purge's delivery reports so no ``send`` waits forever.

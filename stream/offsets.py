@@ -46,6 +46,12 @@ class _Partition:
     position: int | None = None
     """One past the finished prefix: what a commit would store; None until something finished."""
     committed: int | None = None
+    prefix: int = 0
+    """Records that joined the finished prefix since the partition was assigned."""
+    prefix_committed: int = 0
+    """Of those, the records at or before ``committed``."""
+    offered: tuple[int, int] = (-1, 0)
+    """The last ``position`` that ``to_commit`` handed out, and ``prefix`` then."""
 
 
 class OffsetTracker:
@@ -63,9 +69,6 @@ class OffsetTracker:
         """Drop partitions (revoked after their final commit, or lost); late results are ignored."""
         for tp in tps:
             self._partitions.pop(tp, None)
-
-    def assigned(self) -> list[TopicPartitionKey]:
-        return list(self._partitions)
 
     def receive(self, topic: str, partition: int, offset: int) -> Ticket | None:
         """Note a consumed record; None if the partition is not (or no longer) ours."""
@@ -85,10 +88,13 @@ class OffsetTracker:
             received.popleft()
             last = ticket.offset
             finished = state.finished
+            count = 1
             while received and received[0] in finished:
                 last = received.popleft()
                 finished.discard(last)
+                count += 1
             state.position = last + 1
+            state.prefix += count
         else:
             state.finished.add(ticket.offset)
 
@@ -97,21 +103,32 @@ class OffsetTracker:
         keys = self._partitions.keys() if tps is None else tps
         return sum(len(s.received) for tp in keys if (s := self._partitions.get(tp)) is not None)
 
+    def uncommitted(self) -> int:
+        """Records received and not yet committed: what the partitions' next owner consumes again
+        if we stop now."""
+        return sum(
+            len(s.received) + s.prefix - s.prefix_committed for s in self._partitions.values()
+        )
+
     def to_commit(
         self, tps: Iterable[TopicPartitionKey] | None = None
     ) -> dict[TopicPartitionKey, int]:
         """Positions that moved since they were last committed."""
         keys = self._partitions.keys() if tps is None else tps
-        return {
-            tp: s.position
-            for tp in keys
-            if (s := self._partitions.get(tp)) is not None
-            and s.position is not None
-            and s.position != s.committed
-        }
+        positions: dict[TopicPartitionKey, int] = {}
+        for tp in keys:
+            state = self._partitions.get(tp)
+            if state is None or state.position is None or state.position == state.committed:
+                continue
+            positions[tp] = state.position
+            state.offered = (state.position, state.prefix)
+        return positions
 
     def committed(self, positions: dict[TopicPartitionKey, int]) -> None:
+        """Kafka accepted these positions (from ``to_commit``; the prefix may have grown since)."""
         for tp, position in positions.items():
             state = self._partitions.get(tp)
             if state is not None:
                 state.committed = position
+                if state.offered[0] == position:
+                    state.prefix_committed = state.offered[1]

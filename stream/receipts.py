@@ -75,7 +75,7 @@ class Receipts:
         )
         self._producer.poll(0)
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float = 2.0) -> None:
         left = self._producer.flush(timeout_s)
         if left:
             _log.warning("%d receipts were not acknowledged before shutdown", left)

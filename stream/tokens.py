@@ -166,10 +166,10 @@ class MintedTokens:
             return token
 
     def invalidate(self, account: str, token: str) -> None:
+        """Forget a refused token: the next ``get`` mints, or waits for the mint window."""
         held = self._tokens.get(account)
         if held is not None and held[0] == token:
-            # Aged out rather than dropped: if the mint limit is reached, get() may still use it.
-            self._tokens[account] = (token, held[1] - self._lifetime_s)
+            del self._tokens[account]
 
     async def _mint(self, account: str) -> str:
         url = f"{self._base_url}/clients/{account}/token"
