@@ -38,9 +38,8 @@ def record_size(record: Record) -> int:
 class Pending(Struct, Generic[S], gc=False):
     """A record on its way to the API, with the caller's handle on where it came from.
 
-    One is made per record, so it is a ``gc=False`` struct: half the cost of a slotted dataclass
-    to make, and never tracked by the cyclic garbage collector (whose passes over the buffered
-    records cost a sixth of the service's time). A source must not refer back to its ``Pending``.
+    One per record, hence ``gc=False`` (docs/design.md#the-hot-path): a source must not refer back
+    to its ``Pending``.
     """
 
     record: Record

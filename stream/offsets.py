@@ -25,11 +25,8 @@ TopicPartitionKey = tuple[str, int]
 
 
 class Ticket(Struct, frozen=True, gc=False):
-    """A received record's claim on its partition's position.
-
-    One is made per record: a ``gc=False`` struct costs a sixth of a frozen dataclass to make and is
-    never tracked by the cyclic garbage collector (it holds only strings and ints).
-    """
+    """A received record's claim on its partition's position; one per record, hence ``gc=False``
+    (docs/design.md#the-hot-path)."""
 
     tp: TopicPartitionKey
     generation: int

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 __all__ = ["Receipt", "Receipts"]
 
@@ -67,12 +67,17 @@ class Receipts:
         return f"Receipts(topic={self.topic!r})"
 
     def publish(self, receipt: Receipt) -> None:
-        self._producer.produce(
-            self.topic,
-            key=receipt.account.encode(),
-            value=self._encoder.encode(receipt),
-            on_delivery=_logged,
-        )
+        """Queue a receipt; never raises: its records are already finished, and an exception here
+        would have the delivery engine send them again."""
+        try:
+            self._producer.produce(
+                self.topic,
+                key=receipt.account.encode(),
+                value=self._encoder.encode(receipt),
+                on_delivery=_logged,
+            )
+        except (BufferError, KafkaException) as exc:
+            _log.warning("a receipt was not written: %s", exc)
         self._producer.poll(0)
 
     def close(self, timeout_s: float = 2.0) -> None:
