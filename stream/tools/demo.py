@@ -48,11 +48,11 @@ from stream.tools.produce import (
     INVALID_KINDS,
     Mix,
     Produced,
-    Progress,
     account_ids,
     events,
     produce,
 )
+from stream.tools.progress import Progress
 from stream.tools.replay import Selection, replay
 
 __all__ = ["run"]

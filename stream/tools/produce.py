@@ -18,32 +18,30 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream.config import client_properties, setting
+from stream.config import setting
 from stream.errors import DcrStreamError
+from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.progress import Progress
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
     "DEFAULT_LABEL_ID",
     "INVALID_KINDS",
     "PRODUCER_TUNING",
     "Event",
     "Mix",
     "Produced",
-    "Progress",
     "account_ids",
     "default_topic",
     "ensure_topic",
     "events",
-    "kafka_config",
     "produce",
     "run",
-    "topic_partitions",
 ]
 
 DEFAULT_LABEL_ID = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
@@ -64,9 +62,6 @@ PRODUCER_TUNING: dict[str, str | int | float | bool] = {
 }
 """Large, compressed, lingering batches: the broker sees a few thousand requests for a million
 events. Idempotence keeps a retried batch from being written twice."""
-
-CONNECT_TIMEOUT_S = 10.0
-"""How long the first metadata request may take before the cluster counts as unreachable."""
 
 _HOURS_MS = 3_600_000
 _WINDOW_MS = 6 * _HOURS_MS
@@ -202,18 +197,6 @@ def events(mix: Mix, count: int | None = None) -> Iterator[Event]:
         yield Event(key, value, expect)
 
 
-def kafka_config(env: Mapping[str, str], bootstrap_servers: str | None = None) -> dict[str, Any]:
-    """Connection properties for ``produce`` and ``replay``: ``bootstrap_servers``, else
-    ``DCR_KAFKA_BOOTSTRAP_SERVERS`` (default ``localhost:9092``), plus the service's librdkafka
-    pass-through (``DCR_KAFKA_CONFIG``, ``DCR_KAFKA_SECRET_CONFIG``), so TLS and SASL work as they
-    do for ``run``. A bad value raises ``ConfigError`` naming the variable."""
-    return client_properties(
-        bootstrap_servers or setting(env, "kafka_bootstrap_servers"),
-        setting(env, "kafka_config"),
-        setting(env, "kafka_secret_config"),
-    )
-
-
 def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
     """The partition count of ``topic``, created with ``partitions`` when it does not exist.
 
@@ -232,56 +215,6 @@ def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
             raise DcrStreamError(f"cannot create topic {topic}: {exc.args[0].str()}") from None
         return len(topic_partitions(admin, config, topic))  # someone created it meanwhile
     return partitions
-
-
-def topic_partitions(
-    client: AdminClient | Consumer, config: Mapping[str, Any], topic: str
-) -> list[int]:
-    """The partitions of ``topic``, none if it does not exist; ``DcrStreamError`` in one line when
-    the cluster does not answer within ``CONNECT_TIMEOUT_S``."""
-    try:
-        metadata = client.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        error = exc.args[0]
-        reason = error.str() if isinstance(error, KafkaError) else str(error)
-        raise DcrStreamError(
-            f"Kafka at {config['bootstrap.servers']} did not answer ({reason}); check "
-            "--bootstrap-servers or DCR_KAFKA_BOOTSTRAP_SERVERS, and that the broker runs"
-        ) from None
-    found = metadata.topics.get(topic)
-    return sorted(found.partitions) if found is not None and found.error is None else []
-
-
-class Progress:
-    """One status line on stderr: redrawn in place on a terminal; elsewhere printed as a new
-    line every ``plain_every_s`` seconds, or never when that is None."""
-
-    def __init__(self, out: TextIO | None = None, *, plain_every_s: float | None = None) -> None:
-        self._out = out or sys.stderr
-        self._tty = self._out.isatty()
-        self._every_s = 0.2 if self._tty else plain_every_s
-        self._next = time.monotonic() + (self._every_s or 0.0)
-        self._shown = 0
-
-    def update(self, render: Callable[[], str]) -> None:
-        """Show ``render()`` if a line is due; cheap enough to call per event."""
-        if self._every_s is None or time.monotonic() < self._next:
-            return
-        self._next = time.monotonic() + self._every_s
-        text = render()
-        if self._tty:
-            self._out.write("\r" + text.ljust(self._shown))
-            self._shown = len(text)
-        else:
-            self._out.write(text + "\n")
-        self._out.flush()
-
-    def close(self) -> None:
-        """Clear the line on a terminal, so what is printed next starts on a clean one."""
-        if self._shown:
-            self._out.write("\r" + " " * self._shown + "\r")
-            self._out.flush()
-            self._shown = 0
 
 
 @dataclass(slots=True)

@@ -33,12 +33,8 @@ from stream.dlq import (
     is_ours,
 )
 from stream.errors import ConfigError, DcrStreamError
-from stream.tools.produce import (
-    CONNECT_TIMEOUT_S,
-    Progress,
-    kafka_config,
-    topic_partitions,
-)
+from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.progress import Progress
 
 __all__ = ["Letter", "Replayed", "Selection", "default_dlq_topic", "replay", "run"]
 
