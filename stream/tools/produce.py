@@ -11,7 +11,9 @@ the rest: a million events leave in a few seconds.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -24,8 +26,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream.config import setting
+from stream.config import parse_positive, parse_uuid, setting
 from stream.errors import DcrStreamError
+from stream.tools.args import EXIT_USAGE, arg_type, at_least_one
 from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
 from stream.tools.progress import Progress
 
@@ -37,6 +40,7 @@ __all__ = [
     "Mix",
     "Produced",
     "account_ids",
+    "add_parser",
     "default_topic",
     "ensure_topic",
     "events",
@@ -363,3 +367,132 @@ def default_topic(env: Mapping[str, str]) -> str:
     """The first of ``DCR_KAFKA_TOPICS`` (default ``call-intents``), as the service reads it."""
     topics: tuple[str, ...] = setting(env, "kafka_topics")
     return topics[0]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream produce``."""
+    parser = commands.add_parser(
+        "produce",
+        help="send synthetic call-intent events to a topic (load, demos, tests)",
+        description=(
+            "Send synthetic call-intent events to a Kafka topic: valid events from a few callers\n"
+            "per account to unique receivers, keyed caller:receiver, with starts_at now and\n"
+            "ends_at six hours on; a share of them broken in one of several ways (each gets its\n"
+            "own rejection code) and a share marked high priority. The topic is created with\n"
+            "--partitions if it does not exist. A progress bar goes to stderr on a terminal; a\n"
+            "summary line to stdout at the end. Exit status: 0 all acknowledged by Kafka, 1 some\n"
+            "not (or Kafka unreachable), 2 bad usage, 130 interrupted (what was sent is flushed)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream produce --count 1000000\n"
+            "  dcr-stream produce --topic call-intents --count 50000 --invalid-ratio 0.02 "
+            "--accounts 4 --high-priority-ratio 0.1\n"
+            "  dcr-stream produce --rate 2000 --duration 300 --bootstrap-servers kafka:9092\n"
+            "  dcr-stream produce --count 10 --accounts 6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11 "
+            "--label-id 0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a\n"
+            "  DCR_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 dcr-stream produce --count 1000 --seed 7"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
+        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
+    )
+    parser.add_argument(
+        "--topic", help="where to send (default: the first of $DCR_KAFKA_TOPICS, else call-intents)"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=at_least_one,
+        default=4,
+        metavar="N",
+        help="partitions of the topic if it has to be created (default: 4)",
+    )
+    parser.add_argument("--count", type=at_least_one, metavar="N", help="events to send")
+    parser.add_argument(
+        "--rate",
+        type=arg_type(parse_positive),
+        metavar="R",
+        help="events per second at most (default: no limit)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=arg_type(parse_positive),
+        metavar="S",
+        help="stop after S seconds (with or without --count)",
+    )
+    parser.add_argument(
+        "--invalid-ratio",
+        type=arg_type(_ratio),
+        default=0.0,
+        metavar="F",
+        help="share of invalid events, of 8 kinds in turn (default: 0)",
+    )
+    parser.add_argument(
+        "--accounts",
+        type=arg_type(_accounts),
+        default=1,
+        metavar="N|ID,...",
+        help="N generated client account ids (the same every run), or these ids (default: 1)",
+    )
+    parser.add_argument(
+        "--high-priority-ratio",
+        type=arg_type(_ratio),
+        default=0.0,
+        metavar="F",
+        help='share of events with "priority": "high" (default: 0)',
+    )
+    parser.add_argument(
+        "--label-id",
+        type=arg_type(parse_uuid),
+        action="append",
+        metavar="UUID",
+        help=f"label id of the events, repeatable: drawn at random (default: {DEFAULT_LABEL_ID})",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the random choices (default: random)")
+    parser.set_defaults(handler=_handle)
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _accounts(text: str) -> int | tuple[str, ...]:
+    """``N`` (that many generated ids) or ``ID,ID,...``."""
+    if text.strip().isdigit():
+        return at_least_one(text)
+    ids = tuple(parse_uuid(part) for part in text.split(",") if part.strip())
+    if not ids:
+        raise ValueError("give a number or account ids")
+    return ids
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.count is None and args.duration is None:
+        print(
+            "dcr-stream produce: give --count N, or --duration S (with --rate R)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    mix = Mix(
+        accounts=account_ids(args.accounts) if isinstance(args.accounts, int) else args.accounts,
+        label_ids=tuple(args.label_id or (DEFAULT_LABEL_ID,)),
+        invalid_ratio=args.invalid_ratio,
+        high_priority_ratio=args.high_priority_ratio,
+        seed=args.seed,
+    )
+    return run(
+        env=os.environ,
+        bootstrap_servers=args.bootstrap_servers,
+        topic=args.topic,
+        partitions=args.partitions,
+        count=args.count,
+        rate=args.rate,
+        duration_s=args.duration,
+        mix=mix,
+    )

@@ -13,12 +13,14 @@ with the selection (code, stage, source partition and offsets).
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -33,10 +35,20 @@ from stream.dlq import (
     is_ours,
 )
 from stream.errors import ConfigError, DcrStreamError
+from stream.tools.args import arg_type
 from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
 from stream.tools.progress import Progress
+from stream.validation import CODES, Stage
 
-__all__ = ["Letter", "Replayed", "Selection", "default_dlq_topic", "replay", "run"]
+__all__ = [
+    "Letter",
+    "Replayed",
+    "Selection",
+    "add_parser",
+    "default_dlq_topic",
+    "replay",
+    "run",
+]
 
 _IDLE_TIMEOUT_S = 30.0
 """How long reading may go without a single record or end-of-partition before it gives up."""
@@ -303,3 +315,111 @@ def run(
         )
         return 1
     return 0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream replay``."""
+    parser = commands.add_parser(
+        "replay",
+        help="re-publish dead-lettered records to an input topic once their cause is fixed",
+        description=(
+            "Read the dead-letter topic from its beginning to its current end (no consumer\n"
+            "group, nothing committed) and produce the records that match every filter given\n"
+            "to --to, or else to the topic each was consumed from (its dcr.source.topic header),\n"
+            "with the original key, value and headers: every dcr.* header is stripped. Filters\n"
+            "take source coordinates and the dead-letter headers (see the README's rejection\n"
+            "codes). Each run reads the whole topic, so replaying twice sends twice: try\n"
+            "--dry-run first, which prints a line per record,\n"
+            "  SOURCE_TOPIC[PARTITION]@OFFSET CODE STAGE -> TARGET\n"
+            "and a count on stderr. Exit status: 0 done, 1 Kafka unreachable or a record not\n"
+            "acknowledged, 2 bad usage."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream replay --stage api --dry-run\n"
+            "  dcr-stream replay --from call-intents.dlq --stage api --code api_rejected\n"
+            "  dcr-stream replay --code expired,timestamp_seconds --to call-intents-fixed\n"
+            "  dcr-stream replay --partition 3 --offset-from 1200 --offset-to 1299 "
+            "--bootstrap-servers kafka:9092\n"
+            "  DCR_KAFKA_TOPICS=orders-calls dcr-stream replay --dry-run"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
+        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_topic",
+        metavar="TOPIC",
+        help="the dead-letter topic (default: $DCR_DLQ_TOPIC, else the first of "
+        "$DCR_KAFKA_TOPICS plus .dlq, else call-intents.dlq)",
+    )
+    parser.add_argument(
+        "--to", metavar="TOPIC", help="where to send (default: each record's dcr.source.topic)"
+    )
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        type=arg_type(_codes),
+        metavar="CODE[,CODE]",
+        help="only these dcr.error.code values; repeatable",
+    )
+    parser.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        choices=get_args(Stage),
+        help="only this dcr.error.stage; repeatable",
+    )
+    parser.add_argument(
+        "--partition",
+        action="append",
+        default=[],
+        type=int,
+        metavar="N",
+        help="only records from this source partition; repeatable",
+    )
+    parser.add_argument(
+        "--offset-from", type=int, metavar="N", help="only source offsets from N (inclusive)"
+    )
+    parser.add_argument(
+        "--offset-to", type=int, metavar="N", help="only source offsets up to N (inclusive)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent; send nothing"
+    )
+    parser.set_defaults(handler=_handle)
+
+
+def _codes(text: str) -> list[str]:
+    """``CODE[,CODE]``, each a rejection code of ``stream.validation.CODES``."""
+    codes = [code.strip() for code in text.split(",") if code.strip()]
+    unknown = [code for code in codes if code not in CODES]
+    if unknown or not codes:
+        raise ValueError(
+            f"unknown code {', '.join(unknown) or repr(text)}; the codes are {', '.join(CODES)}"
+        )
+    return codes
+
+
+def _handle(args: argparse.Namespace) -> int:
+    select = Selection(
+        codes=frozenset(code for codes in args.code for code in codes),
+        stages=frozenset(args.stage),
+        partitions=frozenset(args.partition),
+        offset_from=args.offset_from,
+        offset_to=args.offset_to,
+    )
+    return run(
+        env=os.environ,
+        bootstrap_servers=args.bootstrap_servers,
+        dlq_topic=args.from_topic,
+        to=args.to,
+        select=select,
+        dry_run=args.dry_run,
+    )
