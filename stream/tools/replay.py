@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO, get_args
 
@@ -170,9 +170,34 @@ def replay(
     """
     if to == dlq_topic:
         raise ConfigError("--to", "must not be the dead-letter topic itself")
-    out = out or sys.stdout
     result = Replayed()
-    consumer = Consumer(
+    consumer = _reader(config)
+    producer: Producer | None = None
+    try:
+        ends = _assign_all(consumer, config, dlq_topic)
+        if not dry_run:
+            producer = _writer(config, result)
+        for message in _read_to_end(consumer, dlq_topic, ends):
+            result.read += 1
+            _pass_on(Letter.of(message), select, to, producer, out or sys.stdout, result)
+            if progress is not None:
+                progress.update(
+                    lambda: f"{dlq_topic}: {result.read:,} read, {result.selected:,} selected"
+                )
+    finally:
+        consumer.close()
+        if producer is not None:
+            result.failed += producer.flush(_FLUSH_TIMEOUT_S)
+        if progress is not None:
+            progress.close()
+    if producer is not None:
+        result.sent = result.selected - result.no_source - result.failed
+    return result
+
+
+def _reader(config: Mapping[str, Any]) -> Consumer:
+    """A consumer that leaves no trace in Kafka: it never joins its group or commits."""
+    return Consumer(
         {
             **config,
             "group.id": f"dcr-stream-replay-{uuid.uuid4().hex[:12]}",  # never joined or committed
@@ -182,76 +207,26 @@ def replay(
             "log_level": 0,  # an unreachable broker is reported once, by us
         }
     )
-    producer: Producer | None = None
+
+
+def _writer(config: Mapping[str, Any], result: Replayed) -> Producer:
+    """An idempotent producer that counts in ``result`` what Kafka did not acknowledge."""
 
     def failed(error: KafkaError | None, _: Message) -> None:
         if error is not None:
             result.failed += 1
 
-    try:
-        ends = _assign_all(consumer, config, dlq_topic)
-        if not dry_run:
-            producer = Producer(
-                {
-                    **config,
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "linger.ms": 20,
-                    "log.connection.close": False,
-                    "log_level": 3,  # errors only, as for produce
-                    "on_delivery": failed,
-                }
-            )
-        quiet_since = time.monotonic()
-        while ends:
-            messages = consumer.consume(500, 0.5)
-            if messages:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
-                raise DcrStreamError(
-                    f"reading {dlq_topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
-                    f"{sorted(ends)} unfinished; is the broker healthy?"
-                )
-            for message in messages:
-                partition = message.partition()
-                assert partition is not None
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(partition, None)
-                        continue
-                    raise DcrStreamError(f"reading {dlq_topic}: {error.str()}")
-                offset = message.offset()
-                if partition not in ends or offset is None or offset >= ends[partition]:
-                    continue  # written after we started: the next run's
-                if offset + 1 >= ends[partition]:
-                    ends.pop(partition)
-                result.read += 1
-                letter = Letter.of(message)
-                if not select(letter):
-                    continue
-                result.selected += 1
-                target = to or letter.source_topic
-                if not target:
-                    result.no_source += 1
-                elif producer is None:
-                    print(f"{letter.describe()} -> {target}", file=out)
-                else:
-                    _send(producer, target, letter)
-            if progress is not None:
-                progress.update(
-                    lambda: f"{dlq_topic}: {result.read:,} read, {result.selected:,} selected"
-                )
-    finally:
-        consumer.close()
-        if producer is not None:
-            unsent = producer.flush(_FLUSH_TIMEOUT_S)
-            result.failed += unsent
-        if progress is not None:
-            progress.close()
-    if producer is not None:
-        result.sent = result.selected - result.no_source - result.failed
-    return result
+    return Producer(
+        {
+            **config,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "log.connection.close": False,
+            "log_level": 3,  # errors only, as for produce
+            "on_delivery": failed,
+        }
+    )
 
 
 def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> dict[int, int]:
@@ -274,6 +249,59 @@ def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> di
             starts.append(TopicPartition(topic, partition, low))
     consumer.assign(starts)
     return ends
+
+
+def _read_to_end(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> Iterator[Message]:
+    """The records of ``topic`` below ``ends`` (partition → end offset, exclusive), until every
+    partition reached its end; ``DcrStreamError`` when reading fails or stalls."""
+    ends = dict(ends)
+    quiet_since = time.monotonic()
+    while ends:
+        messages = consumer.consume(500, 0.5)
+        if messages:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
+            raise DcrStreamError(
+                f"reading {topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
+                f"{sorted(ends)} unfinished; is the broker healthy?"
+            )
+        for message in messages:
+            partition = message.partition()
+            assert partition is not None
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(partition, None)
+                    continue
+                raise DcrStreamError(f"reading {topic}: {error.str()}")
+            offset = message.offset()
+            if partition not in ends or offset is None or offset >= ends[partition]:
+                continue  # written after we started: the next run's
+            if offset + 1 >= ends[partition]:
+                ends.pop(partition)
+            yield message
+
+
+def _pass_on(
+    letter: Letter,
+    select: Selection,
+    to: str | None,
+    producer: Producer | None,
+    out: TextIO,
+    result: Replayed,
+) -> None:
+    """Send ``letter`` to ``to`` or its source topic if it is selected; without a producer (a dry
+    run), list it on ``out`` instead."""
+    if not select(letter):
+        return
+    result.selected += 1
+    target = to or letter.source_topic
+    if not target:
+        result.no_source += 1
+    elif producer is None:
+        print(f"{letter.describe()} -> {target}", file=out)
+    else:
+        _send(producer, target, letter)
 
 
 def _send(producer: Producer, topic: str, letter: Letter) -> None:
