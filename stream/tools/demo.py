@@ -335,8 +335,8 @@ class _Demo:
         return _Service(Pipeline(config), stop, self.kafka)
 
     async def _run_service_until_done(self, service: _Service, events: int) -> float:
-        """Until the service finished ``events`` records (delivered or dead-lettered) and the
-        group committed the input topic to its end, which ``events`` records make; showing
+        """Until the service has finished ``events`` records (delivered or dead-lettered) and its
+        group has committed the input topic to its end, which holds ``events`` records; with
         progress. Returns the seconds it took."""
         loop = asyncio.get_running_loop()
         counts = service.pipeline.counts

@@ -254,16 +254,16 @@ def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> di
 def _read_to_end(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> Iterator[Message]:
     """The records of ``topic`` below ``ends`` (partition → end offset, exclusive), until every
     partition reached its end; ``DcrStreamError`` when reading fails or stalls."""
-    ends = dict(ends)
+    remaining = dict(ends)
     quiet_since = time.monotonic()
-    while ends:
+    while remaining:
         messages = consumer.consume(500, 0.5)
         if messages:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
             raise DcrStreamError(
                 f"reading {topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
-                f"{sorted(ends)} unfinished; is the broker healthy?"
+                f"{sorted(remaining)} unfinished; is the broker healthy?"
             )
         for message in messages:
             partition = message.partition()
@@ -271,14 +271,14 @@ def _read_to_end(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> Ite
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    ends.pop(partition, None)
+                    remaining.pop(partition, None)
                     continue
                 raise DcrStreamError(f"reading {topic}: {error.str()}")
             offset = message.offset()
-            if partition not in ends or offset is None or offset >= ends[partition]:
+            if partition not in remaining or offset is None or offset >= remaining[partition]:
                 continue  # written after we started: the next run's
-            if offset + 1 >= ends[partition]:
-                ends.pop(partition)
+            if offset + 1 >= remaining[partition]:
+                remaining.pop(partition)
             yield message
 
 
