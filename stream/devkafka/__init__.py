@@ -118,8 +118,15 @@ def _free_port() -> int:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: a UUID as 22 characters of URL-safe base64, as ``random-uuid`` prints."""
-    return urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a UUID as 22 characters of URL-safe base64, as ``random-uuid`` prints.
+
+    Like Kafka's own ``Uuid.randomUuid``, it never starts with ``-`` (one draw in 64 would), so it
+    cannot read as an option wherever it is passed on a command line.
+    """
+    while True:
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def die_with_parent() -> None:
@@ -235,9 +242,11 @@ class LocalKafka:
             for name, password in self._scram_users.items()
             for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")
         ]
+        # "--cluster-id=ID", not "-t ID": argparse4j takes a separate word that starts with "-" for
+        # an option, whatever id it is given.
         fmt = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", _cluster_id(), "-c", str(properties), *scram],
+             f"--cluster-id={_cluster_id()}", "-c", str(properties), *scram],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if fmt.returncode != 0:

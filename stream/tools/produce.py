@@ -11,39 +11,41 @@ the rest: a million events leave in a few seconds.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import random
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream.config import client_properties, setting
+from stream.config import parse_positive, parse_uuid, setting
 from stream.errors import DcrStreamError
+from stream.tools.args import EXIT_USAGE, arg_type, at_least_one
+from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.progress import Progress
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
     "DEFAULT_LABEL_ID",
     "INVALID_KINDS",
     "PRODUCER_TUNING",
     "Event",
     "Mix",
     "Produced",
-    "Progress",
     "account_ids",
+    "add_parser",
     "default_topic",
     "ensure_topic",
     "events",
-    "kafka_config",
     "produce",
     "run",
-    "topic_partitions",
 ]
 
 DEFAULT_LABEL_ID = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
@@ -64,9 +66,6 @@ PRODUCER_TUNING: dict[str, str | int | float | bool] = {
 }
 """Large, compressed, lingering batches: the broker sees a few thousand requests for a million
 events. Idempotence keeps a retried batch from being written twice."""
-
-CONNECT_TIMEOUT_S = 10.0
-"""How long the first metadata request may take before the cluster counts as unreachable."""
 
 _HOURS_MS = 3_600_000
 _WINDOW_MS = 6 * _HOURS_MS
@@ -202,18 +201,6 @@ def events(mix: Mix, count: int | None = None) -> Iterator[Event]:
         yield Event(key, value, expect)
 
 
-def kafka_config(env: Mapping[str, str], bootstrap_servers: str | None = None) -> dict[str, Any]:
-    """Connection properties for ``produce`` and ``replay``: ``bootstrap_servers``, else
-    ``DCR_KAFKA_BOOTSTRAP_SERVERS`` (default ``localhost:9092``), plus the service's librdkafka
-    pass-through (``DCR_KAFKA_CONFIG``, ``DCR_KAFKA_SECRET_CONFIG``), so TLS and SASL work as they
-    do for ``run``. A bad value raises ``ConfigError`` naming the variable."""
-    return client_properties(
-        bootstrap_servers or setting(env, "kafka_bootstrap_servers"),
-        setting(env, "kafka_config"),
-        setting(env, "kafka_secret_config"),
-    )
-
-
 def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
     """The partition count of ``topic``, created with ``partitions`` when it does not exist.
 
@@ -232,56 +219,6 @@ def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
             raise DcrStreamError(f"cannot create topic {topic}: {exc.args[0].str()}") from None
         return len(topic_partitions(admin, config, topic))  # someone created it meanwhile
     return partitions
-
-
-def topic_partitions(
-    client: AdminClient | Consumer, config: Mapping[str, Any], topic: str
-) -> list[int]:
-    """The partitions of ``topic``, none if it does not exist; ``DcrStreamError`` in one line when
-    the cluster does not answer within ``CONNECT_TIMEOUT_S``."""
-    try:
-        metadata = client.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        error = exc.args[0]
-        reason = error.str() if isinstance(error, KafkaError) else str(error)
-        raise DcrStreamError(
-            f"Kafka at {config['bootstrap.servers']} did not answer ({reason}); check "
-            "--bootstrap-servers or DCR_KAFKA_BOOTSTRAP_SERVERS, and that the broker runs"
-        ) from None
-    found = metadata.topics.get(topic)
-    return sorted(found.partitions) if found is not None and found.error is None else []
-
-
-class Progress:
-    """One status line on stderr: redrawn in place on a terminal; elsewhere printed as a new
-    line every ``plain_every_s`` seconds, or never when that is None."""
-
-    def __init__(self, out: TextIO | None = None, *, plain_every_s: float | None = None) -> None:
-        self._out = out or sys.stderr
-        self._tty = self._out.isatty()
-        self._every_s = 0.2 if self._tty else plain_every_s
-        self._next = time.monotonic() + (self._every_s or 0.0)
-        self._shown = 0
-
-    def update(self, render: Callable[[], str]) -> None:
-        """Show ``render()`` if a line is due; cheap enough to call per event."""
-        if self._every_s is None or time.monotonic() < self._next:
-            return
-        self._next = time.monotonic() + self._every_s
-        text = render()
-        if self._tty:
-            self._out.write("\r" + text.ljust(self._shown))
-            self._shown = len(text)
-        else:
-            self._out.write(text + "\n")
-        self._out.flush()
-
-    def close(self) -> None:
-        """Clear the line on a terminal, so what is printed next starts on a clean one."""
-        if self._shown:
-            self._out.write("\r" + " " * self._shown + "\r")
-            self._out.flush()
-            self._shown = 0
 
 
 @dataclass(slots=True)
@@ -430,3 +367,132 @@ def default_topic(env: Mapping[str, str]) -> str:
     """The first of ``DCR_KAFKA_TOPICS`` (default ``call-intents``), as the service reads it."""
     topics: tuple[str, ...] = setting(env, "kafka_topics")
     return topics[0]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream produce``."""
+    parser = commands.add_parser(
+        "produce",
+        help="send synthetic call-intent events to a topic (load, demos, tests)",
+        description=(
+            "Send synthetic call-intent events to a Kafka topic: valid events from a few callers\n"
+            "per account to unique receivers, keyed caller:receiver, with starts_at now and\n"
+            "ends_at six hours on; a share of them broken in one of several ways (each gets its\n"
+            "own rejection code) and a share marked high priority. The topic is created with\n"
+            "--partitions if it does not exist. A progress bar goes to stderr on a terminal; a\n"
+            "summary line to stdout at the end. Exit status: 0 all acknowledged by Kafka, 1 some\n"
+            "not (or Kafka unreachable), 2 bad usage, 130 interrupted (what was sent is flushed)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream produce --count 1000000\n"
+            "  dcr-stream produce --topic call-intents --count 50000 --invalid-ratio 0.02 "
+            "--accounts 4 --high-priority-ratio 0.1\n"
+            "  dcr-stream produce --rate 2000 --duration 300 --bootstrap-servers kafka:9092\n"
+            "  dcr-stream produce --count 10 --accounts 6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11 "
+            "--label-id 0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a\n"
+            "  DCR_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 dcr-stream produce --count 1000 --seed 7"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
+        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
+    )
+    parser.add_argument(
+        "--topic", help="where to send (default: the first of $DCR_KAFKA_TOPICS, else call-intents)"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=at_least_one,
+        default=4,
+        metavar="N",
+        help="partitions of the topic if it has to be created (default: 4)",
+    )
+    parser.add_argument("--count", type=at_least_one, metavar="N", help="events to send")
+    parser.add_argument(
+        "--rate",
+        type=arg_type(parse_positive),
+        metavar="R",
+        help="events per second at most (default: no limit)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=arg_type(parse_positive),
+        metavar="S",
+        help="stop after S seconds (with or without --count)",
+    )
+    parser.add_argument(
+        "--invalid-ratio",
+        type=arg_type(_ratio),
+        default=0.0,
+        metavar="F",
+        help="share of invalid events, of 8 kinds in turn (default: 0)",
+    )
+    parser.add_argument(
+        "--accounts",
+        type=arg_type(_accounts),
+        default=1,
+        metavar="N|ID,...",
+        help="N generated client account ids (the same every run), or these ids (default: 1)",
+    )
+    parser.add_argument(
+        "--high-priority-ratio",
+        type=arg_type(_ratio),
+        default=0.0,
+        metavar="F",
+        help='share of events with "priority": "high" (default: 0)',
+    )
+    parser.add_argument(
+        "--label-id",
+        type=arg_type(parse_uuid),
+        action="append",
+        metavar="UUID",
+        help=f"label id of the events, repeatable: drawn at random (default: {DEFAULT_LABEL_ID})",
+    )
+    parser.add_argument("--seed", type=int, help="seed of the random choices (default: random)")
+    parser.set_defaults(handler=_handle)
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _accounts(text: str) -> int | tuple[str, ...]:
+    """``N`` (that many generated ids) or ``ID,ID,...``."""
+    if text.strip().isdigit():
+        return at_least_one(text)
+    ids = tuple(parse_uuid(part) for part in text.split(",") if part.strip())
+    if not ids:
+        raise ValueError("give a number or account ids")
+    return ids
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.count is None and args.duration is None:
+        print(
+            "dcr-stream produce: give --count N, or --duration S (with --rate R)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    mix = Mix(
+        accounts=account_ids(args.accounts) if isinstance(args.accounts, int) else args.accounts,
+        label_ids=tuple(args.label_id or (DEFAULT_LABEL_ID,)),
+        invalid_ratio=args.invalid_ratio,
+        high_priority_ratio=args.high_priority_ratio,
+        seed=args.seed,
+    )
+    return run(
+        env=os.environ,
+        bootstrap_servers=args.bootstrap_servers,
+        topic=args.topic,
+        partitions=args.partitions,
+        count=args.count,
+        rate=args.rate,
+        duration_s=args.duration,
+        mix=mix,
+    )

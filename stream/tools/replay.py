@@ -13,12 +13,14 @@ with the selection (code, stage, source partition and offsets).
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -33,14 +35,20 @@ from stream.dlq import (
     is_ours,
 )
 from stream.errors import ConfigError, DcrStreamError
-from stream.tools.produce import (
-    CONNECT_TIMEOUT_S,
-    Progress,
-    kafka_config,
-    topic_partitions,
-)
+from stream.tools.args import arg_type
+from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.progress import Progress
+from stream.validation import CODES, Stage
 
-__all__ = ["Letter", "Replayed", "Selection", "default_dlq_topic", "replay", "run"]
+__all__ = [
+    "Letter",
+    "Replayed",
+    "Selection",
+    "add_parser",
+    "default_dlq_topic",
+    "replay",
+    "run",
+]
 
 _IDLE_TIMEOUT_S = 30.0
 """How long reading may go without a single record or end-of-partition before it gives up."""
@@ -162,9 +170,34 @@ def replay(
     """
     if to == dlq_topic:
         raise ConfigError("--to", "must not be the dead-letter topic itself")
-    out = out or sys.stdout
     result = Replayed()
-    consumer = Consumer(
+    consumer = _reader(config)
+    producer: Producer | None = None
+    try:
+        ends = _assign_all(consumer, config, dlq_topic)
+        if not dry_run:
+            producer = _writer(config, result)
+        for message in _read_to_end(consumer, dlq_topic, ends):
+            result.read += 1
+            _pass_on(Letter.of(message), select, to, producer, out or sys.stdout, result)
+            if progress is not None:
+                progress.update(
+                    lambda: f"{dlq_topic}: {result.read:,} read, {result.selected:,} selected"
+                )
+    finally:
+        consumer.close()
+        if producer is not None:
+            result.failed += producer.flush(_FLUSH_TIMEOUT_S)
+        if progress is not None:
+            progress.close()
+    if producer is not None:
+        result.sent = result.selected - result.no_source - result.failed
+    return result
+
+
+def _reader(config: Mapping[str, Any]) -> Consumer:
+    """A consumer that leaves no trace in Kafka: it never joins its group or commits."""
+    return Consumer(
         {
             **config,
             "group.id": f"dcr-stream-replay-{uuid.uuid4().hex[:12]}",  # never joined or committed
@@ -174,76 +207,26 @@ def replay(
             "log_level": 0,  # an unreachable broker is reported once, by us
         }
     )
-    producer: Producer | None = None
+
+
+def _writer(config: Mapping[str, Any], result: Replayed) -> Producer:
+    """An idempotent producer that counts in ``result`` what Kafka did not acknowledge."""
 
     def failed(error: KafkaError | None, _: Message) -> None:
         if error is not None:
             result.failed += 1
 
-    try:
-        ends = _assign_all(consumer, config, dlq_topic)
-        if not dry_run:
-            producer = Producer(
-                {
-                    **config,
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "linger.ms": 20,
-                    "log.connection.close": False,
-                    "log_level": 3,  # errors only, as for produce
-                    "on_delivery": failed,
-                }
-            )
-        quiet_since = time.monotonic()
-        while ends:
-            messages = consumer.consume(500, 0.5)
-            if messages:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
-                raise DcrStreamError(
-                    f"reading {dlq_topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
-                    f"{sorted(ends)} unfinished; is the broker healthy?"
-                )
-            for message in messages:
-                partition = message.partition()
-                assert partition is not None
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(partition, None)
-                        continue
-                    raise DcrStreamError(f"reading {dlq_topic}: {error.str()}")
-                offset = message.offset()
-                if partition not in ends or offset is None or offset >= ends[partition]:
-                    continue  # written after we started: the next run's
-                if offset + 1 >= ends[partition]:
-                    ends.pop(partition)
-                result.read += 1
-                letter = Letter.of(message)
-                if not select(letter):
-                    continue
-                result.selected += 1
-                target = to or letter.source_topic
-                if not target:
-                    result.no_source += 1
-                elif producer is None:
-                    print(f"{letter.describe()} -> {target}", file=out)
-                else:
-                    _send(producer, target, letter)
-            if progress is not None:
-                progress.update(
-                    lambda: f"{dlq_topic}: {result.read:,} read, {result.selected:,} selected"
-                )
-    finally:
-        consumer.close()
-        if producer is not None:
-            unsent = producer.flush(_FLUSH_TIMEOUT_S)
-            result.failed += unsent
-        if progress is not None:
-            progress.close()
-    if producer is not None:
-        result.sent = result.selected - result.no_source - result.failed
-    return result
+    return Producer(
+        {
+            **config,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "log.connection.close": False,
+            "log_level": 3,  # errors only, as for produce
+            "on_delivery": failed,
+        }
+    )
 
 
 def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> dict[int, int]:
@@ -266,6 +249,59 @@ def _assign_all(consumer: Consumer, config: Mapping[str, Any], topic: str) -> di
             starts.append(TopicPartition(topic, partition, low))
     consumer.assign(starts)
     return ends
+
+
+def _read_to_end(consumer: Consumer, topic: str, ends: Mapping[int, int]) -> Iterator[Message]:
+    """The records of ``topic`` below ``ends`` (partition → end offset, exclusive), until every
+    partition reached its end; ``DcrStreamError`` when reading fails or stalls."""
+    remaining = dict(ends)
+    quiet_since = time.monotonic()
+    while remaining:
+        messages = consumer.consume(500, 0.5)
+        if messages:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > _IDLE_TIMEOUT_S:
+            raise DcrStreamError(
+                f"reading {topic} stalled for {_IDLE_TIMEOUT_S:.0f} s with partitions "
+                f"{sorted(remaining)} unfinished; is the broker healthy?"
+            )
+        for message in messages:
+            partition = message.partition()
+            assert partition is not None
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    remaining.pop(partition, None)
+                    continue
+                raise DcrStreamError(f"reading {topic}: {error.str()}")
+            offset = message.offset()
+            if partition not in remaining or offset is None or offset >= remaining[partition]:
+                continue  # written after we started: the next run's
+            if offset + 1 >= remaining[partition]:
+                remaining.pop(partition)
+            yield message
+
+
+def _pass_on(
+    letter: Letter,
+    select: Selection,
+    to: str | None,
+    producer: Producer | None,
+    out: TextIO,
+    result: Replayed,
+) -> None:
+    """Send ``letter`` to ``to`` or its source topic if it is selected; without a producer (a dry
+    run), list it on ``out`` instead."""
+    if not select(letter):
+        return
+    result.selected += 1
+    target = to or letter.source_topic
+    if not target:
+        result.no_source += 1
+    elif producer is None:
+        print(f"{letter.describe()} -> {target}", file=out)
+    else:
+        _send(producer, target, letter)
 
 
 def _send(producer: Producer, topic: str, letter: Letter) -> None:
@@ -307,3 +343,111 @@ def run(
         )
         return 1
     return 0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream replay``."""
+    parser = commands.add_parser(
+        "replay",
+        help="re-publish dead-lettered records to an input topic once their cause is fixed",
+        description=(
+            "Read the dead-letter topic from its beginning to its current end (no consumer\n"
+            "group, nothing committed) and produce the records that match every filter given\n"
+            "to --to, or else to the topic each was consumed from (its dcr.source.topic header),\n"
+            "with the original key, value and headers: every dcr.* header is stripped. Filters\n"
+            "take source coordinates and the dead-letter headers (see the README's rejection\n"
+            "codes). Each run reads the whole topic, so replaying twice sends twice: try\n"
+            "--dry-run first, which prints a line per record,\n"
+            "  SOURCE_TOPIC[PARTITION]@OFFSET CODE STAGE -> TARGET\n"
+            "and a count on stderr. Exit status: 0 done, 1 Kafka unreachable or a record not\n"
+            "acknowledged, 2 bad usage."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream replay --stage api --dry-run\n"
+            "  dcr-stream replay --from call-intents.dlq --stage api --code api_rejected\n"
+            "  dcr-stream replay --code expired,timestamp_seconds --to call-intents-fixed\n"
+            "  dcr-stream replay --partition 3 --offset-from 1200 --offset-to 1299 "
+            "--bootstrap-servers kafka:9092\n"
+            "  DCR_KAFKA_TOPICS=orders-calls dcr-stream replay --dry-run"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
+        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_topic",
+        metavar="TOPIC",
+        help="the dead-letter topic (default: $DCR_DLQ_TOPIC, else the first of "
+        "$DCR_KAFKA_TOPICS plus .dlq, else call-intents.dlq)",
+    )
+    parser.add_argument(
+        "--to", metavar="TOPIC", help="where to send (default: each record's dcr.source.topic)"
+    )
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        type=arg_type(_codes),
+        metavar="CODE[,CODE]",
+        help="only these dcr.error.code values; repeatable",
+    )
+    parser.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        choices=get_args(Stage),
+        help="only this dcr.error.stage; repeatable",
+    )
+    parser.add_argument(
+        "--partition",
+        action="append",
+        default=[],
+        type=int,
+        metavar="N",
+        help="only records from this source partition; repeatable",
+    )
+    parser.add_argument(
+        "--offset-from", type=int, metavar="N", help="only source offsets from N (inclusive)"
+    )
+    parser.add_argument(
+        "--offset-to", type=int, metavar="N", help="only source offsets up to N (inclusive)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent; send nothing"
+    )
+    parser.set_defaults(handler=_handle)
+
+
+def _codes(text: str) -> list[str]:
+    """``CODE[,CODE]``, each a rejection code of ``stream.validation.CODES``."""
+    codes = [code.strip() for code in text.split(",") if code.strip()]
+    unknown = [code for code in codes if code not in CODES]
+    if unknown or not codes:
+        raise ValueError(
+            f"unknown code {', '.join(unknown) or repr(text)}; the codes are {', '.join(CODES)}"
+        )
+    return codes
+
+
+def _handle(args: argparse.Namespace) -> int:
+    select = Selection(
+        codes=frozenset(code for codes in args.code for code in codes),
+        stages=frozenset(args.stage),
+        partitions=frozenset(args.partition),
+        offset_from=args.offset_from,
+        offset_to=args.offset_to,
+    )
+    return run(
+        env=os.environ,
+        bootstrap_servers=args.bootstrap_servers,
+        dlq_topic=args.from_topic,
+        to=args.to,
+        select=select,
+        dry_run=args.dry_run,
+    )

@@ -11,6 +11,7 @@ Exit status: 0 every line is valid, 1 some line is not, 2 bad usage or an unread
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -23,14 +24,14 @@ import msgspec
 
 from stream.config import SETTINGS
 from stream.errors import ConfigError
+from stream.tools.args import EXIT_USAGE
 from stream.validation import Rejection, Rules, validate
 
-__all__ = ["STDIN", "Verdict", "run"]
+__all__ = ["STDIN", "Verdict", "add_parser", "run"]
 
 STDIN = "-"
 _STDIN_NAME = "<stdin>"
 EXIT_INVALID = 1
-EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """What a shell reports for a filter that SIGPIPE ended."""
 
@@ -61,16 +62,13 @@ def run(
     max_message_bytes: str | None,
     as_json: bool,
 ) -> int:
-    """Validate every line of ``files`` (``-`` or none: stdin); print a verdict per line."""
-    try:
-        rules = Rules(
-            default_account=_setting("client_account_id", client_account_id),
-            allowed_labels=_setting("allowed_label_ids", allowed_label_ids) or {},
-            max_message_bytes=_setting("max_message_bytes", max_message_bytes),
-        )
-    except ConfigError as exc:
-        print(f"dcr-stream validate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    """Validate every line of ``files`` (``-`` or none: stdin); print a verdict per line. A bad
+    setting raises ``ConfigError`` for the CLI."""
+    rules = Rules(
+        default_account=_setting("client_account_id", client_account_id),
+        allowed_labels=_setting("allowed_label_ids", allowed_label_ids) or {},
+        max_message_bytes=_setting("max_message_bytes", max_message_bytes),
+    )
     try:
         return _run(files, rules=rules, as_json=as_json)
     except BrokenPipeError:
@@ -139,3 +137,56 @@ def _verdicts(source: str, lines: BinaryIO, rules: Rules, now_ms: int) -> Iterat
             )
         else:
             yield Verdict(source=source, line=number, ok=True)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream validate``."""
+    parser = commands.add_parser(
+        "validate",
+        help="check call-intent events offline: a verdict per JSON line",
+        description=(
+            "Check call-intent events, one JSON object per line, from FILEs or stdin against\n"
+            "every rule the service applies. Prints a verdict per line on stdout,\n"
+            "  SOURCE:LINE: ok\n"
+            "  SOURCE:LINE: CODE FIELD MESSAGE    (FIELD is - when none)\n"
+            "and a count on stderr. Exit status: 0 all valid, 1 some invalid, 2 bad usage or\n"
+            "an unreadable file. Expiry is judged against the clock."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream validate events.jsonl more.jsonl\n"
+            "  dcr-stream validate --allowed-label-ids ACCOUNT:LABEL,ACCOUNT:LABEL events.jsonl\n"
+            '  dcr-stream validate --client-account-id "$ACCOUNT_ID" - < events.jsonl\n'
+            "  kcat -C -b localhost:9092 -t call-intents -e | dcr-stream validate --json\n"
+            "  dcr-stream validate schemas/examples/valid/*.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE", help="JSON lines; '-' or none: stdin")
+    parser.add_argument(
+        "--client-account-id",
+        metavar="UUID",
+        help="account of events that name none (default: $DCR_CLIENT_ACCOUNT_ID)",
+    )
+    parser.add_argument(
+        "--allowed-label-ids",
+        metavar="ACCOUNT:LABEL,...",
+        help="label allow-list per account (default: $DCR_ALLOWED_LABEL_IDS)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        metavar="N",
+        help="largest accepted event (default: $DCR_MAX_MESSAGE_BYTES, else 65536)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object per line")
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    return run(
+        args.files,
+        client_account_id=args.client_account_id,
+        allowed_label_ids=args.allowed_label_ids,
+        max_message_bytes=args.max_message_bytes,
+        as_json=args.json,
+    )

@@ -1,0 +1,122 @@
+"""``dcr-stream sandbox``: the API stand-in as a command (``stream.sandbox.serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stream.sandbox import Faults, SandboxConfig, parse_labels, serve
+from stream.tools.args import EXIT_USAGE
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dcr-stream sandbox``."""
+    parser = commands.add_parser(
+        "sandbox",
+        help="run a local stand-in for the Dynamic Call Records API, with fault injection",
+        description=(
+            "Serve the API's v1 and v2 batch endpoints and its token endpoint with the documented\n"
+            "rules (500 records a request, every record checked like an event, 10 tokens per\n"
+            "30 minutes per account, a per-account request quota answered 429), plus faults to\n"
+            "inject. Prints its URL as the first line on stdout, logs JSON lines after it, and\n"
+            "runs until Ctrl-C or SIGTERM. Faults, labels and counters can be read and changed\n"
+            "while it runs under /_sandbox/ (stats, accepted, faults, labels, reset)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dcr-stream sandbox --port 8081 --static-token dev\n"
+            "  dcr-stream sandbox --key-id K --api-key S --labels ACCOUNT=LABEL1,LABEL2\n"
+            "  dcr-stream sandbox --error-rate 0.3 --seed 7 --latency-ms 50 --no-retry-after\n"
+            '  curl -d \'{"outage": "drop", "outage_s": 30}\' localhost:8081/_sandbox/faults'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8081, help="port; 0 picks a free one (default: 8081)"
+    )
+    parser.add_argument(
+        "--rate-limit-rps",
+        type=int,
+        default=10,
+        metavar="N",
+        help="requests per account in any rolling second before 429 (default: 10)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send Retry-After with quota and mint-limit 429s (default: on)",
+    )
+    parser.add_argument(
+        "--token-lifetime-s",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="lifetime of minted tokens (default: 3600)",
+    )
+    parser.add_argument(
+        "--static-token", metavar="TOKEN", help="a bearer token always accepted (default: none)"
+    )
+    parser.add_argument("--key-id", help="key_id the token endpoint accepts (default: any)")
+    parser.add_argument("--api-key", help="api_key the token endpoint accepts (default: any)")
+    parser.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="ACCOUNT=ID,...",
+        help="known label ids of an account, repeatable; unlisted accounts accept any",
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of batch requests answered 500/502/503 (default: 0)",
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, metavar="MS", help="added latency (default: 0)"
+    )
+    parser.add_argument(
+        "--spike-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance of a latency spike per request (default: 0)",
+    )
+    parser.add_argument(
+        "--spike-ms", type=float, default=0.0, metavar="MS", help="latency spike (default: 0)"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the random faults (default: random)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    parser.add_argument("--log-requests", action="store_true", help="log a line per batch request")
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    try:
+        config = SandboxConfig(
+            rate_limit_rps=args.rate_limit_rps,
+            retry_after=args.retry_after,
+            token_lifetime_s=args.token_lifetime_s,
+            static_token=args.static_token,
+            key_id=args.key_id,
+            api_key=args.api_key,
+            labels=dict(parse_labels(text) for text in args.labels),
+            faults=Faults(
+                error_rate=args.error_rate,
+                latency_ms=args.latency_ms,
+                spike_probability=args.spike_probability,
+                spike_ms=args.spike_ms,
+            ),
+            seed=args.seed,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+    except ValueError as exc:
+        print(f"dcr-stream sandbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve(config, host=args.host, port=args.port, log_requests=args.log_requests)
