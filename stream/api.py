@@ -20,7 +20,7 @@ import msgspec
 from stream.errors import AuthError
 from stream.tokens import TokenSource
 
-__all__ = ["ApiClient", "Response", "make_session", "parse_retry_after"]
+__all__ = ["ApiClient", "Label", "Response", "make_session", "parse_retry_after"]
 
 Kind = Literal["ok", "auth", "reject", "retry"]
 
@@ -61,6 +61,22 @@ class _BatchId(msgspec.Struct):
 
 
 _batch_id = msgspec.json.Decoder(_BatchId)
+
+
+class Label(msgspec.Struct, frozen=True):
+    """One entry of an account's label list (the fields we read; the API sends more)."""
+
+    id: str
+    label_type: str | None = None
+    deleted_at: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """A dynamic label that is not deleted: the only kind a call record may carry."""
+        return self.label_type in (None, "dynamic") and self.deleted_at is None
+
+
+_labels = msgspec.json.Decoder(list[Label])
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -110,6 +126,34 @@ class ApiClient:
 
     def url(self, account: str) -> str:
         return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_records"
+
+    async def get_labels(self, account: str, *, page: int, limit: int) -> list[Label] | str:
+        """One page of the account's labels (docs/api.md#labels), or why it could not be had.
+
+        A refused token is invalidated, so the next attempt gets a fresh one.
+        """
+        try:
+            token = await self.tokens.get(account)
+        except AuthError as exc:
+            return str(exc)
+        url = f"{self._base}/clients/{account}/labels"
+        headers = {"Authorization": f"Bearer {token}", "Accept": _ACCEPT}
+        try:
+            async with self._session.get(
+                url, params={"page": str(page), "limit": str(limit)}, headers=headers
+            ) as r:
+                payload = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if status in (401, 403):
+            self.tokens.invalidate(account, token)
+        if status // 100 != 2:
+            return f"the labels endpoint answered {status}"
+        try:
+            return _labels.decode(payload)
+        except msgspec.DecodeError as exc:
+            return f"the labels endpoint answered an unexpected body: {exc}"
 
     async def post_batch(self, account: str, body: bytes) -> tuple[Response, str | None]:
         """Send one body; return the response and the token used (to invalidate it on 401)."""

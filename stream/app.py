@@ -28,10 +28,11 @@ from stream.api import ApiClient, Response, make_session
 from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Backoff, Delivery, api_rejection
 from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
 from stream.http import Health, http_app
+from stream.labels import LabelGate, Probe
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
@@ -53,6 +54,13 @@ class Source(Struct, frozen=True, gc=False):
     ticket: Ticket
     message: Message
 
+
+_UNKNOWN_LABEL = Rejection(
+    code="unknown_label",
+    field="label_id",
+    message="label_id is not a dynamic label of the account",
+    stage="validate",
+)
 
 _DLQ_LOG_EVERY_S = 5.0
 """Dead-letter write failures are logged at most this often (see ``_log_dlq_failure``)."""
@@ -108,6 +116,7 @@ class Pipeline:
         """Set whenever records finish; the bounded waits for draining listen to it."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._delivery: Delivery[Source] | None = None
+        self._labels: LabelGate[Source] | None = None
         self._dlq: DeadLetterProducer | None = None
         self._receipts: Receipts | None = None
         self._consumer: ConsumerThread | None = None
@@ -135,13 +144,14 @@ class Pipeline:
         if config.receipts_topic is not None:
             self._receipts = Receipts(kafka_client, config.receipts_topic)
         self._tokens_source = self._tokens(session)
+        client = ApiClient(
+            session,
+            base_url=config.api_base_url,
+            version=config.api_version,
+            tokens=self._tokens_source,
+        )
         self._delivery = Delivery(
-            client=ApiClient(
-                session,
-                base_url=config.api_base_url,
-                version=config.api_version,
-                tokens=self._tokens_source,
-            ),
+            client=client,
             outcomes=self,
             version=config.api_version,
             max_records=config.batch_max_records,
@@ -153,6 +163,16 @@ class Pipeline:
             rng=self._rng,
             metrics=self.metrics,
         )
+        self._labels = LabelGate(
+            client,
+            refresh_s=config.labels_refresh_s,
+            overridden=config.allowed_label_ids,
+            release=self._delivery.submit_all,
+            refuse=self._unknown_label,
+            probe=self._probe,
+        )
+        if config.client_account_id is not None:
+            self._labels.start([config.client_account_id])
         self._consumer = ConsumerThread(
             {**config.consumer_config(), "logger": _librdkafka_log},
             config.kafka_topics,
@@ -182,6 +202,7 @@ class Pipeline:
         finally:
             for task in (committer, stopped, *self._tasks):
                 task.cancel()
+            await self._labels.close()
             await self._delivery.close()
             await session.close()
             # Within what is left of the stop's budget (all of ``close_s`` after a failure).
@@ -237,6 +258,7 @@ class Pipeline:
         """
         assert self._consumer is not None
         assert self._delivery is not None
+        assert self._labels is not None
         loop = asyncio.get_running_loop()
         budget = self.budget
         started = loop.time()
@@ -246,6 +268,7 @@ class Pipeline:
         self._delivery.flush_open()
         await self._wait_finished(None, started + budget.drain_s)
         await self._delivery.close()
+        await self._labels.close()
         for task in self._tasks:  # dead-letter writes not yet acknowledged
             task.cancel()
         self._revoke_wait_s = 0.0
@@ -290,6 +313,7 @@ class Pipeline:
     def _on_messages(self, messages: list[Message]) -> None:
         """One consumed slice, in order: the once-a-record path (see ``bench/``)."""
         assert self._delivery is not None
+        assert self._labels is not None
         now_ms = self._wall_ms()
         receive, rules, high_topics = self.tracker.receive, self._rules, self._high_topics
         self.counts.consumed += len(messages)
@@ -311,7 +335,7 @@ class Pipeline:
                 self._spawn(self._dead_letter(Source(ticket, message), result, None, None))
             else:
                 valid.append(Pending(result, Source(ticket, message)))
-        self._delivery.submit_all(valid)
+        self._delivery.submit_all(self._labels.admit(valid))
 
     def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
         self.tracker.assign(tps)
@@ -410,6 +434,26 @@ class Pipeline:
                 delay,
                 self.counts.dlq_write_failures,
             )
+
+    # -- labels (called by LabelGate) ---------------------------------------------------------
+
+    def _unknown_label(self, item: Pending[Source]) -> None:
+        self._spawn(self._dead_letter(item.source, _UNKNOWN_LABEL, None, None))
+
+    async def _probe(self, item: Pending[Source]) -> Probe:
+        """Send one record whose label the registry could not confirm; dead-letter it if refused."""
+        assert self._delivery is not None
+        response = await self._delivery.probe(item)
+        if response is None:
+            return "gone"
+        if response.kind == "ok":
+            return "accepted"
+        if b"label" in response.body.lower():
+            await self._dead_letter(item.source, _UNKNOWN_LABEL, response.status, response.body)
+            return "label_refused"
+        rejection = api_rejection(response.status)
+        await self._dead_letter(item.source, rejection, response.status, response.body)
+        return "record_refused"
 
     # -- commits -------------------------------------------------------------------------------
 

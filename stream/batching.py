@@ -7,12 +7,16 @@ record has waited ``linger_s`` whenever the timer it arms from :meth:`Batcher.ne
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from msgspec import Struct
 
 from stream.events import Record
+
+if TYPE_CHECKING:
+    from stream.api import Response
 
 __all__ = ["Batch", "Batcher", "Pending", "record_size"]
 
@@ -60,7 +64,10 @@ class Batch(Generic[S]):
     attempt: int = 0
     """Transient failures so far; drives the backoff."""
     auth_403: bool = False
-    """A 403 was already answered with a fresh token once (SPEC §4.4: a 403 is retried once)."""
+    """A 403 was already answered with a fresh token once (docs/design.md#auth: a 403 is retried
+    once)."""
+    probe: asyncio.Future[Response | None] | None = None
+    """Set for a probe (``Delivery.probe``): it learns the answer; a refusal is its to handle."""
 
 
 class Batcher(Generic[S]):

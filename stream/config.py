@@ -57,6 +57,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_timeout_s: float
     client_account_id: str | None
     allowed_label_ids: dict[str, frozenset[str]]
+    labels_refresh_s: float
     rate_limit_rps: float
     batch_max_records: int
     batch_linger_ms: int
@@ -259,7 +260,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_timeout_s", parse_positive, "30", "total timeout of one API request"),
     Setting("client_account_id", parse_uuid, None, "account of events that carry none"),
     Setting(
-        "allowed_label_ids", _labels, "", "allow-list, `ACCOUNT:LABEL,…`; unlisted accounts: any"
+        "allowed_label_ids",
+        _labels,
+        "",
+        "allow-list, `ACCOUNT:LABEL,…`, instead of the account's label registry",
+    ),
+    Setting(
+        "labels_refresh_s",
+        parse_positive,
+        "300",
+        "how often each account's label registry is read again (sooner, coalesced, when a record "
+        "carries a label it does not list)",
     ),
     Setting(
         "rate_limit_rps", parse_positive, "10", "requests per second per account, retries included"

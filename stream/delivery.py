@@ -30,7 +30,7 @@ from stream.metrics import Metrics, status_class
 from stream.quota import Lane
 from stream.validation import Rejection, check_expiry
 
-__all__ = ["Backoff", "Delivery", "Outcomes"]
+__all__ = ["Backoff", "Delivery", "Outcomes", "api_rejection"]
 
 S = TypeVar("S")
 _log = logging.getLogger("stream.delivery")
@@ -44,6 +44,16 @@ class Outcomes(Protocol[S]):
     async def dead_letter(
         self, item: Pending[S], rejection: Rejection, status: int | None, body: bytes | None
     ) -> None: ...
+
+
+def api_rejection(status: int) -> Rejection:
+    """Why a record the API refused on its own (400/413/422) is dead-lettered."""
+    return Rejection(
+        code="api_rejected",
+        field=None,
+        message=f"the API answered {status} for this record",
+        stage="api",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +126,16 @@ class Delivery(Generic[S]):
                 dispatch(full)
         if was_empty:
             self._wake.set()
+
+    async def probe(self, item: Pending[S]) -> Response | None:
+        """Send ``item`` alone, under the quota like any batch, and return the API's answer to it:
+        2xx (the record is delivered as usual) or a refusal (400/413/422, which is the caller's
+        to handle: nothing is dead-lettered or bisected). Transient failures are retried first.
+        None when the record expired before it went (it was dead-lettered as such)."""
+        record = item.record
+        answer: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+        self._dispatch(Batch(record.account, record.high_priority, [item], probe=answer))
+        return await answer
 
     def rates(self) -> dict[str, float]:
         """Requests per second each account's lane allows now (below the setting after 429s)."""
@@ -197,6 +217,8 @@ class Delivery(Generic[S]):
     async def _try_send(self, lane: Lane[S], batch: Batch[S]) -> None:
         live = await self._drop_expired(batch)
         if not live:
+            if batch.probe is not None:
+                batch.probe.set_result(None)
             return
         batch.items = live
         body = encode_batch([p.record for p in live], self._version)
@@ -209,6 +231,10 @@ class Delivery(Generic[S]):
         if kind == "ok":
             lane.accepted(time.monotonic())
             self._outcomes.delivered(batch, response)
+            if batch.probe is not None:
+                batch.probe.set_result(response)
+        elif kind == "reject" and batch.probe is not None:
+            batch.probe.set_result(response)
         elif kind == "reject":
             await self._reject(lane, batch, response)
         elif (
@@ -237,12 +263,7 @@ class Delivery(Generic[S]):
         """400/413/422: halve until each refused record stands alone (SPEC §4.5)."""
         items = batch.items
         if len(items) == 1:
-            rejection = Rejection(
-                code="api_rejected",
-                field=None,
-                message=f"the API answered {response.status} for this record",
-                stage="api",
-            )
+            rejection = api_rejection(response.status)
             await self._outcomes.dead_letter(items[0], rejection, response.status, response.body)
             return
         self._counts.bisections += 1

@@ -177,7 +177,6 @@ _QUEUE_FULL_WAIT_S = 0.05
 """How long ``send`` yields when librdkafka's local queue is full before it tries again."""
 
 
-
 class DeadLetterProducer:
     """Writes dead letters to one topic; ``send`` returns once Kafka has them (acks=all).
 

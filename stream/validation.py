@@ -45,6 +45,8 @@ CODES: dict[str, str] = {
     "invalid_phone": "caller or receiver is not 8-15 digits once + space - ( ) . are stripped",
     "label_name_length": "label_name is not 1-40 characters",
     "label_not_allowed": "label_id is not on the account's allow-list",
+    "unknown_label": "label_id is not a dynamic label of the account (its label registry, or the "
+    "API when the registry cannot be read, says so)",
     "call_reason_length": "call_reason is not 10-100 characters",
     "call_reason_characters": "call_reason holds one of ! @ # $ % ^ & * ( ) _ + /",
     "call_reason_edges": "call_reason starts or ends with . , - or white space",
