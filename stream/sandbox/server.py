@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -40,6 +40,9 @@ from msgspec import Struct
 
 from stream import logs
 from stream.sandbox.batches import MAX_RECORDS, Accepted, Batch, Refusal, Version, check_batch
+from stream.sandbox.clock import Clock, ManualClock
+from stream.sandbox.config import SandboxConfig, parse_labels
+from stream.sandbox.faults import Faults, Outage
 
 __all__ = [
     "MAX_RECORDS",
@@ -63,116 +66,8 @@ _SHUTDOWN_TIMEOUT_S = 1.0
 """In-flight answers (held back by injected latency) get this long on stop: a sandbox holds nothing
 worth waiting for, and SIGTERM must end it well inside Kubernetes' 30 s grace."""
 
-Outage = Literal["off", "503", "drop"]
-
 _log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
-
-
-class Clock(Protocol):
-    """Where the sandbox reads time, in seconds; the ``time`` module is one."""
-
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class ManualClock:
-    """A clock that moves only when told to: tests advance it instead of sleeping."""
-
-    def __init__(self, *, wall_s: float | None = None) -> None:
-        self._monotonic = 0.0
-        self._wall = time.time() if wall_s is None else wall_s
-
-    def monotonic(self) -> float:
-        return self._monotonic
-
-    def time(self) -> float:
-        return self._wall
-
-    def advance(self, seconds: float) -> None:
-        self._monotonic += seconds
-        self._wall += seconds
-
-
-class Faults(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Failures injected into batch requests (the token endpoint is spared)."""
-
-    error_rate: float = 0.0
-    """Fraction of batch requests answered 500, 502 or 503, drawn from the seeded RNG."""
-    fail_next: int = 0
-    """A 5xx burst: the next N batch requests are answered ``fail_status``."""
-    fail_status: int = 503
-    throttle_next: int = 0
-    """A 429 burst: the next N batch requests are answered 429."""
-    throttle_retry_after_s: int | None = 1
-    """``Retry-After`` of the burst's 429s; None sends none."""
-    latency_ms: float = 0.0
-    """Added before every batch answer."""
-    spike_probability: float = 0.0
-    spike_ms: float = 0.0
-    """With ``spike_probability`` (seeded), this much more latency."""
-    outage: Outage = "off"
-    """``503``: batch requests are answered 503; ``drop``: their connection is closed unanswered."""
-    outage_s: float | None = None
-    """How long an outage lasts from when it is set; None: until ``outage`` is set to ``off``."""
-
-    def __post_init__(self) -> None:
-        for name in ("error_rate", "spike_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("fail_next", "throttle_next", "latency_ms", "spike_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if not 500 <= self.fail_status <= 599:
-            raise ValueError("fail_status must be a 5xx status")
-        if self.throttle_retry_after_s is not None and self.throttle_retry_after_s < 0:
-            raise ValueError("throttle_retry_after_s must not be negative")
-        if self.outage_s is not None and self.outage_s <= 0:
-            raise ValueError("outage_s must be positive")
-
-
-_SECRETS = frozenset({"static_token", "api_key"})
-
-
-class SandboxConfig(Struct, frozen=True, kw_only=True):
-    """How the sandbox starts; faults and labels can change afterwards, the rest cannot."""
-
-    rate_limit_rps: int = 10
-    """Per account, requests admitted in any rolling second; more are answered 429."""
-    retry_after: bool = True
-    """Whether quota and mint-limit 429s carry ``Retry-After`` (the real API documents none)."""
-    token_lifetime_s: float = 3600.0
-    static_token: str | None = None
-    """A token always accepted, for every account (what ``DCR_API_TOKEN`` holds)."""
-    key_id: str | None = None
-    api_key: str | None = None
-    """The key pair the token endpoint accepts; when unset it accepts any."""
-    labels: Mapping[str, frozenset[str]] = {}
-    """Known label ids per account; an account not listed (or with none) accepts any label id."""
-    faults: Faults = Faults()
-    seed: int | None = None
-    """Seeds the random faults (error rate, latency spikes) so that a run can be repeated."""
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    """PEM files: with both set the sandbox serves HTTPS."""
-
-    def __post_init__(self) -> None:
-        if self.rate_limit_rps < 1:
-            raise ValueError("rate_limit_rps must be at least 1")
-        if self.token_lifetime_s <= 0:
-            raise ValueError("token_lifetime_s must be positive")
-        if (self.key_id is None) != (self.api_key is None):
-            raise ValueError("key_id and api_key go together")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
-
-    def __repr__(self) -> str:
-        shown = (
-            f"{name}={'***' if name in _SECRETS and value is not None else repr(value)}"
-            for name, value in msgspec.structs.asdict(self).items()
-        )
-        return f"SandboxConfig({', '.join(shown)})"
 
 
 class AccountStats(Struct, frozen=True, kw_only=True):
@@ -188,15 +83,6 @@ class AccountStats(Struct, frozen=True, kw_only=True):
 class Stats(Struct, frozen=True, kw_only=True):
     accounts: dict[str, AccountStats]
     totals: AccountStats
-
-
-def parse_labels(text: str) -> tuple[str, frozenset[str]]:
-    """``ACCOUNT=ID1,ID2`` → ``(account, {id1, id2})``, as ``--labels`` takes it."""
-    account, _, ids = text.partition("=")
-    labels = frozenset(i.strip() for i in ids.split(",") if i.strip())
-    if not account.strip() or not labels:
-        raise ValueError(f"--labels wants ACCOUNT=ID1,ID2, not {text!r}")
-    return account.strip(), labels
 
 
 class _KeyPair(Struct):
