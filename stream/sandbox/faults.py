@@ -1,14 +1,27 @@
-"""Failures the sandbox injects on purpose (docs/sandbox.md)."""
+"""Failures the sandbox injects on purpose (docs/sandbox.md), and the state that decides them.
+
+``Faults`` is what is asked for; ``Injector`` holds the faults in force, ends outages when their
+time is up, counts bursts down and draws the random faults from a seeded RNG. Its decisions are
+plain data (an outage mode, an ``Injected`` failure, a delay), which ``stream.sandbox.api`` answers.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import math
+import random
+from typing import Any, Literal, NamedTuple
 
+import msgspec
 from msgspec import Struct
 
-__all__ = ["Faults", "Outage"]
+from stream.sandbox.clock import Clock
+
+__all__ = ["Faults", "Injected", "Injector", "Outage"]
 
 Outage = Literal["off", "503", "drop"]
+
+_log = logging.getLogger(__name__)
 
 
 class Faults(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,3 +59,73 @@ class Faults(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("throttle_retry_after_s must not be negative")
         if self.outage_s is not None and self.outage_s <= 0:
             raise ValueError("outage_s must be positive")
+
+
+class Injected(NamedTuple):
+    """An injected failure: the status to answer, why, and for a 429 its ``Retry-After``."""
+
+    status: int
+    message: str
+    retry_after_s: float | None = None
+
+
+class Injector:
+    """The faults in force for one run of a sandbox; a reset starts a new one."""
+
+    _faults: Faults
+    _outage_until: float
+    """Monotonic end of the current outage (infinite when it has none)."""
+    _rng: random.Random
+    """Draws the random faults; seeded, so that a run can be repeated."""
+
+    def __init__(self, faults: Faults, *, seed: int | None, clock: Clock) -> None:
+        self._clock = clock
+        self._faults = faults
+        self._outage_until = self._outage_end(faults)
+        self._rng = random.Random(seed)
+
+    @property
+    def current(self) -> Faults:
+        """The faults in force; bursts count down as requests use them."""
+        self.outage()
+        return self._faults
+
+    def set(self, **changes: Any) -> Faults:
+        """Change the named faults, keep the others; a bad name or value raises ``ValueError``."""
+        faults = msgspec.convert({**msgspec.structs.asdict(self._faults), **changes}, Faults)
+        if "outage" in changes or "outage_s" in changes:
+            self._outage_until = self._outage_end(faults)
+        self._faults = faults
+        _log.info("faults set: %s", faults)
+        return faults
+
+    def outage(self) -> Outage:
+        """The outage in force, once one whose time is up has been ended."""
+        if self._faults.outage != "off" and self._clock.monotonic() >= self._outage_until:
+            self._faults = msgspec.structs.replace(self._faults, outage="off", outage_s=None)
+            _log.info("outage over")
+        return self._faults.outage
+
+    def inject(self) -> Injected | None:
+        """This request's failure, if any: a 429 burst, then a 5xx burst, then the error rate."""
+        faults = self._faults
+        if faults.throttle_next:
+            self._faults = msgspec.structs.replace(faults, throttle_next=faults.throttle_next - 1)
+            return Injected(429, "injected 429 burst", faults.throttle_retry_after_s)
+        if faults.fail_next:
+            self._faults = msgspec.structs.replace(faults, fail_next=faults.fail_next - 1)
+            return Injected(faults.fail_status, "injected 5xx burst")
+        if faults.error_rate and self._rng.random() < faults.error_rate:
+            return Injected(self._rng.choice((500, 502, 503)), "injected random error")
+        return None
+
+    def delay_s(self) -> float:
+        """The latency to add to this answer, a spike included."""
+        faults = self._faults
+        delay_ms = faults.latency_ms
+        if faults.spike_probability and self._rng.random() < faults.spike_probability:
+            delay_ms += faults.spike_ms
+        return delay_ms / 1000
+
+    def _outage_end(self, faults: Faults) -> float:
+        return self._clock.monotonic() + (math.inf if faults.outage_s is None else faults.outage_s)

@@ -19,18 +19,13 @@ real time. Account ids are compared lower-cased, as UUIDs are (``stream.validati
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
-import random
-import secrets
 import signal
 import ssl
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, KeysView, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,10 +34,13 @@ from aiohttp import web
 from msgspec import Struct
 
 from stream import logs
-from stream.sandbox.batches import MAX_RECORDS, Accepted, Batch, Refusal, Version, check_batch
+from stream.sandbox.batches import MAX_RECORDS, Accepted, Refusal, Version, check_batch
 from stream.sandbox.clock import Clock, ManualClock
 from stream.sandbox.config import SandboxConfig, parse_labels
 from stream.sandbox.faults import Faults, Outage
+from stream.sandbox.ledger import AccountStats, Stats
+from stream.sandbox.rules import Throttled
+from stream.sandbox.state import State
 
 __all__ = [
     "MAX_RECORDS",
@@ -58,31 +56,12 @@ __all__ = [
     "serve",
 ]
 
-MINT_LIMIT = 10
-MINT_WINDOW_S = 30 * 60
-"""At most ``MINT_LIMIT`` tokens per account in any ``MINT_WINDOW_S`` (SPEC §2)."""
-QUOTA_WINDOW_S = 1.0
 _SHUTDOWN_TIMEOUT_S = 1.0
 """In-flight answers (held back by injected latency) get this long on stop: a sandbox holds nothing
 worth waiting for, and SIGTERM must end it well inside Kubernetes' 30 s grace."""
 
 _log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
-
-
-class AccountStats(Struct, frozen=True, kw_only=True):
-    requests: dict[str, int]
-    """Batch requests by HTTP status; ``dropped`` counts connections cut by an outage."""
-    tokens: dict[str, int]
-    """Token requests by HTTP status."""
-    records_accepted: int
-    throttled: int
-    """Batch requests answered 429."""
-
-
-class Stats(Struct, frozen=True, kw_only=True):
-    accounts: dict[str, AccountStats]
-    totals: AccountStats
 
 
 class _KeyPair(Struct):
@@ -110,62 +89,17 @@ def _throttled(message: str, retry_after_s: float | None) -> web.Response:
     return _json(429, {"slug": "too_many_requests", "message": message}, headers)
 
 
-def _admit(window: deque[float], now: float, limit: int, period_s: float) -> float | None:
-    """Count one use in a rolling window of ``period_s``; None, or the seconds until a use frees."""
-    while window and window[0] <= now - period_s:
-        window.popleft()
-    if len(window) >= limit:
-        return window[0] + period_s - now
-    window.append(now)
-    return None
-
-
-def _lower(labels: Iterable[str]) -> frozenset[str]:
-    return frozenset(label.lower() for label in labels)
-
-
-@dataclass(slots=True)
-class _Account:
-    requests: Counter[str] = field(default_factory=Counter)
-    tokens: Counter[str] = field(default_factory=Counter)
-    records_accepted: int = 0
-    admitted: deque[float] = field(default_factory=deque)
-    """Monotonic times of the requests admitted in the last quota window."""
-    mints: deque[float] = field(default_factory=deque)
-    """Monotonic times of the tokens minted in the last mint window."""
-
-    def snapshot(self) -> AccountStats:
-        return AccountStats(
-            requests=dict(self.requests),
-            tokens=dict(self.tokens),
-            records_accepted=self.records_accepted,
-            throttled=self.requests["429"],
-        )
-
-
 class Sandbox:
     """The API stand-in: ``async with Sandbox(config) as sandbox`` serves on ``sandbox.url``."""
 
     config: SandboxConfig
-    _batches: list[Batch]
-    """Accepted batches in arrival order."""
-    _accounts: dict[str, _Account]
-    _tokens: dict[str, tuple[str, float]]
-    """Minted token → (its account, monotonic expiry)."""
-    _labels: dict[str, frozenset[str]]
-    """Known label ids per account."""
-    _faults: Faults
-    _outage_until: float
-    """Monotonic end of the current outage (infinite when it has none)."""
-    _rng: random.Random
-    """Draws the random faults; seeded by ``config.seed``, re-seeded on reset."""
+    _state: State
 
     def __init__(self, config: SandboxConfig | None = None, *, clock: Clock = time) -> None:
         self.config = config or SandboxConfig()
-        self._clock = clock
+        self._state = State(self.config, clock)
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
-        self.reset()
 
     def __repr__(self) -> str:
         return f"Sandbox(url={self._url!r}, config={self.config!r})"
@@ -226,66 +160,33 @@ class Sandbox:
 
     def reset(self) -> None:
         """Back to the start: no records, counters or tokens; the configured faults and labels."""
-        self._batches = []
-        self._accounts = {}
-        self._tokens = {}
-        self._labels = {a.lower(): _lower(ids) for a, ids in self.config.labels.items() if ids}
-        self._faults = self.config.faults
-        self._outage_until = self._outage_end(self._faults)
-        self._rng = random.Random(self.config.seed)
+        self._state.reset()
 
     @property
     def faults(self) -> Faults:
         """The faults now in force; bursts count down as requests use them."""
-        self._outage_now()
-        return self._faults
+        return self._state.faults.current
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change the named faults, keep the others; a bad name or value raises ``ValueError``."""
-        faults = msgspec.convert({**msgspec.structs.asdict(self._faults), **changes}, Faults)
-        if "outage" in changes or "outage_s" in changes:
-            self._outage_until = self._outage_end(faults)
-        self._faults = faults
-        _log.info("faults set: %s", faults)
-        return faults
+        return self._state.faults.set(**changes)
 
     def learn_labels(self, account: str, label_ids: Iterable[str]) -> frozenset[str]:
         """Add label ids to those ``account`` knows; returns all it knows now."""
-        account = account.lower()
-        known = self._labels[account] = self._labels.get(account, frozenset()) | _lower(label_ids)
-        _log.info("account %s knows %d label ids", account, len(known))
-        return known
+        return self._state.rules.learn_labels(account, label_ids)
 
     def accepted(self, account: str | None = None) -> list[Accepted]:
         """Every accepted record (of ``account``), in arrival order."""
-        return [record for batch in self._of(account) for record in batch.records()]
+        return self._state.ledger.accepted(account)
 
     def stats(self) -> Stats:
-        accounts = {name: counters.snapshot() for name, counters in self._accounts.items()}
-        requests: Counter[str] = Counter()
-        tokens: Counter[str] = Counter()
-        for counters in self._accounts.values():
-            requests.update(counters.requests)
-            tokens.update(counters.tokens)
-        totals = AccountStats(
-            requests=dict(requests),
-            tokens=dict(tokens),
-            records_accepted=sum(s.records_accepted for s in accounts.values()),
-            throttled=requests["429"],
-        )
-        return Stats(accounts=accounts, totals=totals)
+        return self._state.ledger.stats()
 
-    def _of(self, account: str | None) -> list[Batch]:
-        if account is None:
-            return list(self._batches)
-        return [batch for batch in self._batches if batch.account == account.lower()]
-
-    def _account(self, request: web.Request) -> tuple[str, _Account]:
-        account = request.match_info["account"].lower()
-        counters = self._accounts.get(account)
-        if counters is None:
-            counters = self._accounts[account] = _Account()
-        return account, counters
+    @property
+    def _tokens(self) -> KeysView[str]:
+        # tests/integration/test_operations.py and tests/faults/test_security.py read the minted
+        # tokens here, to check that no log shows one.
+        return self._state.rules.tokens
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.config.tls_cert is None or self.config.tls_key is None:
@@ -294,15 +195,6 @@ class Sandbox:
         context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         return context
 
-    def _outage_end(self, faults: Faults) -> float:
-        return self._clock.monotonic() + (math.inf if faults.outage_s is None else faults.outage_s)
-
-    def _outage_now(self) -> Outage:
-        if self._faults.outage != "off" and self._clock.monotonic() >= self._outage_until:
-            self._faults = msgspec.structs.replace(self._faults, outage="off", outage_s=None)
-            _log.info("outage over")
-        return self._faults.outage
-
     async def _batch_v1(self, request: web.Request) -> web.StreamResponse:
         return await self._batch(request, "v1")
 
@@ -310,25 +202,25 @@ class Sandbox:
         return await self._batch(request, "v2")
 
     async def _batch(self, request: web.Request, version: Version) -> web.StreamResponse:
-        account, counters = self._account(request)
-        if self._outage_now() == "drop":
+        state = self._state
+        account = request.match_info["account"].lower()
+        counters = state.ledger.counters(account)
+        outage = state.faults.outage()
+        if outage == "drop":
             counters.requests["dropped"] += 1
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=503)  # never sent: the connection is gone
-        response = await self._answer(request, account, version, counters)
+        response = await self._answer(request, account, version, outage)
         counters.requests[str(response.status)] += 1
         if response.status != 200:
             _log.debug("%s batch for %s answered %d", version, account, response.status)
-        delay_ms = self._faults.latency_ms
-        if self._faults.spike_probability and self._rng.random() < self._faults.spike_probability:
-            delay_ms += self._faults.spike_ms
-        if delay_ms:
-            await asyncio.sleep(delay_ms / 1000)
+        if delay_s := state.faults.delay_s():
+            await asyncio.sleep(delay_s)
         return response
 
     async def _answer(
-        self, request: web.Request, account: str, version: Version, counters: _Account
+        self, request: web.Request, account: str, version: Version, outage: Outage
     ) -> web.Response:
         """Answer a batch request; the first of these that applies decides:
 
@@ -344,27 +236,19 @@ class Sandbox:
         client that times out and retries delivers the batch twice, as it would against the real
         API. The receive time is taken before the body is read.
         """
-        received_ms = int(self._clock.time() * 1000)
-        now = self._clock.monotonic()
-        if self._faults.outage == "503":
+        state = self._state
+        received_ms = int(state.clock.time() * 1000)
+        now = state.clock.monotonic()
+        if outage == "503":
             return _error(503, "service_unavailable", "the sandbox is in an injected outage")
-        if not self._authorised(request, account, now):
+        if not state.rules.authorised(account, _bearer(request), now):
             return _error(401, "unauthorized", "missing, unknown or expired bearer token")
-        rps = self.config.rate_limit_rps
-        if (wait_s := _admit(counters.admitted, now, rps, QUOTA_WINDOW_S)) is not None:
-            return _throttled(
-                f"more than {rps} requests per second",
-                max(1.0, wait_s) if self.config.retry_after else None,
-            )
-        if (faults := self._faults).throttle_next:
-            self._faults = msgspec.structs.replace(faults, throttle_next=faults.throttle_next - 1)
-            return _throttled("injected 429 burst", faults.throttle_retry_after_s)
-        if faults.fail_next:
-            self._faults = msgspec.structs.replace(faults, fail_next=faults.fail_next - 1)
-            return _error(faults.fail_status, "server_error", "injected 5xx burst")
-        if faults.error_rate and self._rng.random() < faults.error_rate:
-            status = self._rng.choice((500, 502, 503))
-            return _error(status, "server_error", "injected random error")
+        if (throttled := state.rules.admit(account, now)) is not None:
+            return _throttled(*throttled)
+        if (injected := state.faults.inject()) is not None:
+            if injected.status == 429:
+                return _throttled(injected.message, injected.retry_after_s)
+            return _error(injected.status, "server_error", injected.message)
         if request.content_type != "application/json":
             return _error(415, "unsupported_media_type", "Content-Type must be application/json")
         try:
@@ -375,15 +259,14 @@ class Sandbox:
             body,
             account=account,
             version=version,
-            labels=self._labels.get(account),
-            now_ms=int(self._clock.time() * 1000),
+            labels=state.rules.labels.get(account),
+            now_ms=int(state.clock.time() * 1000),
             received_ms=received_ms,
             received_monotonic_ms=now * 1000,
         )
         if isinstance(batch, Refusal):
             return _json(batch.status, batch.body)
-        self._batches.append(batch)
-        counters.records_accepted += batch.size
+        state.ledger.keep(batch)
         _log.debug(
             "%s batch %s for %s: %d records accepted (received_ms=%d, received_monotonic_ms=%.3f)",
             version,
@@ -395,46 +278,27 @@ class Sandbox:
         )
         return _json(200, {"batch_id": batch.batch_id} if version == "v2" else {})
 
-    def _authorised(self, request: web.Request, account: str, now: float) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        static = self.config.static_token
-        if static is not None and hmac.compare_digest(token.encode(), static.encode()):
-            return True
-        minted = self._tokens.get(token)
-        return minted is not None and minted[0] == account and now < minted[1]
-
     async def _token(self, request: web.Request) -> web.Response:
-        account, counters = self._account(request)
-        response = await self._mint(request, account, counters)
+        account = request.match_info["account"].lower()
+        counters = self._state.ledger.counters(account)
+        response = await self._mint(request, account)
         counters.tokens[str(response.status)] += 1
         return response
 
-    async def _mint(self, request: web.Request, account: str, counters: _Account) -> web.Response:
+    async def _mint(self, request: web.Request, account: str) -> web.Response:
         if request.headers.get("X-Public-Access", "").lower() != "allow":
             return _error(401, "unauthorized", "the token endpoint needs X-Public-Access: allow")
         try:
             pair = msgspec.json.decode(await request.read(), type=_KeyPair)
         except msgspec.DecodeError as exc:
             return _error(400, "bad_request", f"the body must be {{key_id, api_key}}: {exc}")
-        key_id, api_key = self.config.key_id, self.config.api_key
-        if key_id is not None and api_key is not None:
-            id_ok = hmac.compare_digest(pair.key_id.encode(), key_id.encode())
-            key_ok = hmac.compare_digest(pair.api_key.encode(), api_key.encode())
-            if not (id_ok and key_ok):
-                return _error(401, "unauthorized", "unknown key_id or wrong api_key")
-        now = self._clock.monotonic()
-        if (wait_s := _admit(counters.mints, now, MINT_LIMIT, MINT_WINDOW_S)) is not None:
-            return _throttled(
-                f"at most {MINT_LIMIT} tokens per {MINT_WINDOW_S // 60} minutes",
-                wait_s if self.config.retry_after else None,
-            )
-        self._tokens = {t: held for t, held in self._tokens.items() if now < held[1]}
-        token = secrets.token_urlsafe(32)
-        self._tokens[token] = (account, now + self.config.token_lifetime_s)
-        created_at = datetime.fromtimestamp(self._clock.time(), UTC)
-        _log.info("token minted for account %s", account)
+        state = self._state
+        if not state.rules.key_pair_ok(pair.key_id, pair.api_key):
+            return _error(401, "unauthorized", "unknown key_id or wrong api_key")
+        token = state.rules.mint(account, state.clock.monotonic())
+        if isinstance(token, Throttled):
+            return _throttled(*token)
+        created_at = datetime.fromtimestamp(state.clock.time(), UTC)
         return _json(
             200,
             {
@@ -449,7 +313,7 @@ class Sandbox:
     async def _get_accepted(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        for batch in self._of(request.query.get("account")):
+        for batch in self._state.ledger.batches(request.query.get("account")):
             await response.write(_encoder.encode_lines(batch.records()))
         await response.write_eof()
         return response
@@ -465,7 +329,8 @@ class Sandbox:
             return _error(400, "bad_request", str(exc))
 
     async def _get_labels(self, _: web.Request) -> web.Response:
-        return _json(200, {account: sorted(ids) for account, ids in self._labels.items()})
+        labels = self._state.rules.labels
+        return _json(200, {account: sorted(ids) for account, ids in labels.items()})
 
     async def _post_labels(self, request: web.Request) -> web.Response:
         try:
@@ -479,6 +344,11 @@ class Sandbox:
         self.reset()
         _log.info("reset")
         return _json(200, {})
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
 
 
 def serve(config: SandboxConfig, *, host: str, port: int, log_requests: bool = False) -> int:
