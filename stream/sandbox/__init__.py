@@ -13,15 +13,15 @@ the same calls in Python. The package keeps those apart, so that the file list s
 goes::
 
     stream/sandbox/
-    ├── server.py     Sandbox: start/stop, TLS, the Python control API; serve() for the command
-    ├── api.py        the API's endpoints: one route table, the steps they share    ┐ aiohttp,
-    ├── control.py    the /_sandbox/* endpoints                                      │ over State
+    ├── server.py     Sandbox: start/stop, TLS, the Python control API; serve()
+    ├── api.py        the API's endpoints: one route table, the steps they share     ┐
+    ├── control.py    the /_sandbox/* endpoints                                      ├ aiohttp
     ├── responses.py  JSON answers in the API's error shapes                         ┘
-    ├── state.py      State: rules + faults + ledger on one clock; reset rebuilds it ┐
-    ├── rules.py      tokens and accounts: auth, expiry, quota, mint budget, labels  │ no aiohttp;
-    ├── faults.py     Faults, and the outage / 429 / 5xx / latency decisions         │ time comes
-    ├── batches.py    a batch body checked record by record → Batch or Refusal      │ from the
-    ├── ledger.py     the accepted batches and the counters behind Stats             │ Clock
+    ├── state.py      State: rules + faults + ledger; reset rebuilds it              ┐
+    ├── rules.py      tokens and accounts: auth, expiry, quota, mint budget, labels  │
+    ├── faults.py     Faults, and the outage / 429 / 5xx / latency decisions         │
+    ├── batches.py    a batch body checked record by record → Batch or Refusal       ├ no aiohttp
+    ├── ledger.py     the accepted batches and the counters behind Stats             │
     ├── config.py     SandboxConfig, parse_labels                                    │
     └── clock.py      Clock, ManualClock                                             ┘
 
