@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Struct
 
 from stream.events import CallIntent, WireV1, WireV2
 from stream.validation import Rejection, Rules, validate
@@ -107,46 +107,33 @@ class _Body(Struct):
     """Left raw, so that each record is decoded on its own and the first bad one is named."""
 
 
-def _optional(value: str | UnsetType) -> str | None:
-    return None if value is UNSET else value
-
-
-def _intent_v1(wire: WireV1) -> CallIntent:
-    return CallIntent(
-        caller=wire.caller,
-        receiver=wire.receiver,
-        label_id=wire.label_id,
-        starts_at=wire.starts_at,
-        ends_at=wire.ends_at,
-        label_name=_optional(wire.label_name),
-        call_reason=_optional(wire.call_reason),
-    )
-
-
-def _intent_v2(wire: WireV2) -> CallIntent:
-    return CallIntent(
-        caller=wire.caller_number,
-        receiver=wire.receiver_number,
-        label_id=wire.label_id,
-        starts_at=wire.starts_at,
-        ends_at=wire.ends_at,
-        label_name=_optional(wire.dynamic_label_name),
-        call_reason=_optional(wire.dynamic_call_reason),
-    )
-
-
 class _Wire(NamedTuple):
+    """How one version's records are read."""
+
     decoder: msgspec.json.Decoder[Any]
-    to_intent: Callable[[Any], CallIntent]
     names: Mapping[str, str]
-    """Call-intent field → this version's wire field, to name the field in a 400."""
+    """Call-intent field → this version's wire field, where they differ."""
+    fields: tuple[tuple[str, str], ...]
+    """(call-intent field, wire field) for every field a record carries."""
+
+    @classmethod
+    def of(cls, record: type[WireV1 | WireV2], names: Mapping[str, str]) -> _Wire:
+        # v1 names its fields as the call intent does.
+        fields = tuple((name, names.get(name, name)) for name in WireV1.__struct_fields__)
+        return cls(msgspec.json.Decoder(record), names, fields)
+
+    def to_intent(self, record: WireV1 | WireV2) -> CallIntent:
+        intent: dict[str, Any] = {}
+        for name, wire_name in self.fields:
+            value = getattr(record, wire_name)
+            intent[name] = None if value is UNSET else value
+        return CallIntent(**intent)
 
 
 _WIRE: dict[Version, _Wire] = {
-    "v1": _Wire(msgspec.json.Decoder(WireV1), _intent_v1, {}),
-    "v2": _Wire(
-        msgspec.json.Decoder(WireV2),
-        _intent_v2,
+    "v1": _Wire.of(WireV1, {}),
+    "v2": _Wire.of(
+        WireV2,
         {
             "caller": "caller_number",
             "receiver": "receiver_number",
@@ -155,6 +142,7 @@ _WIRE: dict[Version, _Wire] = {
         },
     ),
 }
+
 _body_decoder = msgspec.json.Decoder(_Body)
 _intent_encoder = msgspec.json.Encoder()
 _FIELD_IN_ERROR = re.compile(r"missing required field `(\w+)`|- at `\$\.(\w+)")

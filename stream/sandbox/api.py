@@ -1,0 +1,200 @@
+"""The API's endpoints (docs/api.md), served by aiohttp over a ``State``; ``routes`` is their table.
+
+An endpoint that faults apply to (every one but the token endpoint) answers through
+``_Api._guarded``, which runs the steps such endpoints share (outage, token, quota, injected
+failures, counting, latency) and hands the rest to the endpoint's own answer. An endpoint that
+exists with and without ``/v2`` is one line of the table, and its answer is told the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import NamedTuple
+
+import msgspec
+from aiohttp import web
+from msgspec import Struct
+
+from stream.sandbox.batches import Refusal, Version, check_batch
+from stream.sandbox.faults import Outage
+from stream.sandbox.responses import error, json_response, throttled
+from stream.sandbox.rules import Throttled
+from stream.sandbox.state import State
+
+__all__ = ["routes"]
+
+_PREFIXES: dict[Version, str] = {"v1": "", "v2": "/v2"}
+"""Each version's path prefix."""
+
+_log = logging.getLogger(__name__)
+
+
+def routes(state: State) -> list[web.RouteDef]:
+    api = _Api(state)
+    return [
+        *_versioned(web.post, "/clients/{account}/dynamic_call_records", api.batch),
+        web.post("/clients/{account}/token", api.token),
+    ]
+
+
+class _Call(NamedTuple):
+    """A request the shared steps let through: for whom, in which version, and when it arrived."""
+
+    account: str
+    version: Version
+    received_ms: int
+    """Wall time, epoch milliseconds."""
+    received_s: float
+    """Monotonic: the instant the rules judged it at."""
+
+
+_Answer = Callable[[web.Request, _Call], Awaitable[web.Response]]
+
+
+class _KeyPair(Struct):
+    key_id: str
+    api_key: str
+
+
+class _Api:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def batch(self, version: Version, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, version, self._accept_batch)
+
+    async def token(self, request: web.Request) -> web.Response:
+        account = _account(request)
+        counters = self._state.ledger.counters(account)
+        response = await self._mint(request, account)
+        counters.tokens[str(response.status)] += 1
+        return response
+
+    async def _guarded(
+        self, request: web.Request, version: Version, answer: _Answer
+    ) -> web.StreamResponse:
+        """Answer a request that faults apply to; the first of these that applies decides:
+
+        1. an outage in ``drop`` mode: the connection is closed unanswered;
+        2. an outage in ``503`` mode: 503;
+        3. no valid token for this account: 401;
+        4. over the quota: 429 (it does not count against the quota);
+        5. a 429 burst, then a 5xx burst, then the random error rate;
+        6. otherwise ``answer``.
+
+        Injected latency comes after the answer is decided, so a client that times out and
+        retries delivers a batch twice, as it would against the real API. The receive time is
+        taken before the body is read.
+        """
+        state = self._state
+        account = _account(request)
+        counters = state.ledger.counters(account)
+        outage = state.faults.outage()
+        if outage == "drop":
+            counters.requests["dropped"] += 1
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)  # never sent: the connection is gone
+        call = _Call(account, version, int(state.clock.time() * 1000), state.clock.monotonic())
+        response = self._refusal(request, call, outage)
+        if response is None:
+            response = await answer(request, call)
+        counters.requests[str(response.status)] += 1
+        if response.status != 200:
+            _log.debug("%s %s answered %d", request.method, request.path, response.status)
+        if delay_s := state.faults.delay_s():
+            await asyncio.sleep(delay_s)
+        return response
+
+    def _refusal(self, request: web.Request, call: _Call, outage: Outage) -> web.Response | None:
+        rules, now = self._state.rules, call.received_s
+        if outage == "503":
+            return error(503, "service_unavailable", "the sandbox is in an injected outage")
+        if not rules.authorised(call.account, _bearer(request), now):
+            return error(401, "unauthorized", "missing, unknown or expired bearer token")
+        if (over := rules.admit(call.account, now)) is not None:
+            return throttled(*over)
+        if (injected := self._state.faults.inject()) is not None:
+            if injected.status == 429:
+                return throttled(injected.message, injected.retry_after_s)
+            return error(injected.status, "server_error", injected.message)
+        return None
+
+    async def _accept_batch(self, request: web.Request, call: _Call) -> web.Response:
+        """415 unless JSON; 400 or 413 for a batch ``check_batch`` refuses; else kept and 200."""
+        if request.content_type != "application/json":
+            return error(415, "unsupported_media_type", "Content-Type must be application/json")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            return json_response(413, {"field": "call_records", "message": exc.text, "status": 413})
+        state = self._state
+        batch = check_batch(
+            body,
+            account=call.account,
+            version=call.version,
+            labels=state.rules.labels.get(call.account),
+            now_ms=int(state.clock.time() * 1000),
+            received_ms=call.received_ms,
+            received_monotonic_ms=call.received_s * 1000,
+        )
+        if isinstance(batch, Refusal):
+            return json_response(batch.status, batch.body)
+        state.ledger.keep(batch)
+        _log.debug(
+            "%s batch %s for %s: %d records accepted (received_ms=%d, received_monotonic_ms=%.3f)",
+            call.version,
+            batch.batch_id,
+            call.account,
+            batch.size,
+            batch.received_ms,
+            batch.received_monotonic_ms,
+        )
+        return json_response(200, {"batch_id": batch.batch_id} if call.version == "v2" else {})
+
+    async def _mint(self, request: web.Request, account: str) -> web.Response:
+        if request.headers.get("X-Public-Access", "").lower() != "allow":
+            return error(401, "unauthorized", "the token endpoint needs X-Public-Access: allow")
+        try:
+            pair = msgspec.json.decode(await request.read(), type=_KeyPair)
+        except msgspec.DecodeError as exc:
+            return error(400, "bad_request", f"the body must be {{key_id, api_key}}: {exc}")
+        state = self._state
+        if not state.rules.key_pair_ok(pair.key_id, pair.api_key):
+            return error(401, "unauthorized", "unknown key_id or wrong api_key")
+        token = state.rules.mint(account, state.clock.monotonic())
+        if isinstance(token, Throttled):
+            return throttled(*token)
+        created_at = datetime.fromtimestamp(state.clock.time(), UTC)
+        return json_response(
+            200,
+            {
+                "token": token,
+                "created_at": created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            },
+        )
+
+
+def _versioned(
+    route: Callable[..., web.RouteDef],
+    path: str,
+    handler: Callable[[Version, web.Request], Awaitable[web.StreamResponse]],
+) -> list[web.RouteDef]:
+    """``path`` once per version, ``handler`` told which."""
+    return [
+        route(prefix + path, partial(handler, version)) for version, prefix in _PREFIXES.items()
+    ]
+
+
+def _account(request: web.Request) -> str:
+    # Compared lower-cased, as UUIDs are (stream.validation does the same).
+    return request.match_info["account"].lower()
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None

@@ -1,0 +1,63 @@
+"""How a sandbox starts (``SandboxConfig``), and the ``--labels`` syntax of its command."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from msgspec import Struct
+
+from stream.sandbox.faults import Faults
+
+__all__ = ["SandboxConfig", "parse_labels"]
+
+_SECRETS = frozenset({"static_token", "api_key"})
+
+
+class SandboxConfig(Struct, frozen=True, kw_only=True):
+    """How the sandbox starts; faults and labels can change afterwards, the rest cannot."""
+
+    rate_limit_rps: int = 10
+    """Per account, requests admitted in any rolling second; more are answered 429."""
+    retry_after: bool = True
+    """Whether quota and mint-limit 429s carry ``Retry-After`` (the real API documents none)."""
+    token_lifetime_s: float = 3600.0
+    static_token: str | None = None
+    """A token always accepted, for every account (what ``DCR_API_TOKEN`` holds)."""
+    key_id: str | None = None
+    api_key: str | None = None
+    """The key pair the token endpoint accepts; when unset it accepts any."""
+    labels: Mapping[str, frozenset[str]] = {}
+    """Known label ids per account; an account not listed (or with none) accepts any label id."""
+    faults: Faults = Faults()
+    seed: int | None = None
+    """Seeds the random faults (error rate, latency spikes) so that a run can be repeated."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    """PEM files: with both set the sandbox serves HTTPS."""
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_rps < 1:
+            raise ValueError("rate_limit_rps must be at least 1")
+        if self.token_lifetime_s <= 0:
+            raise ValueError("token_lifetime_s must be positive")
+        if (self.key_id is None) != (self.api_key is None):
+            raise ValueError("key_id and api_key go together")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{name}={'***' if name in _SECRETS and value is not None else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"SandboxConfig({', '.join(shown)})"
+
+
+def parse_labels(text: str) -> tuple[str, frozenset[str]]:
+    """``ACCOUNT=ID1,ID2`` → ``(account, {id1, id2})``, as ``--labels`` takes it."""
+    account, _, ids = text.partition("=")
+    labels = frozenset(i.strip() for i in ids.split(",") if i.strip())
+    if not account.strip() or not labels:
+        raise ValueError(f"--labels wants ACCOUNT=ID1,ID2, not {text!r}")
+    return account.strip(), labels

@@ -1,0 +1,95 @@
+"""What a sandbox saw: the batches it accepted, in arrival order, and counters per account.
+
+The rules never read it; tests, the demo and the benchmarks do, through ``Sandbox.accepted`` and
+``Sandbox.stats`` or ``/_sandbox/accepted`` and ``/_sandbox/stats`` (docs/sandbox.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from msgspec import Struct
+
+from stream.sandbox.batches import Accepted, Batch
+
+__all__ = ["AccountStats", "Counters", "Ledger", "Stats"]
+
+
+class AccountStats(Struct, frozen=True, kw_only=True):
+    requests: dict[str, int]
+    """Batch requests by HTTP status; ``dropped`` counts connections cut by an outage."""
+    tokens: dict[str, int]
+    """Token requests by HTTP status."""
+    records_accepted: int
+    throttled: int
+    """Batch requests answered 429."""
+
+
+class Stats(Struct, frozen=True, kw_only=True):
+    accounts: dict[str, AccountStats]
+    totals: AccountStats
+
+
+@dataclass(slots=True)
+class Counters:
+    """One account's counters, as ``AccountStats`` shows them."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    tokens: Counter[str] = field(default_factory=Counter)
+    records_accepted: int = 0
+
+    def add(self, other: Counters) -> None:
+        self.requests.update(other.requests)
+        self.tokens.update(other.tokens)
+        self.records_accepted += other.records_accepted
+
+    def snapshot(self) -> AccountStats:
+        return AccountStats(
+            requests=dict(self.requests),
+            tokens=dict(self.tokens),
+            records_accepted=self.records_accepted,
+            throttled=self.requests["429"],
+        )
+
+
+class Ledger:
+    """One run's record; a reset starts a new one."""
+
+    _batches: list[Batch]
+    """Accepted batches in arrival order."""
+    _accounts: dict[str, Counters]
+
+    def __init__(self) -> None:
+        self._batches = []
+        self._accounts = {}
+
+    def counters(self, account: str) -> Counters:
+        """The counters of ``account`` (lower-cased), made at its first request."""
+        counters = self._accounts.get(account)
+        if counters is None:
+            counters = self._accounts[account] = Counters()
+        return counters
+
+    def keep(self, batch: Batch) -> None:
+        self._batches.append(batch)
+        self.counters(batch.account).records_accepted += batch.size
+
+    def batches(self, account: str | None = None) -> list[Batch]:
+        """Accepted batches (of ``account``, in any case), in arrival order."""
+        if account is None:
+            return list(self._batches)
+        return [batch for batch in self._batches if batch.account == account.lower()]
+
+    def accepted(self, account: str | None = None) -> list[Accepted]:
+        """Every accepted record (of ``account``), in arrival order."""
+        return [record for batch in self.batches(account) for record in batch.records()]
+
+    def stats(self) -> Stats:
+        totals = Counters()
+        for counters in self._accounts.values():
+            totals.add(counters)
+        return Stats(
+            accounts={name: counters.snapshot() for name, counters in self._accounts.items()},
+            totals=totals.snapshot(),
+        )
