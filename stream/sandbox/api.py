@@ -38,6 +38,7 @@ def routes(state: State) -> list[web.RouteDef]:
     return [
         *_versioned(web.post, "/clients/{account}/dynamic_call_records", api.batch),
         web.post("/clients/{account}/token", api.token),
+        web.get("/clients/{account}/labels", api.labels),
     ]
 
 
@@ -66,6 +67,49 @@ class _Api:
 
     async def batch(self, version: Version, request: web.Request) -> web.StreamResponse:
         return await self._guarded(request, version, self._accept_batch)
+
+    async def labels(self, request: web.Request) -> web.Response:
+        """The account's label list, a page at a time (docs/api.md#labels): the same token as
+        batches, no quota and none of the batch faults but an outage and ``labels_status``."""
+        state = self._state
+        account = _account(request)
+        counters = state.ledger.counters(account)
+        response = self._label_page(request, account)
+        counters.labels[str(response.status)] += 1
+        return response
+
+    def _label_page(self, request: web.Request, account: str) -> web.Response:
+        state = self._state
+        if state.faults.outage() != "off":
+            return error(503, "service_unavailable", "the sandbox is in an injected outage")
+        if not state.rules.authorised(account, _bearer(request), state.clock.monotonic()):
+            return error(401, "unauthorized", "missing, unknown or expired bearer token")
+        if status := state.faults.current.labels_status:
+            return error(status, "injected", f"the labels endpoint answers {status} (injected)")
+        try:
+            page = int(request.query.get("page", "1"))
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return error(400, "bad_request", "page and limit must be whole numbers")
+        if page < 1 or limit < 1:
+            return error(400, "bad_request", "page and limit start at 1")
+        labels = state.rules.label_page(account, page, limit)
+        if labels is None:
+            return error(404, "not_found", f"no client account {account}")
+        return json_response(
+            200,
+            [
+                {
+                    "id": label.id,
+                    "name": f"label {label.id[:8]}",
+                    "label_type": label.label_type,
+                    "client_account_id": account,
+                    "created_at": _iso(label.created_at),
+                    "deleted_at": None if label.deleted_at is None else _iso(label.deleted_at),
+                }
+                for label in labels
+            ],
+        )
 
     async def token(self, request: web.Request) -> web.Response:
         account = _account(request)
@@ -169,14 +213,7 @@ class _Api:
         token = state.rules.mint(account, state.clock.monotonic())
         if isinstance(token, Throttled):
             return throttled(*token)
-        created_at = datetime.fromtimestamp(state.clock.time(), UTC)
-        return json_response(
-            200,
-            {
-                "token": token,
-                "created_at": created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            },
-        )
+        return json_response(200, {"token": token, "created_at": _iso(state.clock.time())})
 
 
 def _versioned(
@@ -188,6 +225,12 @@ def _versioned(
     return [
         route(prefix + path, partial(handler, version)) for version, prefix in _PREFIXES.items()
     ]
+
+
+def _iso(wall_s: float) -> str:
+    """An ISO 8601 UTC time with milliseconds, as the API writes them."""
+    when = datetime.fromtimestamp(wall_s, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _account(request: web.Request) -> str:

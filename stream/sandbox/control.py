@@ -7,6 +7,7 @@ so the two surfaces cannot drift apart; ``routes`` is their table.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ def routes(state: State) -> list[web.RouteDef]:
         web.post("/_sandbox/faults", control.post_faults),
         web.get("/_sandbox/labels", control.get_labels),
         web.post("/_sandbox/labels", control.post_labels),
+        web.post("/_sandbox/labels/delete", control.delete_labels),
         web.post("/_sandbox/reset", control.post_reset),
     ]
 
@@ -70,11 +72,21 @@ class _Control:
         return json_response(200, {account: sorted(ids) for account, ids in labels.items()})
 
     async def post_labels(self, request: web.Request) -> web.Response:
+        """Create labels, as Truecaller's console does."""
+        return await self._change_labels(request, self._state.rules.learn_labels)
+
+    async def delete_labels(self, request: web.Request) -> web.Response:
+        """Delete labels, as Truecaller's console does."""
+        return await self._change_labels(request, self._state.rules.forget_labels)
+
+    async def _change_labels(
+        self, request: web.Request, change: Callable[[str, list[str], float], frozenset[str]]
+    ) -> web.Response:
         try:
             body = msgspec.json.decode(await request.read(), type=_LearnLabels)
         except msgspec.DecodeError as exc:
             return error(400, "bad_request", str(exc))
-        known = self._state.rules.learn_labels(body.account, body.label_ids)
+        known = change(body.account, body.label_ids, self._state.clock.time())
         return json_response(200, {"account": body.account.lower(), "label_ids": sorted(known)})
 
     async def post_reset(self, _: web.Request) -> web.Response:

@@ -45,6 +45,8 @@ class Faults(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``503``: batch requests are answered 503; ``drop``: their connection is closed unanswered."""
     outage_s: float | None = None
     """How long an outage lasts from when it is set; None: until ``outage`` is set to ``off``."""
+    labels_status: int = 0
+    """The labels endpoint answers this status (0: it answers normally)."""
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "spike_probability"):
@@ -55,6 +57,8 @@ class Faults(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name} must not be negative")
         if not 500 <= self.fail_status <= 599:
             raise ValueError("fail_status must be a 5xx status")
+        if self.labels_status and not 400 <= self.labels_status <= 599:
+            raise ValueError("labels_status must be 0 or a 4xx/5xx status")
         if self.throttle_retry_after_s is not None and self.throttle_retry_after_s < 0:
             raise ValueError("throttle_retry_after_s must not be negative")
         if self.outage_s is not None and self.outage_s <= 0:

@@ -16,11 +16,13 @@ from stream.sandbox.batches import Accepted, Batch
 __all__ = ["AccountStats", "Counters", "Ledger", "Stats"]
 
 
-class AccountStats(Struct, frozen=True, kw_only=True):
+class AccountStats(Struct, frozen=True, kw_only=True, omit_defaults=True):
     requests: dict[str, int]
     """Batch requests by HTTP status; ``dropped`` counts connections cut by an outage."""
     tokens: dict[str, int]
     """Token requests by HTTP status."""
+    labels: dict[str, int] = {}
+    """Label list requests by HTTP status."""
     records_accepted: int
     throttled: int
     """Batch requests answered 429."""
@@ -37,17 +39,20 @@ class Counters:
 
     requests: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
     records_accepted: int = 0
 
     def add(self, other: Counters) -> None:
         self.requests.update(other.requests)
         self.tokens.update(other.tokens)
+        self.labels.update(other.labels)
         self.records_accepted += other.records_accepted
 
     def snapshot(self) -> AccountStats:
         return AccountStats(
             requests=dict(self.requests),
             tokens=dict(self.tokens),
+            labels=dict(self.labels),
             records_accepted=self.records_accepted,
             throttled=self.requests["429"],
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import uuid
 from collections import deque
 from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import NamedTuple
 
 from stream.sandbox.config import SandboxConfig
 
-__all__ = ["MINT_LIMIT", "MINT_WINDOW_S", "QUOTA_WINDOW_S", "Rules", "Throttled"]
+__all__ = ["MINT_LIMIT", "MINT_WINDOW_S", "QUOTA_WINDOW_S", "Label", "Rules", "Throttled"]
 
 MINT_LIMIT = 10
 MINT_WINDOW_S = 30 * 60
@@ -46,6 +47,17 @@ class _Account:
 
 
 @dataclass(slots=True)
+class Label:
+    """An entry of an account's label list, as the labels endpoint shows it."""
+
+    id: str
+    label_type: str
+    created_at: float
+    """Wall time, epoch seconds."""
+    deleted_at: float | None = None
+
+
+@dataclass(slots=True)
 class _Token:
     account: str
     expires_at: float
@@ -60,13 +72,20 @@ class Rules:
     _tokens: dict[str, _Token]
     """Minted tokens; expired ones are dropped at the next mint."""
     _labels: dict[str, frozenset[str]]
-    """Known label ids per account."""
+    """Known label ids per account: the dynamic, not deleted ones of ``_lists``."""
+    _lists: dict[str, dict[str, Label]]
+    """Per account, its label list as the labels endpoint shows it: besides the dynamic labels,
+    deleted ones and one static label (which a call record may not carry), in creation order."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self._config = config
         self._accounts = {}
         self._tokens = {}
-        self._labels = {a.lower(): _lower(ids) for a, ids in config.labels.items() if ids}
+        self._labels = {}
+        self._lists = {}
+        for account, ids in config.labels.items():
+            if ids:
+                self.learn_labels(account, ids)
 
     @property
     def tokens(self) -> KeysView[str]:
@@ -78,10 +97,54 @@ class Rules:
         """Known label ids per account; an account not here accepts any label id."""
         return self._labels
 
-    def learn_labels(self, account: str, label_ids: Iterable[str]) -> frozenset[str]:
-        """Add label ids to those ``account`` knows; returns all it knows now."""
+    def learn_labels(
+        self, account: str, label_ids: Iterable[str], now: float = 0.0
+    ) -> frozenset[str]:
+        """Add dynamic labels to ``account`` (as if created in the console at wall time ``now``);
+        returns the label ids it knows now."""
         account = account.lower()
-        known = self._labels[account] = self._labels.get(account, frozenset()) | _lower(label_ids)
+        listed = self._listed(account, now)
+        for label_id in _lower(label_ids):
+            entry = listed.get(label_id)
+            if entry is None:
+                listed[label_id] = Label(label_id, "dynamic", now)
+            else:
+                entry.deleted_at = None
+        return self._known(account)
+
+    def forget_labels(
+        self, account: str, label_ids: Iterable[str], now: float = 0.0
+    ) -> frozenset[str]:
+        """Delete labels of ``account`` (at wall time ``now``): batches that carry them are refused,
+        and the labels endpoint lists them with ``deleted_at``. Returns the label ids it knows."""
+        account = account.lower()
+        listed = self._listed(account, now)
+        for label_id in _lower(label_ids):
+            entry = listed.get(label_id)
+            if entry is not None and entry.deleted_at is None:
+                entry.deleted_at = now
+        return self._known(account)
+
+    def label_page(self, account: str, page: int, limit: int) -> list[Label] | None:
+        """One page (from 1) of ``account``'s label list; None for an account without one."""
+        listed = self._lists.get(account)
+        if listed is None:
+            return None
+        return list(listed.values())[(page - 1) * limit : page * limit]
+
+    def _listed(self, account: str, now: float) -> dict[str, Label]:
+        listed = self._lists.get(account)
+        if listed is None:
+            static = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dcr-sandbox/{account}/static"))
+            listed = self._lists[account] = {static: Label(static, "static", now)}
+        return listed
+
+    def _known(self, account: str) -> frozenset[str]:
+        known = self._labels[account] = frozenset(
+            e.id
+            for e in self._lists[account].values()
+            if e.label_type == "dynamic" and e.deleted_at is None
+        )
         _log.info("account %s knows %d label ids", account, len(known))
         return known
 

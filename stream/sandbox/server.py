@@ -105,8 +105,13 @@ class Sandbox:
         return self._state.faults.set(**changes)
 
     def learn_labels(self, account: str, label_ids: Iterable[str]) -> frozenset[str]:
-        """Add label ids to those ``account`` knows; returns all it knows now."""
-        return self._state.rules.learn_labels(account, label_ids)
+        """Add label ids to those ``account`` knows (as if created in the console now); returns
+        all it knows now."""
+        return self._state.rules.learn_labels(account, label_ids, self._state.clock.time())
+
+    def forget_labels(self, account: str, label_ids: Iterable[str]) -> frozenset[str]:
+        """Delete labels of ``account`` (as if in the console now); returns all it knows now."""
+        return self._state.rules.forget_labels(account, label_ids, self._state.clock.time())
 
     def accepted(self, account: str | None = None) -> list[Accepted]:
         """Every accepted record (of ``account``), in arrival order."""
