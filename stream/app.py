@@ -222,6 +222,10 @@ class Pipeline:
                 last_commit=lambda: self.last_commit_s,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
                 rates=lambda: self._delivery.rates() if self._delivery else {},
+                label_registries=lambda: self._labels.registries() if self._labels else {},
+                label_refreshes=lambda: self._labels.refreshes if self._labels else {},
+                label_probes=lambda: self._labels.probes if self._labels else {},
+                label_held=lambda: self._labels.held() if self._labels else 0,
             )
         )
         health = Health(

@@ -12,7 +12,7 @@ ever a label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -73,6 +73,14 @@ class State:
     token_refreshes: Callable[[], int]
     rates: Callable[[], dict[str, float]]
     """Per account, the request rate the lane allows now."""
+    label_registries: Callable[[], Mapping[str, tuple[int, float | None]]] = dict
+    """Per account, labels its registry lists and seconds since it was last read successfully."""
+    label_refreshes: Callable[[], Mapping[tuple[str, str], int]] = dict
+    """(account, ``ok`` | ``failed``) → registry reads."""
+    label_probes: Callable[[], Mapping[tuple[str, str], int]] = dict
+    """(account, outcome) → probe requests for labels the registry could not confirm."""
+    label_held: Callable[[], int] = int
+    """Records waiting for a registry refresh or a probe."""
 
 
 class Metrics:
@@ -174,10 +182,44 @@ class _Collector(Collector):
         for account, rps in sorted(s.rates().items()):
             rates.add_metric([account], rps)
         yield rates
+        size = GaugeMetricFamily(
+            "dcr_label_registry_labels", "Labels an account's registry lists", labels=["account"]
+        )
+        age = GaugeMetricFamily(
+            "dcr_label_registry_age_seconds",
+            "Seconds since an account's label registry was last read successfully",
+            labels=["account"],
+        )
+        for account, (count, age_s) in sorted(s.label_registries().items()):
+            size.add_metric([account], count)
+            if age_s is not None:
+                age.add_metric([account], age_s)
+        yield size
+        yield age
+        yield _labelled(
+            "dcr_label_registry_refreshes",
+            "Label registry reads by result (ok, failed)",
+            ["account", "result"],
+            s.label_refreshes(),
+        )
+        yield _labelled(
+            "dcr_label_probes",
+            "Probe requests for labels the registry could not confirm, by outcome",
+            ["account", "outcome"],
+            s.label_probes(),
+        )
+        yield GaugeMetricFamily(
+            "dcr_label_held_records",
+            "Records waiting for a label registry refresh or a probe",
+            value=s.label_held(),
+        )
 
 
 def _labelled(
-    name: str, doc: str, labels: list[str], table: dict[str, int] | dict[tuple[str, str], int]
+    name: str,
+    doc: str,
+    labels: list[str],
+    table: Mapping[str, int] | Mapping[tuple[str, str], int],
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
     for key, value in sorted(table.items()):
