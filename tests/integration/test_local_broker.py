@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,4 @@ def test_jvm_dies_when_its_starter_is_killed() -> None:
     assert _alive(jvm_pid)
     starter.send_signal(signal.SIGKILL)
     starter.wait()
-    deadline = time.monotonic() + 30
-    while _alive(jvm_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(jvm_pid), f"JVM {jvm_pid} outlived its starter"
+    wait_until(lambda: not _alive(jvm_pid), timeout_s=30, what=f"JVM {jvm_pid} to die with it")
