@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -90,18 +91,18 @@ def engine(
     tokens: TokenSource | None = None,
     rps: float = 1000,
     linger_s: float = 10.0,
-    version: str = "v2",
+    version: Literal["v1", "v2"] = "v2",
 ) -> Delivery[int]:
     client = ApiClient(
         session,
         base_url=sandbox.url,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         tokens=tokens or StaticToken(Secret(TOKEN)),
     )
     return Delivery(
         client=client,
         outcomes=recorder,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         linger_s=linger_s,
         rate_limit_rps=rps,
         backoff=FAST,
@@ -114,7 +115,7 @@ def batch_sizes(sandbox: Sandbox) -> list[int]:
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 async def test_1200_records_make_exactly_three_requests(
-    session: aiohttp.ClientSession, version: str
+    session: aiohttp.ClientSession, version: Literal["v1", "v2"]
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=100)) as sandbox:
         recorder = Recorder()
