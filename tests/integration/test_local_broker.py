@@ -34,10 +34,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_jvm_dies_when_its_starter_is_killed() -> None:
-    starter = subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True)
-    assert starter.stdout is not None
-    jvm_pid = int(starter.stdout.readline())
-    assert _alive(jvm_pid)
-    starter.send_signal(signal.SIGKILL)
-    starter.wait()
+    # As a context manager, Popen closes the pipe and waits for the starter on the way out.
+    with subprocess.Popen(
+        [sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True
+    ) as starter:
+        assert starter.stdout is not None
+        jvm_pid = int(starter.stdout.readline())
+        assert _alive(jvm_pid)
+        starter.send_signal(signal.SIGKILL)
     wait_until(lambda: not _alive(jvm_pid), timeout_s=30, what=f"JVM {jvm_pid} to die with it")
