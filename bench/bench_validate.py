@@ -1,13 +1,13 @@
 """Decode + validate per event, against bare JSON decoding measured in the same run.
 
-    .venv/bin/python bench/bench_validate.py [--events 100000] [--repeat 7]
+    .venv/bin/python -m bench.bench_validate [--events 100000] [--repeat 7]
 
-The events are realistic Kafka values: ~98 % valid (phone numbers written in the usual ways,
-optional label names and call reasons, some high priority), ~2 % invalid across the common
-mistakes. Each repetition times one pass over all of them; the report is the median per event,
-for ``validate`` and for two baselines (``msgspec.json.decode`` into a dict, and ``json.loads``),
-and the ratios, which are what to compare across machines (these machines are noisy). Results are
-printed and written to ``bench/results/validate.json``.
+The events are realistic Kafka values (``tests.support.events`` with an rng): 98 % valid (phone
+numbers written in the usual ways, optional label names and call reasons, some high priority), 2 %
+invalid across the common mistakes. Each repetition times one pass over all of them; the report is
+the median per event, for ``validate`` and for two baselines (``msgspec.json.decode`` into a dict,
+and ``json.loads``), and the ratios, which are what to compare across machines (these machines are
+noisy). Results are printed and written to ``bench/results/validate.json``.
 """
 
 from __future__ import annotations
@@ -28,82 +28,22 @@ import msgspec
 
 from stream.events import Record
 from stream.validation import Rules, validate
+from tests.support.events import events
 
 NOW = 4_102_444_800_000
-ACCOUNTS = [
+ACCOUNTS = (
     "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11",
     "9a3c2f6d-1b9e-4a11-8d0a-6f1c1c3e7d0a",
     "3c9e2a71-5b4d-4f08-9e6a-c1d2e3f4a5b6",
-]
-LABELS = [
-    "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a",
-    "2d7f1e0c-3b9a-4c6e-8f15-a0b2c4d6e8f0",
-    "7e1d2c3b-4a5f-4687-9a0b-1c2d3e4f5a6b",
-]
-LABEL_NAMES = ["Acme Deliveries", "City Hospital", "Bäckerei Müller", "First National Bank"]
-REASONS = [
-    "Your parcel is out for delivery",
-    "Appointment reminder for tomorrow at 10:30",
-    "Your card was used abroad, please confirm",
-    "Driver is 5 minutes away",
-]
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "validate.json"
 
 
-def phone(rng: random.Random) -> str:
-    digits = f"{rng.randrange(10**9, 10**10)}"
-    country = rng.choice(["91", "1", "44", "49", "971"])
-    return rng.choice(
-        [
-            f"+{country}{digits}",
-            f"+{country} {digits[:3]} {digits[3:6]} {digits[6:]}",
-            f"+{country} ({digits[:3]}) {digits[3:6]}-{digits[6:]}",
-            f"{country}{digits}",
-        ]
-    )
-
-
-def valid_event(rng: random.Random) -> dict[str, object]:
-    starts_at = NOW + rng.randrange(0, 3_600_000)
-    event: dict[str, object] = {
-        "client_account_id": rng.choice(ACCOUNTS),
-        "caller": phone(rng),
-        "receiver": phone(rng),
-        "label_id": rng.choice(LABELS),
-        "starts_at": starts_at,
-        "ends_at": starts_at + rng.choice([600_000, 3_600_000, 4 * 3_600_000]),
-    }
-    if rng.random() < 0.7:
-        event["label_name"] = rng.choice(LABEL_NAMES)
-    if rng.random() < 0.7:
-        event["call_reason"] = rng.choice(REASONS)
-    if rng.random() < 0.1:
-        event["priority"] = "high"
-    return event
-
-
-MISTAKES: list[Callable[[dict[str, object]], bytes]] = [
-    lambda e: json.dumps({**e, "caller": "12345"}).encode(),
-    lambda e: json.dumps({**e, "starts_at": NOW // 1000}).encode(),
-    lambda e: json.dumps({**e, "label_id": "not-a-uuid"}).encode(),
-    lambda e: json.dumps({**e, "call_reason": "Order #42 is ready"}).encode(),
-    lambda e: json.dumps({**e, "ends_at": str(e["ends_at"])}).encode(),
-    lambda e: json.dumps({k: v for k, v in e.items() if k != "receiver"}).encode(),
-    lambda e: json.dumps(e).encode()[:-5],
-    lambda e: json.dumps({**e, "label_name": "x" * 41}).encode(),
-]
-
-
-def events(count: int, seed: int = 7) -> list[bytes]:
-    rng = random.Random(seed)
-    values = []
-    for _ in range(count):
-        event = valid_event(rng)
-        if rng.random() < 0.02:
-            values.append(rng.choice(MISTAKES)(event))
-        else:
-            values.append(json.dumps(event, ensure_ascii=rng.random() < 0.5).encode())
-    return values
+def sample(count: int, seed: int = 7) -> list[bytes]:
+    """``count`` events as a producer in the wild writes them (``tests.support.events`` with an
+    rng), every 50th invalid."""
+    made = events(count, invalid_every=50, now_ms=NOW, accounts=ACCOUNTS, rng=random.Random(seed))
+    return [event.value or b"" for event in made]
 
 
 def ns_per_event(run: Callable[[Sequence[bytes]], None], values: Sequence[bytes]) -> float:
@@ -146,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7, help="passes per variant (default: 7)")
     args = parser.parse_args(argv)
 
-    values = events(args.events)
+    values = sample(args.events)
     verdicts = Counter(
         "valid" if isinstance(r, Record) else r.code
         for r in (validate(v, rules=Rules(), now_ms=NOW) for v in values)

@@ -1,5 +1,8 @@
-"""What every benchmark needs: the broker, topics full of events, child processes and their costs.
+"""What every benchmark needs besides ``tests.support``: topics full of events, the costs of child
+processes, the sink and the sandbox as processes, and a description of the machine.
 
+The broker, the service process, the event generator and ``wait_until`` are the tests' own
+(``tests.support``), so a benchmark runs the service exactly as the end-to-end tests do.
 Everything measured runs in a process of its own (the service, the bare consume loop, the sink, the
 sandbox), so that its time, CPU and memory are its own: CPU from ``/proc/<pid>/stat`` (all threads,
 librdkafka's included), memory from ``/proc/<pid>/status`` (``VmRSS`` sampled, ``VmHWM`` the
@@ -12,39 +15,27 @@ import contextlib
 import json
 import os
 import platform
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import confluent_kafka
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka import KafkaError, Message, Producer
 
-from stream.devkafka import LocalKafka
+from tests.support.events import ACCOUNTS, events
+from tests.support.kafka import Broker, Offsets, create_topic, produce, unique
+from tests.support.service import Child, Service, memory_kib
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKEN = "bench-static-token"
 PARTITIONS = 8
-ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
-LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
-_TEXTS = (
-    ("Delivery", "Your order is out for delivery"),
-    ("Appointments", "Calling about your appointment tomorrow"),
-    ("Card services", "Your card replacement is ready"),
-    ("Support", "Follow up on your support ticket"),
-)
-_WINDOW_MS = 6 * 3_600_000
+ACCOUNT = ACCOUNTS[0]
+"""The one account of every benchmark's events: B2's quota is one account's."""
 
 PRODUCER_CONFIG: dict[str, Any] = {
     "linger.ms": 20,
@@ -60,147 +51,59 @@ PRODUCER_CONFIG: dict[str, Any] = {
 to decompress, so the bare loop and the service both read plain bytes."""
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_WAIT_S = 600.0
+WAIT_S = 600.0
 """The longest any one wait in a benchmark may take before the run is declared stuck."""
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-# -- the broker and topics -------------------------------------------------------------------------
+# -- topics ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Kafka:
-    """The broker the run uses: ``$KAFKA_BOOTSTRAP_SERVERS``, else a local one started here."""
-
-    bootstrap_servers: str
-    version: str
-    kind: str
-    admin: AdminClient = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
-
-    def topic(self, prefix: str, partitions: int = PARTITIONS) -> str:
-        name = unique(f"bench-{prefix}")
-        self.admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(30)
-        return name
-
-    def delete(self, topics: list[str]) -> None:
-        if topics:
-            for future in self.admin.delete_topics(topics).values():
-                with contextlib.suppress(Exception):
-                    future.result(30)
-
-    @contextlib.contextmanager
-    def committed(
-        self, group: str, topic: str, partitions: int = PARTITIONS
-    ) -> Iterator[Callable[[], int]]:
-        """A reader of the sum of ``group``'s committed positions on ``topic`` (0 where none)."""
-        consumer = Consumer(
-            {"bootstrap.servers": self.bootstrap_servers, "group.id": group, "log_level": 3}
-        )
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-
-        def read() -> int:
-            try:
-                return sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=30))
-            except KafkaException:  # a fresh broker's coordinator may still be loading: ask again
-                return -1
-
-        try:
-            yield read
-        finally:
-            consumer.close()
-
-    def end(self, topic: str, partitions: int = PARTITIONS) -> int:
-        """Sum of the topic's end offsets."""
-        consumer = Consumer(
-            {"bootstrap.servers": self.bootstrap_servers, "group.id": "bench", "log_level": 3}
-        )
-        try:
-            return sum(
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in range(partitions)
-            )
-        finally:
-            consumer.close()
+def topic(kafka: Broker, prefix: str, partitions: int = PARTITIONS) -> str:
+    return create_topic(kafka.bootstrap_servers, partitions, name=unique(f"bench-{prefix}"))
 
 
-@contextlib.contextmanager
-def kafka() -> Iterator[Kafka]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield Kafka(external, "unknown (external)", "external")
-        return
-    with LocalKafka(heap_mb=512) as local:
-        yield Kafka(local.bootstrap_servers, local.version, "local jars (stream.devkafka)")
+def end(kafka: Broker, topic: str, partitions: int = PARTITIONS) -> int:
+    """Sum of the topic's end offsets."""
+    with Offsets(kafka.bootstrap_servers, "bench", topic, partitions) as offsets:
+        return sum(offsets.ends(30))
 
 
-def events(count: int) -> Iterator[tuple[bytes, bytes]]:
-    """``count`` valid call intents as (key, value), ~290 bytes of JSON each, for one account:
-    three callers, a unique receiver each, a label name and a call reason, a 6-hour window.
-
-    ``starts_at`` is the wall clock when the event is made, which ``fill`` does just before it hands
-    it to the producer: the produce time B3 measures latency from.
-    """
-    heads = [
-        b'{"client_account_id":"%s","caller":"+91804000%04d","receiver":"+' % (ACCOUNT.encode(), c)
-        for c in range(3)
-    ]
-    tails = [
-        b'","label_id":"%s","label_name":"%s","call_reason":"%s","starts_at":'
-        % (LABEL.encode(), name.encode(), reason.encode())
-        for name, reason in _TEXTS
-    ]
-    for i in range(count):
-        receiver = b"9198%08d" % i
-        now = time.time_ns() // 1_000_000
-        value = b'%s%s%s%d,"ends_at":%d}' % (
-            heads[i % 3],
-            receiver,
-            tails[i % len(tails)],
-            now,
-            now + _WINDOW_MS,
-        )
-        yield receiver, value
+def committed(offsets: Offsets) -> int:
+    """Sum of a group's committed positions (0 where none)."""
+    return sum(max(0, offset) for offset in offsets.committed())
 
 
 def fill(
-    kafka: Kafka,
+    kafka: Broker,
     topic: str,
     count: int,
     *,
     rate: float | None = None,
     linger_ms: int | None = None,
 ) -> float:
-    """Produce ``count`` of ``events`` to ``topic``, at most ``rate`` a second; return the seconds
-    it took until Kafka acknowledged them all."""
+    """Produce ``count`` valid events (``tests.support.events``) for ``ACCOUNT`` to ``topic``, at
+    most ``rate`` a second; return the seconds it took until Kafka acknowledged them all.
+
+    Each event's ``starts_at`` is the wall clock when it is made, just before it goes to the
+    producer: the produce time B3 measures latency from."""
     config = {**PRODUCER_CONFIG, "bootstrap.servers": kafka.bootstrap_servers}
     if linger_ms is not None:
         config["linger.ms"] = linger_ms
     failed = 0
 
-    def report(error: Any, _: Any) -> None:
+    def report(error: KafkaError | None, _: Message) -> None:
         nonlocal failed
         failed += error is not None
 
     producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": report})
-    produce, poll = producer.produce, producer.poll
+    poll = producer.poll
     started = time.monotonic()
-    for n, (key, value) in enumerate(events(count), 1):
-        while True:
-            try:
-                produce(topic, value, key)
-                break
-            except BufferError:
-                poll(0.05)
+    for n, event in enumerate(events(count, accounts=(ACCOUNT,)), 1):
+        produce(producer, topic, event.value, event.key)
         if rate is not None:
             ahead = started + n / rate - time.monotonic()
             poll(max(0.0, ahead))
@@ -220,85 +123,6 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a live process, in KiB."""
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    return rss, hwm
-
-
-class Child:
-    """A process whose output goes to a log file; stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.started = time.monotonic()
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def first_line(self, timeout_s: float = 30.0) -> str:
-        """The first line it printed (the URL, for the sink and the sandbox)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace")
-            if "\n" in text:
-                return text.split("\n", 1)[0].strip()
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.log.name}: no first line:\n{self.log.read_text()[-2000:]}")
-
-    def alive(self) -> bool:
-        """True while it runs; raises (with the log's tail) once it has exited."""
-        if self.proc.poll() is None:
-            return True
-        raise RuntimeError(f"{self.log.name} exited with {self.proc.returncode}:\n{self._tail()}")
-
-    def _tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-
-def wait_until(condition: Callable[[], bool], what: str, every_s: float = 0.05) -> float:
-    """Poll ``condition``; return the monotonic time it first held."""
-    deadline = time.monotonic() + _WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(every_s)
-    return time.monotonic()
 
 
 class Sampler:
@@ -337,53 +161,19 @@ class Sampler:
 # -- the service, the sink and the sandbox ---------------------------------------------------------
 
 
-class Service(Child):
-    """``dcr-stream run`` with the bench's environment; JSON log lines in ``log``."""
-
-    def __init__(self, kafka: Kafka, topic: str, api_url: str, log: Path, **env: str) -> None:
-        self.group = unique("bench-group")
-        super().__init__(
-            [sys.executable, "-m", "stream", "run"],
-            log,
-            {
-                "DCR_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-                "DCR_KAFKA_TOPICS": topic,
-                "DCR_KAFKA_GROUP_ID": self.group,
-                "DCR_API_BASE_URL": api_url,
-                "DCR_API_TOKEN": TOKEN,
-                "DCR_HTTP_PORT": "0",
-                **{f"DCR_{k.upper()}": v for k, v in env.items()},
-            },
-        )
-
-    def lines(self) -> list[dict[str, Any]]:
-        entries = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    entries.append(json.loads(line))
-        return entries
-
-    def joined(self) -> bool:
-        return self.alive() and any(e["message"].startswith("assigned") for e in self.lines())
-
-    def metrics(self) -> dict[str, float]:
-        """``/metrics``, every sample summed over its labels: ``{name: value}``."""
-        port = None
-        for entry in self.lines():
-            if found := re.search(r"on port (\d+)", entry["message"]):
-                port = int(found[1])
-        if port is None:
-            return {}
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                name = name.split("{", 1)[0]
-                values[name] = values.get(name, 0.0) + float(value)
-        return values
+def service(kafka: Broker, topic: str, api_url: str, log: Path, **settings: str) -> Service:
+    """``dcr-stream run`` with the bench's settings, in a group of its own
+    (``service.settings["kafka_group_id"]``)."""
+    return Service(
+        log,
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        kafka_topics=topic,
+        kafka_group_id=unique("bench-group"),
+        api_base_url=api_url,
+        api_token=TOKEN,
+        http_port="0",
+        **settings,
+    )
 
 
 def sink(log: Path) -> tuple[Child, str]:
@@ -419,7 +209,7 @@ def http_lines(url: str) -> Iterator[bytes]:
 # -- where the figures came from -------------------------------------------------------------------
 
 
-def machine(kafka: Kafka) -> dict[str, Any]:
+def machine(kafka: Broker) -> dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:

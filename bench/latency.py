@@ -14,16 +14,9 @@ from typing import Any
 
 import msgspec
 
-from bench.harness import (
-    Kafka,
-    Service,
-    fill,
-    http_json,
-    http_lines,
-    median,
-    sandbox,
-    wait_until,
-)
+from bench.harness import WAIT_S, fill, http_json, http_lines, median, sandbox, service, topic
+from tests.support.kafka import Broker, delete_topics
+from tests.support.waiting import wait_until
 
 RATE = 200
 LINGER_MS = "200"
@@ -38,7 +31,7 @@ class _Receipt(msgspec.Struct):
 _receipts = msgspec.json.Decoder(_Receipt)
 
 
-def run(kafka: Kafka, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
+def run(kafka: Broker, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
     runs = []
     sandbox_child, url = sandbox(logs / "b3-sandbox.log", 10)
     with sandbox_child:
@@ -61,18 +54,19 @@ def run(kafka: Kafka, *, seconds: float, repeat: int, logs: Path) -> dict[str, A
     }
 
 
-def _trickle(kafka: Kafka, seconds: float, url: str, log: Path) -> dict[str, float]:
-    topic = kafka.topic("b3")
+def _trickle(kafka: Broker, seconds: float, url: str, log: Path) -> dict[str, float]:
+    name = topic(kafka, "b3")
     events = int(RATE * seconds)
-    with Service(kafka, topic, url, log, batch_linger_ms=LINGER_MS) as service:
-        wait_until(service.joined, "the B3 service to join")
-        fill(kafka, topic, events, rate=RATE, linger_ms=5)
+    with service(kafka, name, url, log, batch_linger_ms=LINGER_MS) as child:
+        wait_until(child.joined, timeout_s=WAIT_S, interval_s=0.05, what="the B3 service to join")
+        fill(kafka, name, events, rate=RATE, linger_ms=5)
         wait_until(
             lambda: http_json(f"{url}/_sandbox/stats")["totals"]["records_accepted"] >= events,
-            "B3 records at the sandbox",
-            0.2,
+            timeout_s=WAIT_S,
+            interval_s=0.2,
+            what="B3 records at the sandbox",
         )
-    kafka.delete([topic])
+    delete_topics(kafka.bootstrap_servers, [name])
     latencies = []
     batches = set()
     for line in http_lines(f"{url}/_sandbox/accepted"):

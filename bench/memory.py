@@ -13,13 +13,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Kafka, Sampler, Service, fill, median, wait_until
+from bench.harness import WAIT_S, Sampler, fill, median, service, topic
+from tests.support.kafka import Broker, delete_topics
+from tests.support.service import total
+from tests.support.waiting import wait_until
 
 KIB_PER_MIB = 1024
 
 
-def run(kafka: Kafka, *, events: int, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
-    backlog, empty = kafka.topic("b4"), kafka.topic("b4-empty")
+def run(kafka: Broker, *, events: int, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
+    backlog, empty = topic(kafka, "b4"), topic(kafka, "b4-empty")
     fill(kafka, backlog, events)
     dead = _dead_url()
     idle_runs, backlog_runs = [], []
@@ -31,7 +34,7 @@ def run(kafka: Kafka, *, events: int, seconds: float, repeat: int, logs: Path) -
             f"with the backlog, {idle_runs[-1]['peak_rss_mib']:.0f} MiB idle",
             flush=True,
         )
-    kafka.delete([backlog, empty])
+    delete_topics(kafka.bootstrap_servers, [backlog, empty])
     peak = median([r["peak_rss_mib"] for r in backlog_runs])
     idle = median([r["peak_rss_mib"] for r in idle_runs])
     return {
@@ -54,21 +57,26 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _hold(kafka: Kafka, topic: str, url: str, seconds: float, log: Path) -> dict[str, Any]:
-    with Service(kafka, topic, url, log) as service:
-        sampler = Sampler(service.pid)
-        wait_until(service.joined, "the B4 service to join")
+def _hold(kafka: Broker, name: str, url: str, seconds: float, log: Path) -> dict[str, Any]:
+    with service(kafka, name, url, log) as child:
+        sampler = Sampler(child.pid)
+        wait_until(child.joined, timeout_s=WAIT_S, interval_s=0.05, what="the B4 service to join")
         joined_at = sampler.samples[-1][0] if sampler.samples else 0.0
-        wait_until(lambda: sampler.samples[-1][0] >= joined_at + seconds, "B4 to run", 0.5)
-        metrics = service.metrics()
+        wait_until(
+            lambda: sampler.samples[-1][0] >= joined_at + seconds,
+            timeout_s=WAIT_S,
+            interval_s=0.5,
+            what="B4 to run",
+        )
+        metrics = child.metrics()
         sampler.stop()
     peak_kib = max(sampler.hwm_kib, sampler.peak_rss_kib)
     return {
         "peak_rss_mib": round(peak_kib / KIB_PER_MIB, 1),
         "final_rss_mib": round(sampler.samples[-1][1] / KIB_PER_MIB, 1),
-        "consumed": metrics.get("dcr_events_consumed_total", 0.0),
-        "buffered": metrics.get("dcr_buffered_records", 0.0),
-        "paused_partitions": metrics.get("dcr_paused_partitions", 0.0),
+        "consumed": total(metrics, "dcr_events_consumed_total"),
+        "buffered": total(metrics, "dcr_buffered_records"),
+        "paused_partitions": total(metrics, "dcr_paused_partitions"),
         "rss_mib_every_s": [round(rss / KIB_PER_MIB, 1) for rss in _per_second(sampler.samples)],
     }
 

@@ -24,15 +24,20 @@ from typing import Any
 import msgspec
 
 from bench.harness import (
-    Kafka,
-    Service,
+    PARTITIONS,
+    WAIT_S,
+    committed,
     fill,
     http_json,
     http_lines,
     median,
     sandbox,
-    wait_until,
+    service,
+    topic,
 )
+from tests.support.kafka import Broker, Offsets, delete_topics
+from tests.support.service import total
+from tests.support.waiting import wait_until
 
 RPS = 10
 BATCH = 500
@@ -46,22 +51,22 @@ class _Receipt(msgspec.Struct):
 _receipts = msgspec.json.Decoder(_Receipt)
 
 
-def run(kafka: Kafka, *, events: int, repeat: int, logs: Path) -> dict[str, Any]:
-    topic = kafka.topic("b2")
-    fill(kafka, topic, events)
+def run(kafka: Broker, *, events: int, repeat: int, logs: Path) -> dict[str, Any]:
+    name = topic(kafka, "b2")
+    fill(kafka, name, events)
     runs = []
     sandbox_child, url = sandbox(logs / "b2-sandbox.log", RPS)
     with sandbox_child:
         for i in range(repeat):
             http_json(f"{url}/_sandbox/reset", b"{}")
-            runs.append(_drain(kafka, topic, events, url, logs / f"b2-service-{i}.log"))
+            runs.append(_drain(kafka, name, events, url, logs / f"b2-service-{i}.log"))
             print(
                 f"  B2 run {i + 1}/{repeat}: drained in {runs[-1]['drain_s']:.2f} s "
                 f"(minimum {runs[-1]['minimum_s']:.1f} s), 429s {runs[-1]['share_429']:.2%}, "
                 f"mean batch {runs[-1]['mean_batch']:.1f}",
                 flush=True,
             )
-    kafka.delete([topic])
+    delete_topics(kafka.bootstrap_servers, [name])
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
     return {
         "events": events,
@@ -72,12 +77,18 @@ def run(kafka: Kafka, *, events: int, repeat: int, logs: Path) -> dict[str, Any]
     }
 
 
-def _drain(kafka: Kafka, topic: str, events: int, url: str, log: Path) -> dict[str, float]:
-    with Service(kafka, topic, url, log, rate_limit_rps=str(RPS)) as service:
-        with kafka.committed(service.group, topic) as committed:
-            done = wait_until(lambda: service.alive() and committed() >= events, "B2 commits", 0.2)
-        end_to_end_s = done - service.started
-        metrics = service.metrics()
+def _drain(kafka: Broker, name: str, events: int, url: str, log: Path) -> dict[str, float]:
+    with service(kafka, name, url, log, rate_limit_rps=str(RPS)) as child:
+        group = child.settings["kafka_group_id"]
+        with Offsets(kafka.bootstrap_servers, group, name, PARTITIONS) as offsets:
+            done = wait_until(
+                lambda: child.alive() and committed(offsets) >= events,
+                timeout_s=WAIT_S,
+                interval_s=0.2,
+                what="B2 commits",
+            )
+        end_to_end_s = done - child.started
+        metrics = child.metrics()
     stats = http_json(f"{url}/_sandbox/stats")["totals"]
     first: dict[str, float] = {}
     for line in http_lines(f"{url}/_sandbox/accepted"):
@@ -105,6 +116,6 @@ def _drain(kafka: Kafka, topic: str, events: int, url: str, log: Path) -> dict[s
         "tightest_second_ms": round(
             min(b - a for a, b in zip(times, times[RPS:], strict=False)), 1
         ),
-        "service_retries": metrics.get("dcr_api_retries_total", 0.0),
-        "service_rps_at_end": metrics.get("dcr_rate_limit_rps", float(RPS)),
+        "service_retries": total(metrics, "dcr_api_retries_total"),
+        "service_rps_at_end": total(metrics, "dcr_rate_limit_rps", float(RPS)),
     }

@@ -18,43 +18,57 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Child, Kafka, Service, cpu_s, fill, median, sink, unique, wait_until
+from bench.harness import (
+    PARTITIONS,
+    WAIT_S,
+    committed,
+    cpu_s,
+    end,
+    fill,
+    median,
+    service,
+    sink,
+    topic,
+)
+from tests.support.kafka import Broker, Offsets, delete_topics, unique
+from tests.support.service import Child, Service, total
+from tests.support.waiting import wait_until
 
 QUOTA_OFF_RPS = "1000000"
 """``DCR_RATE_LIMIT_RPS`` for B1: requests are never held back by the quota."""
 
 
-def run(kafka: Kafka, *, events: int, pairs: int, logs: Path) -> dict[str, Any]:
-    topic = kafka.topic("b1")
-    produce_s = fill(kafka, topic, events)
-    if (end := kafka.end(topic)) != events:
-        raise RuntimeError(f"B1: the topic holds {end} events, not {events}")
+def run(kafka: Broker, *, events: int, pairs: int, logs: Path) -> dict[str, Any]:
+    name = topic(kafka, "b1")
+    produce_s = fill(kafka, name, events)
+    if (held := end(kafka, name)) != events:
+        raise RuntimeError(f"B1: the topic holds {held} events, not {events}")
     bare: list[dict[str, float]] = []
-    service: list[dict[str, float]] = []
+    served: list[dict[str, float]] = []
     sink_child, url = sink(logs / "b1-sink.log")
     with sink_child:
         for i in range(pairs):
-            bare.append(_bare(kafka, topic, events, logs / f"b1-bare-{i}.log"))
-            service.append(_service(kafka, topic, events, url, logs / f"b1-service-{i}.log"))
+            bare.append(_bare(kafka, name, events, logs / f"b1-bare-{i}.log"))
+            served.append(_service(kafka, name, events, url, logs / f"b1-service-{i}.log"))
             print(
                 f"  B1 pair {i + 1}/{pairs}: bare {bare[-1]['records_per_s']:,.0f}/s, "
-                f"service {service[-1]['records_per_s']:,.0f}/s "
-                f"(ratio {service[-1]['records_per_s'] / bare[-1]['records_per_s']:.2f})",
+                f"service {served[-1]['records_per_s']:,.0f}/s "
+                f"(ratio {served[-1]['records_per_s'] / bare[-1]['records_per_s']:.2f})",
                 flush=True,
             )
-    kafka.delete([topic])
-    ratios = [s["records_per_s"] / b["records_per_s"] for b, s in zip(bare, service, strict=True)]
+    delete_topics(kafka.bootstrap_servers, [name])
+    ratios = [s["records_per_s"] / b["records_per_s"] for b, s in zip(bare, served, strict=True)]
     return {
         "events": events,
         "partitions": 8,
         "produce_s": round(produce_s, 2),
         "pairs": pairs,
         "bare": _summary(bare),
-        "service": _summary(service),
+        "service": _summary(served),
         "ratio": round(median(ratios), 3),
         "ratios": [round(r, 3) for r in ratios],
         "bare_runs": bare,
-        "service_runs": service,
+        "service_runs": served,
     }
 
 
@@ -63,9 +77,9 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(median([r[k] for r in runs]), 3) for k in keys}
 
 
-def _bare(kafka: Kafka, topic: str, events: int, log: Path) -> dict[str, float]:
+def _bare(kafka: Broker, name: str, events: int, log: Path) -> dict[str, float]:
     child = Child(
-        [sys.executable, "-m", "bench.bare_consume", kafka.bootstrap_servers, topic,
+        [sys.executable, "-m", "bench.bare_consume", kafka.bootstrap_servers, name,
          unique("bench-bare"), str(events)],
         log,
     )  # fmt: skip
@@ -78,19 +92,25 @@ def _bare(kafka: Kafka, topic: str, events: int, log: Path) -> dict[str, float]:
     return _figures(events, elapsed, cpu)
 
 
-def _service(kafka: Kafka, topic: str, events: int, url: str, log: Path) -> dict[str, float]:
+def _service(kafka: Broker, name: str, events: int, url: str, log: Path) -> dict[str, float]:
     started_wall = time.time()
-    with Service(kafka, topic, url, log, rate_limit_rps=QUOTA_OFF_RPS) as service:
-        with kafka.committed(service.group, topic) as committed:
-            done = wait_until(lambda: service.alive() and committed() >= events, "B1 commits", 0.1)
-        cpu = cpu_s(service.pid)
-        metrics = service.metrics()
-        figures = _figures(events, done - service.started, cpu)
-        if metrics.get("dcr_records_delivered_total") != events:
+    with service(kafka, name, url, log, rate_limit_rps=QUOTA_OFF_RPS) as child:
+        group = child.settings["kafka_group_id"]
+        with Offsets(kafka.bootstrap_servers, group, name, PARTITIONS) as offsets:
+            done = wait_until(
+                lambda: child.alive() and committed(offsets) >= events,
+                timeout_s=WAIT_S,
+                interval_s=0.1,
+                what="B1 commits",
+            )
+        cpu = cpu_s(child.pid)
+        metrics = child.metrics()
+        figures = _figures(events, done - child.started, cpu)
+        if total(metrics, "dcr_records_delivered_total") != events:
             raise RuntimeError(f"B1: the service delivered {metrics} , not {events}")
-        figures["startup_s"] = round(_assigned_at(service) - started_wall, 3)
+        figures["startup_s"] = round(_assigned_at(child) - started_wall, 3)
         figures["mean_batch"] = round(
-            metrics["dcr_batch_records_sum"] / metrics["dcr_batch_records_count"], 1
+            total(metrics, "dcr_batch_records_sum") / total(metrics, "dcr_batch_records_count"), 1
         )
         return figures
 

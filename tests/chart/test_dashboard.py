@@ -9,7 +9,7 @@ import re
 import pytest
 
 from stream.metrics import Metrics, State
-from tests.chart.conftest import CHART, HERE, Helm
+from tests.support.helm import CHART, VALUES_DIR, Helm
 
 pytestmark = pytest.mark.chart
 
@@ -46,12 +46,12 @@ def exposed_metric_names() -> set[str]:
 
 
 def test_off_by_default(helm: Helm) -> None:
-    manifests = helm.render([HERE / "values" / "minimal.yaml"])
+    manifests = helm.render([VALUES_DIR / "minimal.yaml"])
     assert not [m for m in manifests if m["metadata"]["name"].endswith("-dashboard")]
 
 
 def test_on_it_is_a_config_map_for_the_sidecar(helm: Helm) -> None:
-    manifests = helm.render([HERE / "values" / "grafana-dashboard.yaml"])
+    manifests = helm.render([VALUES_DIR / "grafana-dashboard.yaml"])
     [board] = [m for m in manifests if m["metadata"]["name"].endswith("-dashboard")]
     assert board["kind"] == "ConfigMap"
     assert board["metadata"]["labels"]["grafana_dashboard"] == "1"

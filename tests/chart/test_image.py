@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import SETTINGS
-from tests.chart.conftest import REPO, VALUES, Helm, config, container, only
+from tests.support.helm import REPO, VALUES, Helm, config, container, only
 
 pytestmark = pytest.mark.chart
 

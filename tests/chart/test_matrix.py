@@ -12,7 +12,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from tests.chart.conftest import BAD_VALUES, CHART, VALUES, Helm, kinds
+from tests.support.helm import BAD_VALUES, CHART, VALUES, Helm, kinds
 
 pytestmark = pytest.mark.chart
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from stream.config import SETTINGS, load
-from tests.chart.conftest import (
+from tests.support.helm import (
     CHART,
-    HERE,
     VALUES,
+    VALUES_DIR,
     Helm,
     Manifest,
     config,
@@ -28,14 +28,14 @@ from tests.chart.conftest import (
 
 pytestmark = pytest.mark.chart
 
-MINIMAL = HERE / "values" / "minimal.yaml"
-HPA = HERE / "values" / "hpa.yaml"
-KEDA = HERE / "values" / "keda.yaml"
-KEY_PAIR = HERE / "values" / "key-pair.yaml"
-TOKEN_FILE = HERE / "values" / "token-file.yaml"
-EXISTING_SECRET = HERE / "values" / "existing-secret.yaml"
-KAFKA_SASL = HERE / "values" / "kafka-sasl.yaml"
-NETWORK = HERE / "values" / "network-policy-servicemonitor.yaml"
+MINIMAL = VALUES_DIR / "minimal.yaml"
+HPA = VALUES_DIR / "hpa.yaml"
+KEDA = VALUES_DIR / "keda.yaml"
+KEY_PAIR = VALUES_DIR / "key-pair.yaml"
+TOKEN_FILE = VALUES_DIR / "token-file.yaml"
+EXISTING_SECRET = VALUES_DIR / "existing-secret.yaml"
+KAFKA_SASL = VALUES_DIR / "kafka-sasl.yaml"
+NETWORK = VALUES_DIR / "network-policy-servicemonitor.yaml"
 SERVICE_SETTINGS = {setting.env for setting in SETTINGS}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART
+from tests.support.helm import CHART
 
 pytestmark = pytest.mark.chart
 

@@ -10,19 +10,13 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, SOAK, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import (
-    Ledger,
-    Offsets,
-    accepted_count,
-    api_stats,
-    verify,
-    wait_complete,
-    wait_until,
-)
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, SOAK, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, Offsets
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -35,20 +29,16 @@ def test_an_api_storm_loses_nothing(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
-    faults = sandbox.sandbox.set_faults
-
-    def set_faults(**changes: object) -> None:
-        sandbox.run(lambda: faults(**changes))
-
+    sandbox = sandbox_thread(seed=10)  # the random faults repeat from run to run
+    set_faults = sandbox.set_faults
     set_faults(error_rate=0.3, spike_probability=0.05, spike_ms=2_000)
     ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=50))
+    ledger.produce(events(EVENTS, invalid_every=50))
     # Batches of 100: five times the requests, so the storm has something to hit.
     service = service_factory(
         sandbox.url, topic, group, rate_limit_rps="20", batch_max_records="100"
@@ -57,7 +47,9 @@ def test_an_api_storm_loses_nothing(
 
     def reached(fraction: float) -> None:
         wait_until(
-            lambda: accepted_count(sandbox) >= fraction * valid, DEADLINE_S, f"{fraction:.0%}"
+            lambda: sandbox.accepted_count() >= fraction * valid,
+            timeout_s=DEADLINE_S,
+            what=f"{fraction:.0%} accepted",
         )
 
     reached(0.15)
@@ -66,20 +58,17 @@ def test_an_api_storm_loses_nothing(
     set_faults(throttle_next=30, throttle_retry_after_s=None)
     reached(0.45)
     # The outage: first half 503s, second half connections cut without an answer.
-    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
-    try:
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
         set_faults(outage="503", outage_s=OUTAGE_S / 2)
         # A request that passed the outage check just before it began may still be recorded.
         time.sleep(1)
-        before = accepted_count(sandbox)
+        before = sandbox.accepted_count()
         time.sleep(OUTAGE_S / 2 - 1)
         set_faults(outage="drop", outage_s=OUTAGE_S / 2)
         committed_in_outage = offsets.committed()
         time.sleep(OUTAGE_S / 2)
-        assert accepted_count(sandbox) == before, "the API accepted records during its outage"
+        assert sandbox.accepted_count() == before, "the API accepted records during its outage"
         assert offsets.committed() != offsets.ends(), "the run was over before the outage ended"
-    finally:
-        offsets.close()
     assert service.proc.poll() is None, "the service died in the storm"
     set_faults(outage="off")
     wait_complete(ledger, sandbox, group, DEADLINE_S)

@@ -11,22 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream.devkafka import LocalKafka
-from tests.conftest import unique
-from tests.faults.conftest import DEADLINE_S, FAST_SESSION, SOAK, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import (
-    Ledger,
-    accepted_count,
-    api_stats,
-    verify,
-    wait_complete,
-    wait_until,
-)
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, FAST_SESSION, SOAK, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import create_topic
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -48,18 +41,16 @@ def broker() -> Iterator[LocalKafka]:
 def test_a_broker_restart_loses_nothing(
     broker: LocalKafka,
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
-    topic, group = unique("topic"), group_factory()
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(30)
-    sandbox = api()
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=30))
+    topic, group = create_topic(broker.bootstrap_servers, PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    sandbox.set_faults(latency_ms=30)
     ledger = Ledger(broker.bootstrap_servers, topic, PARTITIONS)
     now_ms = int(time.time() * 1000)
-    ledger.produce(mixed(EVENTS // 2, now_ms, invalid_every=40))
+    ledger.produce(events(EVENTS // 2, now_ms=now_ms, invalid_every=40))
     service = service_factory(
         sandbox.url,
         topic,
@@ -70,16 +61,18 @@ def test_a_broker_restart_loses_nothing(
         kafka_config=FAST_SESSION,
     )
     half = len(ledger.valid)
-    wait_until(lambda: accepted_count(sandbox) >= half // 4, 120, "a quarter delivered")
+    wait_until(
+        lambda: sandbox.accepted_count() >= half // 4, timeout_s=120, what="a quarter delivered"
+    )
 
     stopping = time.monotonic()
     broker.stop(keep_data=True)
-    at_stop = accepted_count(sandbox)
+    at_stop = sandbox.accepted_count()
     time.sleep(DOWN_S)
     broker.start()
     down_s = time.monotonic() - stopping
     assert service.proc.poll() is None, "the service died with the broker"
-    ledger.produce(mixed(EVENTS - EVENTS // 2, now_ms, invalid_every=40, start=EVENTS // 2))
+    ledger.produce(events(EVENTS - EVENTS // 2, now_ms=now_ms, invalid_every=40, start=EVENTS // 2))
 
     wait_complete(ledger, sandbox, group, DEADLINE_S)
     assert service.proc.poll() is None, "the service was not meant to be restarted"

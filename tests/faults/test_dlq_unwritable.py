@@ -10,19 +10,15 @@ import time
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    NewTopic,
-)
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, SOAK, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import Ledger, Offsets, api_stats, verify, wait_complete, wait_until
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, SOAK, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, Offsets, create_topic
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -45,29 +41,31 @@ def test_an_unwritable_dlq_holds_the_commits_back(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     dlq = f"{topic}.dlq"
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    created = admin.create_topics([NewTopic(dlq, 1, config={"max.message.bytes": TOO_SMALL})])
-    created[dlq].result(30)
-    sandbox = api()
+    create_topic(kafka.bootstrap_servers, 1, name=dlq, config={"max.message.bytes": TOO_SMALL})
+    sandbox = sandbox_thread()
     ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    # Every 25th invalid: round-robin puts the first one of each partition at offset 6.
-    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=25))
+    # Every 25th invalid: round-robin puts partition p's first one at offset 6 (p + 1).
+    ledger.produce(events(EVENTS, invalid_every=25))
     first_invalid = ledger.first_invalid()
     assert sorted(first_invalid) == list(range(PARTITIONS))
     blocked = [first_invalid[p] for p in range(PARTITIONS)]
 
     service = service_factory(sandbox.url, topic, group)
-    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
     samples = 0
-    try:
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
         # The commits reach each partition's first rejected record, and stop there.
-        wait_until(lambda: offsets.committed() == blocked, 120, f"commits to reach {blocked}")
+        wait_until(
+            lambda: offsets.committed() == blocked,
+            timeout_s=120,
+            what=f"commits to reach {blocked}",
+        )
         held_from = time.monotonic()
         while time.monotonic() - held_from < HOLD_S:
             committed = offsets.committed()
@@ -77,9 +75,7 @@ def test_an_unwritable_dlq_holds_the_commits_back(
             samples += 1
             time.sleep(0.5)
         assert service.proc.poll() is None, "the service died while the DLQ was unwritable"
-        delivered_meanwhile = len({r.receiver for r in sandbox.run(sandbox.sandbox.accepted)})
-    finally:
-        offsets.close()
+        delivered_meanwhile = len(sandbox.accepted_receivers())
     errors = [
         e["message"]
         for e in service.lines()

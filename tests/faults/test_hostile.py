@@ -1,6 +1,6 @@
 """Scenario 7: hostile messages interleaved with valid ones: random bytes, invalid UTF-8, deep
 nesting, huge strings, numbers out of range, duplicate keys, wrong types, top-level arrays and
-scalars, nulls and tombstones, malformed JSON, oversize values (``tests.faults.events``). Every one
+scalars, nulls and tombstones, malformed JSON, oversize values (``tests.faults.hostile``). Every one
 must be dead-lettered with the code the validator gives it, the valid ones delivered, no partition
 stalled and the process never die or log a traceback (SPEC §3: rejected, never a crash)."""
 
@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, sized
-from tests.faults.events import Event, hostile, valid
-from tests.faults.verifier import Ledger, api_stats, verify, wait_complete
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.hostile import hostile
+from tests.faults.scenario import DEADLINE_S, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Event, Ledger, valid
+from tests.support.kafka import Broker
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -31,12 +33,12 @@ def test_hostile_messages_are_dead_lettered_and_nothing_stalls(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
+    sandbox = sandbox_thread()
     rng = random.Random(7)
     now_ms = int(time.time() * 1000)
     kinds: Counter[str] = Counter()

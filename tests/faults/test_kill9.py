@@ -8,19 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, FAST_SESSION, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import (
-    Ledger,
-    Offsets,
-    accepted_count,
-    api_stats,
-    verify,
-    wait_complete,
-    wait_until,
-)
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, FAST_SESSION, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, Offsets
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -33,39 +27,38 @@ def test_kill_9_five_times_loses_nothing(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
+    sandbox = sandbox_thread()
     # A slow, quota-bound API keeps records in flight when the kill lands.
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=50))
+    sandbox.set_faults(latency_ms=50)
     ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=100))
+    ledger.produce(events(EVENTS, invalid_every=100))
     settings = {"rate_limit_rps": "8", "kafka_config": FAST_SESSION}
-    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
     kills = []
-    try:
+
+    def accepted(target: int) -> Callable[[], bool]:
+        return lambda: sandbox.accepted_count() >= target
+
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
         for k in range(KILLS):
             service = service_factory(sandbox.url, topic, group, **settings)
             # Kill points spread over the run: after 1/7 … 5/7 of the valid events were accepted.
             target = (k + 1) * len(ledger.valid) // (KILLS + 2)
-            wait_until(
-                lambda t=target: accepted_count(sandbox) >= t, DEADLINE_S, f"{target} accepted"
-            )
+            wait_until(accepted(target), timeout_s=DEADLINE_S, what=f"{target} accepted")
             service.signal(signal.SIGKILL)
             service.wait(10)
             committed = offsets.committed()
             assert committed != offsets.ends(), "the run was over before the kill"
             kills.append(
                 {
-                    "accepted": accepted_count(sandbox),
+                    "accepted": sandbox.accepted_count(),
                     "committed": sum(max(0, c) for c in committed),
                 }
             )
-    finally:
-        offsets.close()
     final = service_factory(sandbox.url, topic, group, **settings)
     wait_complete(ledger, sandbox, group, DEADLINE_S)
     report = verify(

@@ -7,22 +7,17 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import (
-    Ledger,
-    Offsets,
-    accepted_count,
-    api_stats,
-    verify,
-    wait_complete,
-    wait_until,
-)
-from tests.integration.conftest import SandboxThread, Service, wait_for
+from tests.faults.scenario import DEADLINE_S, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, Offsets
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -42,15 +37,15 @@ def test_scaling_1_3_1_loses_nothing(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api(rate_limit_rps=RPS)
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=30))
+    sandbox = sandbox_thread(rate_limit_rps=RPS)
+    sandbox.set_faults(latency_ms=30)
     ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=100))
+    ledger.produce(events(EVENTS, invalid_every=100))
     valid = len(ledger.valid)
     settings = {
         "rate_limit_rps": str(RPS),  # each replica the whole quota: together they exceed it
@@ -59,20 +54,25 @@ def test_scaling_1_3_1_loses_nothing(
 
     def delivered(more: float) -> None:
         """Wait until another ``more`` (a fraction) of the valid events was accepted."""
-        target = accepted_count(sandbox) + more * valid
-        wait_until(lambda: accepted_count(sandbox) >= target, DEADLINE_S, f"{target:.0f} accepted")
+        target = sandbox.accepted_count() + more * valid
+        wait_until(
+            lambda: sandbox.accepted_count() >= target,
+            timeout_s=DEADLINE_S,
+            what=f"{target:.0f} accepted",
+        )
 
     first = service_factory(sandbox.url, topic, group, **settings)
     delivered(0.1)
     more = [service_factory(sandbox.url, topic, group, **settings) for _ in range(2)]
     for service in more:
-        wait_for(lambda s=service: owns_partitions(s), 120, "a new replica to own partitions")
+        wait_until(
+            partial(owns_partitions, service),
+            timeout_s=120,
+            what="a new replica to own partitions",
+        )
     delivered(0.15)  # three replicas at work
-    offsets = Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS)
-    try:
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
         assert offsets.committed() != offsets.ends(), "the run was over before the scale-down"
-    finally:
-        offsets.close()
     for service in more:
         service.signal(signal.SIGTERM)
     exits = [service.wait(60) for service in more]

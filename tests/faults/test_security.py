@@ -14,35 +14,23 @@ served over HTTPS by a certificate of a CA made here (``openssl``), with minted 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream.devkafka import SCRAM_MECHANISM, LocalKafka
-from stream.sandbox import SandboxConfig
-from tests.conftest import unique
-from tests.faults.conftest import DEADLINE_S, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import (
-    Ledger,
-    Offsets,
-    api_stats,
-    read_dead_letters,
-    verify,
-    wait_complete,
-    wait_until,
-)
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, sized
+from tests.faults.verifier import api_stats, read_dead_letters, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Offsets, create_topic
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service, get_text
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -115,110 +103,81 @@ def sasl(password: str) -> dict[str, str]:
     }
 
 
-def http_port(service: Service) -> int:
-    def logged() -> bool:
-        return any(re.search(r"on port \d+$", e["message"]) for e in service.lines())
-
-    wait_until(logged, 60, "the service's http port")
-    for entry in service.lines():
-        found = re.search(r"on port (\d+)$", entry["message"])
-        if found:
-            return int(found[1])
-    raise AssertionError("unreachable")
-
-
-def http_text(port: int) -> str:
+def http_text(service: Service) -> str:
     """``/metrics``, ``/healthz`` and ``/readyz`` as served now, whatever their status."""
-    texts = []
-    for path in ("/metrics", "/healthz", "/readyz"):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-                texts.append(r.read().decode())
-        except urllib.error.HTTPError as exc:
-            texts.append(exc.read().decode())
-    return "\n".join(texts)
+    port = service.http_port()
+    return "\n".join(get_text(port, path) for path in ("/metrics", "/healthz", "/readyz"))
 
 
 def test_secrets_stay_in_tls_is_verified_and_sasl_scram_delivers(
     scram_broker: LocalKafka,
     tls: dict[str, Path],
     group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
-    topic, group = unique("topic"), group_factory()
-    admin = AdminClient({"bootstrap.servers": scram_broker.bootstrap_servers})
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(30)
-    sandbox = SandboxThread(
-        SandboxConfig(
-            key_id=KEY_ID,
-            api_key=API_KEY,
-            rate_limit_rps=1000,
-            tls_cert=str(tls["server"]),
-            tls_key=str(tls["key"]),
-        )
+    topic, group = create_topic(scram_broker.bootstrap_servers, PARTITIONS), group_factory()
+    sandbox = sandbox_thread(
+        static_token=None,
+        key_id=KEY_ID,
+        api_key=API_KEY,
+        tls_cert=str(tls["server"]),
+        tls_key=str(tls["key"]),
     )
-    try:
-        assert sandbox.url.startswith("https://")
-        ledger = Ledger(scram_broker.bootstrap_servers, topic, PARTITIONS)
-        # Invalid every 25th: each partition starts with valid events, so that nothing can be
-        # committed while none is delivered.
-        ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=25))
-        settings = {
-            "kafka_bootstrap_servers": scram_broker.sasl_bootstrap_servers,
-            "api_token": "",
-            "api_key_id": KEY_ID,
-            "api_key": API_KEY,
-            "shutdown_timeout_s": "5",
-            "log_level": "DEBUG",
-            **sasl(PASSWORD),
-        }
-        outputs: list[str] = []
+    assert sandbox.url.startswith("https://")
+    ledger = Ledger(scram_broker.bootstrap_servers, topic, PARTITIONS)
+    # Invalid every 25th: each partition starts with valid events, so that nothing can be
+    # committed while none is delivered.
+    ledger.produce(events(EVENTS, invalid_every=25))
+    settings = {
+        "kafka_bootstrap_servers": scram_broker.sasl_bootstrap_servers,
+        "api_token": "",
+        "api_key_id": KEY_ID,
+        "api_key": API_KEY,
+        "shutdown_timeout_s": "5",
+        "log_level": "DEBUG",
+        **sasl(PASSWORD),
+    }
+    outputs: list[str] = []
 
-        # 1. No CA bundle: the self-made CA is not trusted, nothing goes out, nothing commits.
-        untrusting = service_factory(sandbox.url, topic, group, **settings)
+    # 1. No CA bundle: the self-made CA is not trusted, nothing goes out, nothing commits.
+    untrusting = service_factory(sandbox.url, topic, group, **settings)
 
-        def certificate_retries() -> int:
-            return sum(
-                "request for account" in e["message"] and "Certificate" in e["message"]
-                for e in untrusting.lines()
-            )
-
-        wait_until(lambda: certificate_retries() >= 6, 120, "retries refused by TLS")
-        offsets = Offsets(scram_broker.bootstrap_servers, group, topic, PARTITIONS)
-        try:
-            committed = offsets.committed()
-        finally:
-            offsets.close()
-        assert all(c < 0 for c in committed), f"committed {committed} with nothing delivered"
-        assert sandbox.run(sandbox.sandbox.accepted) == []
-        assert sandbox.run(sandbox.sandbox.stats).totals.tokens == {}, "a token was minted"
-        outputs.append(http_text(http_port(untrusting)))
-        untrusting.signal(signal.SIGTERM)
-        assert untrusting.wait(30) == 1, "a drain with undeliverable records must exit 1"
-        outputs.append(untrusting.log.read_text())
-
-        # 2. With the CA bundle: everything delivered, Kafka only through SASL/SCRAM.
-        trusting = service_factory(
-            sandbox.url, topic, group, api_ca_bundle=str(tls["ca"]), **settings
+    def certificate_retries() -> int:
+        return sum(
+            "request for account" in e["message"] and "Certificate" in e["message"]
+            for e in untrusting.lines()
         )
-        wait_complete(ledger, sandbox, group, DEADLINE_S)
-        outputs.append(http_text(http_port(trusting)))
-        report = verify(
-            scenario="8. security (TLS + SASL/SCRAM)",
-            ledger=ledger,
-            sandbox=sandbox,
-            group=group,
-            dlq_topic=f"{topic}.dlq",
-            started=started,
-            notes={"certificate_retries_without_ca": certificate_retries(), **api_stats(sandbox)},
-        )
-        trusting.signal(signal.SIGTERM)
-        assert trusting.wait(30) == 0
-        outputs.append(trusting.log.read_text())
-        minted = sandbox.run(lambda: list(sandbox.sandbox._tokens))
-    finally:
-        sandbox.stop()
+
+    wait_until(lambda: certificate_retries() >= 6, timeout_s=120, what="retries refused by TLS")
+    with Offsets(scram_broker.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+        committed = offsets.committed()
+    assert all(c < 0 for c in committed), f"committed {committed} with nothing delivered"
+    assert sandbox.run(sandbox.sandbox.accepted) == []
+    assert sandbox.run(sandbox.sandbox.stats).totals.tokens == {}, "a token was minted"
+    outputs.append(http_text(untrusting))
+    untrusting.signal(signal.SIGTERM)
+    assert untrusting.wait(30) == 1, "a drain with undeliverable records must exit 1"
+    outputs.append(untrusting.log.read_text())
+
+    # 2. With the CA bundle: everything delivered, Kafka only through SASL/SCRAM.
+    trusting = service_factory(sandbox.url, topic, group, api_ca_bundle=str(tls["ca"]), **settings)
+    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    outputs.append(http_text(trusting))
+    report = verify(
+        scenario="8. security (TLS + SASL/SCRAM)",
+        ledger=ledger,
+        sandbox=sandbox,
+        group=group,
+        dlq_topic=f"{topic}.dlq",
+        started=started,
+        notes={"certificate_retries_without_ca": certificate_retries(), **api_stats(sandbox)},
+    )
+    trusting.signal(signal.SIGTERM)
+    assert trusting.wait(30) == 0
+    outputs.append(trusting.log.read_text())
+    minted = sandbox.run(lambda: list(sandbox.sandbox._tokens))
     report.show()
     report.check()
     assert minted, "no token was minted"
@@ -229,11 +188,11 @@ def test_secrets_stay_in_tls_is_verified_and_sasl_scram_delivers(
     )
     wait_until(
         lambda: any("Authentication failed" in e["message"] for e in refused.lines()),
-        60,
-        "the broker to refuse the wrong password",
+        timeout_s=60,
+        what="the broker to refuse the wrong password",
     )
-    outputs.append(http_text(http_port(refused)))
-    refused.stop()
+    outputs.append(http_text(refused))
+    refused.kill()
     outputs.append(refused.log.read_text())
     # A malformed secret setting (no closing brace): the error names the variable, not the value.
     malformed = service_factory(

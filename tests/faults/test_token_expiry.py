@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Broker
-from tests.faults.conftest import DEADLINE_S, SOAK, sized
-from tests.faults.events import mixed
-from tests.faults.verifier import Ledger, api_stats, verify, wait_complete
-from tests.integration.conftest import SandboxThread, Service
+from tests.faults.scenario import DEADLINE_S, SOAK, sized
+from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker
+from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -30,15 +31,17 @@ def test_expiring_tokens_lose_nothing(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
     service_factory: Callable[..., Service],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     api_key = secrets.token_hex(16)
-    sandbox = api(static_token=None, key_id="key-1", api_key=api_key, token_lifetime_s=LIFETIME_S)
+    sandbox = sandbox_thread(
+        static_token=None, key_id="key-1", api_key=api_key, token_lifetime_s=LIFETIME_S
+    )
     ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(mixed(EVENTS, int(time.time() * 1000), invalid_every=50))
+    ledger.produce(events(EVENTS, invalid_every=50))
     # About 1,000 records a second (2 accounts x 2 requests x 250): the run takes several lifetimes.
     service = service_factory(
         sandbox.url,

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.conftest import Broker
-from tests.faults.events import mixed
-from tests.faults.verifier import ID_HEADER, Ledger, verify
-from tests.integration.conftest import ACCOUNTS, LABEL, TOKEN, SandboxThread
+from tests.faults.verifier import verify
+from tests.support.events import ACCOUNTS, ID_HEADER, LABEL, Ledger, events
+from tests.support.kafka import Broker
+from tests.support.sandbox import TOKEN, SandboxThread
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -44,15 +44,15 @@ def test_the_verifier_sees_loss_and_counts_duplicates(
     kafka: Broker,
     topic_factory: Callable[..., str],
     group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
+    sandbox_thread: Callable[..., SandboxThread],
 ) -> None:
     started = time.monotonic()
     topic, group = topic_factory(partitions=2), group_factory()
     dlq = f"{topic}.dlq"
-    sandbox = api()
+    sandbox = sandbox_thread()
     now_ms = int(time.time() * 1000)
     ledger = Ledger(kafka.bootstrap_servers, topic, 2)
-    ledger.produce(mixed(20, now_ms, invalid_every=5))  # 16 valid, 4 invalid
+    ledger.produce(events(20, now_ms=now_ms, invalid_every=5))  # 16 valid, 4 invalid
     valid, invalid = sorted(ledger.valid), sorted(ledger.invalid)
 
     post(sandbox, valid[:14], now_ms)  # two never sent
@@ -62,7 +62,7 @@ def test_the_verifier_sees_loss_and_counts_duplicates(
     letters = [
         (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),
         (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),  # twice
-        (invalid[1], "not_json", ledger.where[invalid[1]]),  # the wrong code
+        (invalid[1], "expired", ledger.where[invalid[1]]),  # the wrong code
         (invalid[2], ledger.invalid[invalid[2]], (9, 9)),  # the wrong source
     ]  # and invalid[3] never
     for event_id, code, (partition, offset) in letters:

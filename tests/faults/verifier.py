@@ -1,7 +1,7 @@
 """The zero-loss verifier: what was produced, against what the API accepted, the DLQ holds and the
 group committed.
 
-A :class:`Ledger` produces events (``tests.faults.events``) round-robin over a topic's partitions
+A ``Ledger`` (``tests.support.events``) produces events round-robin over a topic's partitions
 and remembers each one's id, partition, offset and expected fate. At the end, :func:`verify` reads
 
 * the sandbox's record of accepted records (valid events are named by their receiver number),
@@ -22,158 +22,29 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
-
-from tests.conftest import unique
-from tests.faults.events import Event
-from tests.integration.conftest import SandboxThread
+from tests.support.events import ID_HEADER, Ledger
+from tests.support.kafka import Offsets, read_topic
+from tests.support.kafka import headers as headers_of
+from tests.support.sandbox import SandboxThread
+from tests.support.waiting import wait_until
 
 __all__ = [
-    "EXPECT_HEADER",
-    "ID_HEADER",
     "REPORTS",
     "DeadLetters",
-    "Ledger",
-    "Offsets",
     "Report",
-    "accepted_count",
     "api_stats",
     "read_dead_letters",
     "verify",
     "wait_complete",
-    "wait_until",
 ]
-
-ID_HEADER = "fault.id"
-EXPECT_HEADER = "expect"
 
 REPORTS: list[Report] = []
 """Every report of this session, for the terminal summary."""
 
 _MISSING_SHOWN = 10
 """How many ids of each kind of problem a report names (the counts are always complete)."""
-
-
-def wait_until(
-    condition: Callable[[], bool], deadline_s: float, what: str, every_s: float = 0.25
-) -> float:
-    """Poll ``condition`` until it holds; return the seconds it took. Fails at the deadline."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > deadline_s:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-    return time.monotonic() - started
-
-
-@dataclass
-class Ledger:
-    """Produces events and keeps the proof obligations: who must be accepted, who dead-lettered."""
-
-    bootstrap_servers: str
-    topic: str
-    partitions: int
-    valid: set[str] = field(default_factory=set)
-    invalid: dict[str, str] = field(default_factory=dict)
-    """id → the code its dead letter must carry."""
-    where: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """id → (partition, offset)."""
-    produced: int = 0
-
-    def produce(self, events: Iterable[Event]) -> None:
-        """Produce round-robin over the partitions (so each partition's order is known) and wait
-        until Kafka acknowledged every one."""
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "linger.ms": 20,
-                "batch.size": 1_000_000,
-                "enable.idempotence": True,
-            }
-        )
-        failures: list[str] = []
-
-        def delivered(event_id: str) -> Callable[[Any, Any], None]:
-            # A delivery report carries no headers: the id comes with the callback.
-            def report(error: Any, message: Any) -> None:
-                if error is not None:
-                    failures.append(str(error))
-                else:
-                    self.where[event_id] = (message.partition(), message.offset())
-
-            return report
-
-        for event in events:
-            headers = [(ID_HEADER, event.id.encode())]
-            if event.expect is None:
-                assert event.id not in self.valid, f"duplicate id {event.id}"
-                self.valid.add(event.id)
-            else:
-                assert event.id not in self.invalid, f"duplicate id {event.id}"
-                self.invalid[event.id] = event.expect
-                headers.append((EXPECT_HEADER, event.expect.encode()))
-            partition = self.produced % self.partitions
-            self.produced += 1
-            while True:
-                try:
-                    producer.produce(
-                        self.topic,
-                        key=event.key,
-                        value=event.value,
-                        partition=partition,
-                        headers=headers,
-                        on_delivery=delivered(event.id),
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
-        assert producer.flush(120) == 0, "the test's producer could not deliver"
-        assert not failures, failures[:5]
-
-    def first_invalid(self) -> dict[int, int]:
-        """Per partition, the offset of its first invalid event."""
-        first: dict[int, int] = {}
-        for event_id in self.invalid:
-            partition, offset = self.where[event_id]
-            first[partition] = min(offset, first.get(partition, offset))
-        return first
-
-
-class Offsets:
-    """Reads a group's committed offsets and a topic's end offsets (never joins the group)."""
-
-    def __init__(self, bootstrap_servers: str, group: str, topic: str, partitions: int) -> None:
-        self._consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
-        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
-
-    def committed(self, timeout_s: float = 30) -> list[int]:
-        """Per partition; negative when nothing is committed. Retries while the coordinator moves
-        or loads (a fresh broker, a restarted one)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return [tp.offset for tp in self._consumer.committed(self._tps, timeout=10)]
-            except KafkaException:  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, …
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def ends(self, timeout_s: float = 10) -> list[int]:
-        return [self._consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in self._tps]
-
-    def all_committed(self) -> bool:
-        try:
-            return self.committed() == self.ends()
-        except KafkaException:  # the broker is away: not yet
-            return False
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 @dataclass
@@ -187,50 +58,29 @@ class DeadLetters:
     """Dead letters without an id header (they cannot be ours)."""
 
 
-def read_dead_letters(bootstrap_servers: str, topic: str, timeout_s: float = 60) -> DeadLetters:
+def _bytes(value: str | bytes | None) -> bytes:
+    return value.encode() if isinstance(value, str) else value or b""
+
+
+def read_dead_letters(bootstrap_servers: str, topic: str) -> DeadLetters:
     """The whole dead-letter topic, from the beginning to its end offsets as of now."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": unique("dlq-verifier"),
-            "enable.auto.commit": False,
-        }
-    )
     letters = DeadLetters()
-    try:
-        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
-        if metadata.error is not None:  # never created: nothing was dead-lettered
-            return letters
-        remaining = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
-            if high > low:
-                remaining[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is not None:
-                    continue
-                partition = message.partition()
-                if message.offset() + 1 >= remaining.get(partition, 0):
-                    remaining.pop(partition, None)
-                headers = {k: v or b"" for k, v in message.headers() or []}
-                letters.headers.append(headers)
-                event_id = headers.get(ID_HEADER)
-                if event_id is None:
-                    letters.nameless += 1
-                    continue
-                code = headers.get("dcr.error.code", b"").decode()
-                letters.codes.setdefault(event_id.decode(), []).append(code)
-                source = (
-                    int(headers.get("dcr.source.partition", b"-1") or -1),
-                    int(headers.get("dcr.source.offset", b"-1") or -1),
-                )
-                letters.sources.setdefault(event_id.decode(), set()).add(source)
-    finally:
-        consumer.close()
+    for message in read_topic(bootstrap_servers, topic):
+        headers = {
+            k: v.encode() if isinstance(v, str) else v or b"" for k, v in headers_of(message)
+        }
+        letters.headers.append(headers)
+        event_id = headers.get(ID_HEADER)
+        if event_id is None:
+            letters.nameless += 1
+            continue
+        code = headers.get("dcr.error.code", b"").decode()
+        letters.codes.setdefault(event_id.decode(), []).append(code)
+        source = (
+            int(headers.get("dcr.source.partition", b"-1") or -1),
+            int(headers.get("dcr.source.offset", b"-1") or -1),
+        )
+        letters.sources.setdefault(event_id.decode(), set()).add(source)
     return letters
 
 
@@ -320,11 +170,8 @@ def verify(
     wall_s = time.monotonic() - started
     accepted = Counter(record.receiver for record in sandbox.run(sandbox.sandbox.accepted))
     letters = read_dead_letters(ledger.bootstrap_servers, dlq_topic)
-    offsets = Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions)
-    try:
+    with Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions) as offsets:
         committed, ends = offsets.committed(30), offsets.ends(30)
-    finally:
-        offsets.close()
     report = Report(
         scenario=scenario,
         produced=ledger.produced,
@@ -360,29 +207,21 @@ def verify(
     return report
 
 
-def accepted_count(sandbox: SandboxThread) -> int:
-    """Records the sandbox accepted so far, duplicates included (cheap: a counter)."""
-    return sandbox.run(lambda: sandbox.sandbox.stats().totals.records_accepted)
-
-
 def wait_complete(
     ledger: Ledger, sandbox: SandboxThread, group: str, deadline_s: float, what: str = "the run"
-) -> float:
+) -> None:
     """Wait until every valid event was accepted and the group committed every partition to its
-    end (which the service does only once the invalid ones are dead-lettered); return the seconds
-    it took. The full proof is ``verify``'s; this only decides when to look."""
-    offsets = Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions)
+    end (which the service does only once the invalid ones are dead-lettered). The full proof is
+    ``verify``'s; this only decides when to look."""
 
     def done() -> bool:
-        if accepted_count(sandbox) < len(ledger.valid):
+        if sandbox.accepted_count() < len(ledger.valid):
             return False
         receivers = {r.receiver for r in sandbox.run(sandbox.sandbox.accepted)}
         return receivers >= ledger.valid and offsets.all_committed()
 
-    try:
-        return wait_until(done, deadline_s, f"{what} to complete", every_s=0.5)
-    finally:
-        offsets.close()
+    with Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions) as offsets:
+        wait_until(done, timeout_s=deadline_s, interval_s=0.5, what=f"{what} to complete")
 
 
 def api_stats(sandbox: SandboxThread) -> dict[str, object]:

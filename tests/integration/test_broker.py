@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from tests.conftest import Broker
+from tests.support.kafka import Broker, consume
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +28,9 @@ def test_produce_and_consume_round_trip(
 
     consumer = consumer_factory(group_factory())
     consumer.subscribe([topic])
-    received: dict[bytes, bytes] = {}
-    partitions: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(received) < len(sent) and time.monotonic() < deadline:
-        for message in consumer.consume(100, timeout=0.5):
-            assert message.error() is None, message.error()
-            received[message.key()] = message.value()
-            partitions.add(message.partition())
+    messages = consume(consumer, len(sent))  # none of them an error
+    received = {message.key(): message.value() for message in messages}
+    partitions = {message.partition() for message in messages}
 
     assert received == sent
     assert partitions == {0, 1, 2}

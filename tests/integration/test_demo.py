@@ -12,10 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +63,11 @@ def assert_left_nothing(output: str) -> None:
 
 
 def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + DEMO_TIMEOUT_S
-    while text not in log.read_text(errors="replace"):
+    def printed() -> bool:
         assert proc.poll() is None, log.read_text(errors="replace")
-        assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
-        time.sleep(0.1)
+        return text in log.read_text(errors="replace")
+
+    wait_until(printed, timeout_s=DEMO_TIMEOUT_S, what=lambda: f"{text!r} in:\n{log.read_text()}")
 
 
 def test_demo_runs_prints_the_summary_and_leaves_nothing(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ the dead-letter topic by ``DeadLetterProducer``, and read back with every header
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +11,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from stream.dlq import DeadLetterProducer
 from stream.validation import Rejection, Rules, validate
-from tests.conftest import Broker
+from tests.support.kafka import Broker, consume, headers
 
 pytestmark = pytest.mark.integration
 
@@ -50,23 +49,6 @@ INVALID: list[tuple[bytes | None, bytes | None, str, str]] = [
 """(key, value, code, field) of each event produced; every one is rejected."""
 
 HEADERS: list[tuple[str, str | bytes | None]] = [("trace-id", b"t-1"), ("dup", b"1"), ("dup", b"2")]
-
-
-def consume(consumer: Consumer, count: int) -> list[Message]:
-    messages: list[Message] = []
-    deadline = time.monotonic() + 60
-    while len(messages) < count and time.monotonic() < deadline:
-        for message in consumer.consume(count - len(messages), timeout=0.5):
-            assert message.error() is None, message.error()
-            messages.append(message)
-    assert len(messages) == count
-    return messages
-
-
-def headers(message: Message) -> list[tuple[str, str | bytes | None]]:
-    found = message.headers() or []
-    assert isinstance(found, list)
-    return found
 
 
 def header(message: Message, name: str) -> str | bytes | None:

@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +34,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_jvm_dies_when_its_starter_is_killed() -> None:
-    starter = subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True)
-    assert starter.stdout is not None
-    jvm_pid = int(starter.stdout.readline())
-    assert _alive(jvm_pid)
-    starter.send_signal(signal.SIGKILL)
-    starter.wait()
-    deadline = time.monotonic() + 30
-    while _alive(jvm_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(jvm_pid), f"JVM {jvm_pid} outlived its starter"
+    # As a context manager, Popen closes the pipe and waits for the starter on the way out.
+    with subprocess.Popen(
+        [sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True
+    ) as starter:
+        assert starter.stdout is not None
+        jvm_pid = int(starter.stdout.readline())
+        assert _alive(jvm_pid)
+        starter.send_signal(signal.SIGKILL)
+    wait_until(lambda: not _alive(jvm_pid), timeout_s=30, what=f"JVM {jvm_pid} to die with it")

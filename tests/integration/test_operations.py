@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import threading
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -21,45 +18,13 @@ import stream.consumer
 from stream.app import Pipeline
 from stream.config import load
 from stream.sandbox import Sandbox, SandboxConfig
-from tests.conftest import Broker, unique
-from tests.integration.conftest import (
-    TOKEN,
-    SandboxThread,
-    Service,
-    all_committed,
-    produce_events,
-    read_dlq,
-    wait_for,
-)
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, read_topic, unique, wait_committed
+from tests.support.sandbox import TOKEN, SandboxFactory, SandboxThread
+from tests.support.service import RUN_TIMEOUT_S, Service, get_text, total
+from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
-
-
-def port_of(service: Service) -> int:
-    for entry in service.lines():
-        found = re.search(r"on port (\d+)$", entry["message"])
-        if found:
-            return int(found[1])
-    raise AssertionError("the service logged no http port")
-
-
-def scrape_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Samples of /metrics: ``name{labels}`` → value."""
-    samples = {}
-    for line in scrape_text(port).splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
-
-def total(samples: dict[str, float], name: str) -> float:
-    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
 def test_metrics_agree_with_the_sandbox_and_the_dlq(
@@ -71,14 +36,18 @@ def test_metrics_agree_with_the_sandbox_and_the_dlq(
 ) -> None:
     topic, group = topic_factory(partitions=4), group_factory()
     sandbox = sandbox_thread()
-    produced = produce_events(kafka, topic, 5_000, invalid_every=25)
+    produced = Ledger(kafka.bootstrap_servers, topic, 4)
+    produced.produce(events(5_000, invalid_every=25))
     service = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(service.joined)
-    port = port_of(service)
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_until(service.joined, timeout_s=RUN_TIMEOUT_S)
 
     def settled() -> bool:
-        samples = scrape(port)
+        samples = service.metrics()
         return (
             total(samples, "dcr_records_delivered_total")
             + total(samples, "dcr_records_dead_lettered_total")
@@ -86,10 +55,10 @@ def test_metrics_agree_with_the_sandbox_and_the_dlq(
             and total(samples, "dcr_buffered_records") == 0
         )
 
-    wait_for(settled, what="every record finished in the metrics")
-    samples = scrape(port)
+    wait_until(settled, timeout_s=RUN_TIMEOUT_S, what="every record finished in the metrics")
+    samples = service.metrics()
     accepted = sum(sandbox.accepted_receivers().values())
-    dead = read_dlq(kafka, f"{topic}.dlq", len(produced.invalid))
+    dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=len(produced.invalid))
     assert total(samples, "dcr_records_delivered_total") == accepted == len(produced.valid)
     assert total(samples, "dcr_records_dead_lettered_total") == len(dead) == 200
     assert total(samples, "dcr_events_consumed_total") == 5_000
@@ -127,17 +96,31 @@ class _Held:
         return blocked
 
 
+class Started(NamedTuple):
+    pipeline: Pipeline
+    held: _Held
+    sandbox: Sandbox
+    port: int
+    """The pipeline's HTTP port."""
+
+
+InProcess = Callable[..., Awaitable[Started]]
+
+
 @pytest.fixture
 async def in_process(
-    kafka: Broker, topic_factory: Callable[..., str], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Callable[..., Any]]:
-    """Runs a Pipeline in this loop against an in-loop sandbox; yields a starter."""
-    running: list[tuple[asyncio.Event, asyncio.Task[int], Sandbox]] = []
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    sandbox_factory: SandboxFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[InProcess]:
+    """``await in_process(held=names, **DCR_env)``: a Pipeline in this loop against an in-loop
+    sandbox, its consumer's calls named in ``held`` blocked until released."""
+    running: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
     holders: list[_Held] = []
 
-    async def start(*, held: set[str], **env: str) -> tuple[Pipeline, _Held, Sandbox]:
-        sandbox = Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=1000))
-        await sandbox.start()
+    async def start(*, held: set[str], **env: str) -> Started:
+        sandbox = await sandbox_factory(SandboxConfig(static_token=TOKEN, rate_limit_rps=1000))
 
         def consumer(config: dict[str, Any]) -> _Held:
             holders.append(_Held(Consumer(config), held))
@@ -158,20 +141,21 @@ async def in_process(
         pipeline = Pipeline(config)
         stop = asyncio.Event()
         task = asyncio.get_running_loop().create_task(pipeline.run(stop))
-        running.append((stop, task, sandbox))
-        end = time.monotonic() + 30
-        while pipeline.http_port is None or not holders:
-            assert time.monotonic() < end, "the pipeline did not start"
-            await asyncio.sleep(0.01)
-        return pipeline, holders[0], sandbox
+        running.append((stop, task))
+        await wait_until_async(
+            lambda: pipeline.http_port is not None and bool(holders),
+            timeout_s=30,
+            what="the pipeline to start",
+        )
+        assert pipeline.http_port is not None
+        return Started(pipeline, holders[0], sandbox, pipeline.http_port)
 
     yield start
     for holder in holders:
         holder.release.set()
-    for stop, task, sandbox in running:
+    for stop, task in running:
         stop.set()
         await asyncio.wait_for(task, 60)
-        await sandbox.stop()
 
 
 async def probe(session: aiohttp.ClientSession, port: int, path: str) -> int:
@@ -179,35 +163,34 @@ async def probe(session: aiohttp.ClientSession, port: int, path: str) -> int:
         return response.status
 
 
-async def until_status(
-    session: aiohttp.ClientSession, port: int, path: str, status: int, deadline_s: float = 30
-) -> None:
-    end = time.monotonic() + deadline_s
-    while await probe(session, port, path) != status:
-        assert time.monotonic() < end, f"{path} never answered {status}"
-        await asyncio.sleep(0.05)
+async def until_status(session: aiohttp.ClientSession, port: int, path: str, status: int) -> None:
+    async def answers() -> bool:
+        return await probe(session, port, path) == status
+
+    await wait_until_async(
+        answers, timeout_s=30, interval_s=0.05, what=f"{path} to answer {status}"
+    )
 
 
-async def test_readiness_waits_for_the_assignment(in_process: Callable[..., Any]) -> None:
-    pipeline, held, _ = await in_process(held={"subscribe"})
+async def test_readiness_waits_for_the_assignment(in_process: InProcess) -> None:
+    _, held, _, port = await in_process(held={"subscribe"})
     async with aiohttp.ClientSession() as session:
-        port = pipeline.http_port
         assert await probe(session, port, "/readyz") == 503
         assert await probe(session, port, "/healthz") == 200
         held.release.set()
         await until_status(session, port, "/readyz", 200)
 
 
-async def test_liveness_follows_the_consumer_not_the_api(in_process: Callable[..., Any]) -> None:
-    pipeline, held, sandbox = await in_process(held=set(), DCR_LIVENESS_STALL_S="1")
+async def test_liveness_follows_the_consumer_not_the_api(in_process: InProcess) -> None:
+    pipeline, held, sandbox, port = await in_process(held=set(), DCR_LIVENESS_STALL_S="1")
     sandbox.set_faults(outage="503")
     async with aiohttp.ClientSession() as session:
-        port = pipeline.http_port
         await until_status(session, port, "/readyz", 200)
         assert await probe(session, port, "/healthz") == 200  # the API being down is not our death
         held.held.add("consume")  # the next consume blocks: the consumer stops polling
         await until_status(session, port, "/healthz", 503)
         consumer = pipeline._consumer
+        assert consumer is not None
         consumer.waiting_on_broker = True  # as during a commit to an unreachable coordinator
         await until_status(session, port, "/healthz", 200)
         consumer.waiting_on_broker = False
@@ -226,7 +209,8 @@ def test_secrets_never_leave_the_process(
     api_key, sasl_password = "api-key-" + unique("k"), "sasl-pw-" + unique("p")
     topic = topic_factory(partitions=2)
     sandbox = sandbox_thread(key_id="key-1", api_key=api_key)
-    produced = produce_events(kafka, topic, 1_000, invalid_every=10)
+    produced = Ledger(kafka.bootstrap_servers, topic, 2)
+    produced.produce(events(1_000, invalid_every=10))
     secret_config = json.dumps({"sasl.password": sasl_password})
     runs = [
         # A static token, and a key pair whose minted tokens are secrets too.
@@ -249,20 +233,22 @@ def test_secrets_never_leave_the_process(
         ),
     ]
     for run in runs:
-        wait_for(run.joined)
-    wait_for(
+        wait_until(run.joined, timeout_s=RUN_TIMEOUT_S)
+    wait_until(
         lambda: sum(sandbox.accepted_receivers().values()) >= 2 * len(produced.valid),
+        timeout_s=RUN_TIMEOUT_S,
         what="both runs delivered",
     )
     minted = sandbox.run(lambda: list(sandbox.sandbox._tokens))
     assert minted, "the key-pair run minted no token"
     secrets = [TOKEN, api_key, sasl_password, *minted]
-    outputs = [scrape_text(port_of(run)) for run in runs]
+    outputs = [get_text(run.http_port(), "/metrics") for run in runs]
     for run in runs:
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0
         outputs.append(run.log.read_text())
-    for message in read_dlq(kafka, f"{topic}.dlq", 2 * len(produced.invalid)):
+    dlq = f"{topic}.dlq"
+    for message in read_topic(kafka.bootstrap_servers, dlq, at_least=2 * len(produced.invalid)):
         outputs.append(repr(message.headers()))
     for text in outputs:
         for secret in secrets:
@@ -278,14 +264,19 @@ def test_receipts_add_up_to_what_was_delivered(
 ) -> None:
     topic, group, receipts = topic_factory(partitions=3), group_factory(), unique("receipts")
     sandbox = sandbox_thread()
-    produced = produce_events(kafka, topic, 3_000, invalid_every=30)
+    produced = Ledger(kafka.bootstrap_servers, topic, 3)
+    produced.produce(events(3_000, invalid_every=30))
     service = service_factory(sandbox.url, topic, group, receipts_topic=receipts, api_version="v2")
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic, 3), what="commits")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_committed(kafka.bootstrap_servers, group, topic, 3, timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
-    messages = read_dlq(kafka, receipts, len(produced.valid) // 500)
-    bodies = [json.loads(m.value()) for m in messages]
+    messages = read_topic(kafka.bootstrap_servers, receipts, at_least=len(produced.valid) // 500)
+    bodies = [json.loads(m.value() or b"") for m in messages]
     assert sum(b["records"] for b in bodies) == len(produced.valid)
     assert all(b["status"] == 200 and b["batch_id"] for b in bodies)
     covered = sum(

@@ -9,24 +9,15 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.conftest import Broker
-from tests.integration.conftest import (
-    SandboxThread,
-    Service,
-    all_committed,
-    committed_and_end,
-    produce_events,
-    read_dlq,
-    wait_for,
-)
+from tests.support.events import Ledger, events
+from tests.support.kafka import Broker, Offsets, header_texts, read_topic, wait_committed
+from tests.support.sandbox import SandboxThread
+from tests.support.service import RUN_TIMEOUT_S, Service
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-
-
-def headers(message: object) -> dict[str, str]:
-    return {k: v.decode() for k, v in (message.headers() or [])}  # type: ignore[attr-defined]
 
 
 def test_every_event_is_delivered_or_dead_lettered_and_committed(
@@ -38,25 +29,30 @@ def test_every_event_is_delivered_or_dead_lettered_and_committed(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread()
-    produced = produce_events(kafka, topic, 20_000, invalid_every=50)
+    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    produced.produce(events(20_000, invalid_every=50))
     assert len(produced.valid) == 19_600
 
     service = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
     accepted = sandbox.accepted_receivers()
     assert set(accepted) == produced.valid
-    dead = read_dlq(kafka, f"{topic}.dlq", 400)
+    dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=400)
     assert len(dead) == 400
     for message in dead:
-        h = headers(message)
+        h = header_texts(message)
         assert h["dcr.error.code"] == h["expect"]
         assert h["dcr.source.topic"] == topic
-    committed, ends = committed_and_end(kafka, group, topic, PARTITIONS)
-    assert committed == ends
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+        assert offsets.committed() == offsets.ends()
     print(f"duplicates accepted: {sum(accepted.values()) - len(accepted)}")
 
 
@@ -69,17 +65,26 @@ def test_nothing_is_committed_while_the_api_is_down(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread()
-    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="503"))
-    produced = produce_events(kafka, topic, 2_000)
+    sandbox.set_faults(outage="503")
+    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    produced.produce(events(2_000))
 
     service = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: sandbox.run(sandbox.sandbox.stats).totals.requests.get("503", 0) >= 20)
-    committed, _ = committed_and_end(kafka, group, topic, PARTITIONS)
+    wait_until(
+        lambda: sandbox.run(sandbox.sandbox.stats).totals.requests.get("503", 0) >= 20,
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+        committed = offsets.committed()
     assert all(offset < 0 for offset in committed), committed  # no offset stored at all
 
-    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="off"))
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
+    sandbox.set_faults(outage="off")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
@@ -93,20 +98,29 @@ def test_kill_9_and_restart_loses_nothing(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread()
-    produced = produce_events(kafka, topic, 20_000)
+    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    produced.produce(events(20_000))
     # A slow API keeps the run busy long enough to be killed in the middle of it.
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=50))
+    sandbox.set_faults(latency_ms=50)
 
     first = service_factory(sandbox.url, topic, group, rate_limit_rps="20")
-    wait_for(lambda: len(sandbox.accepted_receivers()) >= 5_000, what="a part delivered")
+    wait_until(
+        lambda: len(sandbox.accepted_receivers()) >= 5_000,
+        timeout_s=RUN_TIMEOUT_S,
+        what="a part delivered",
+    )
     first.signal(signal.SIGKILL)
     first.wait(10)
     before = len(sandbox.accepted_receivers())
     assert before < len(produced.valid)
 
     second = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic, PARTITIONS), what="commits")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
     accepted = sandbox.accepted_receivers()
@@ -123,18 +137,31 @@ def test_a_third_joins_and_one_leaves_without_loss(
 ) -> None:
     topic, group = topic_factory(partitions=6), group_factory()
     sandbox = sandbox_thread()
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=30))
-    produced = produce_events(kafka, topic, 30_000)
+    sandbox.set_faults(latency_ms=30)
+    produced = Ledger(kafka.bootstrap_servers, topic, 6)
+    produced.produce(events(30_000))
     slow = {"rate_limit_rps": "10"}
 
     one, two = (service_factory(sandbox.url, topic, group, **slow) for _ in range(2))
-    wait_for(lambda: len(sandbox.accepted_receivers()) >= 3_000, what="first deliveries")
+    wait_until(
+        lambda: len(sandbox.accepted_receivers()) >= 3_000,
+        timeout_s=RUN_TIMEOUT_S,
+        what="first deliveries",
+    )
     three = service_factory(sandbox.url, topic, group, **slow)
-    wait_for(lambda: len(sandbox.accepted_receivers()) >= 10_000, what="more deliveries")
+    wait_until(
+        lambda: len(sandbox.accepted_receivers()) >= 10_000,
+        timeout_s=RUN_TIMEOUT_S,
+        what="more deliveries",
+    )
     one.signal(signal.SIGTERM)
     assert one.wait(30) == 0
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
-    wait_for(all_committed(kafka, group, topic, 6), what="commits")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    wait_committed(kafka.bootstrap_servers, group, topic, 6, timeout_s=RUN_TIMEOUT_S)
     for service in (two, three):
         service.signal(signal.SIGTERM)
         assert service.wait(30) == 0
@@ -156,8 +183,8 @@ def test_backlog_with_the_api_down_stays_bounded_and_in_the_group(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread()
-    sandbox.run(lambda: sandbox.sandbox.set_faults(outage="503"))
-    produce_events(kafka, topic, 500_000)
+    sandbox.set_faults(outage="503")
+    Ledger(kafka.bootstrap_servers, topic, PARTITIONS).produce(events(500_000))
     poll_interval_ms = 6_000
     service = service_factory(
         sandbox.url,
@@ -191,8 +218,9 @@ def test_sigterm_drains_and_a_restart_sends_nothing_twice(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread()
-    produced = produce_events(kafka, topic, 20_000)
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=50))
+    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    produced.produce(events(20_000))
+    sandbox.set_faults(latency_ms=50)
 
     first = service_factory(
         sandbox.url,
@@ -202,7 +230,11 @@ def test_sigterm_drains_and_a_restart_sends_nothing_twice(
         shutdown_timeout_s="10",
         max_buffered_records="2000",  # so that SIGTERM finds most of the topic not yet read
     )
-    wait_for(lambda: len(sandbox.accepted_receivers()) >= 5_000, what="a part delivered")
+    wait_until(
+        lambda: len(sandbox.accepted_receivers()) >= 5_000,
+        timeout_s=RUN_TIMEOUT_S,
+        what="a part delivered",
+    )
     stopped_at = time.monotonic()
     first.signal(signal.SIGTERM)
     assert first.wait(15) == 0
@@ -210,9 +242,13 @@ def test_sigterm_drains_and_a_restart_sends_nothing_twice(
     seen_by_first = set(sandbox.accepted_receivers())
     assert len(seen_by_first) < len(produced.valid)
 
-    sandbox.run(lambda: sandbox.sandbox.set_faults(latency_ms=0))
+    sandbox.set_faults(latency_ms=0)
     second = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= produced.valid, what="deliveries")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
     accepted = sandbox.accepted_receivers()

@@ -7,56 +7,25 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from stream.cli import main
 from stream.dlq import build
 from stream.tools.produce import INVALID_KINDS, Mix, account_ids, events, produce
-from stream.validation import Rejection, Rules, validate
-from tests.conftest import Broker, unique
-from tests.integration.conftest import (
-    SandboxThread,
-    Service,
-    committed_and_end,
-    read_dlq,
-    wait_for,
-)
+from stream.validation import Rejection, Rules, Stage, validate
+from tests.support.kafka import Broker, Offsets, header_texts, read_topic, unique
+from tests.support.sandbox import SandboxThread
+from tests.support.service import RUN_TIMEOUT_S, Service
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
+"""``dcr-stream produce``'s label id when none is given."""
 NEW_LABEL = "9a7e3f21-6c4d-4b8a-a5e2-7d1c9b3f6e80"
-
-
-def read_all(kafka: Broker, topic: str, partitions: int) -> list[Message]:
-    """Every record of ``topic`` up to its current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": unique("reader"),
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        tps = [TopicPartition(topic, p, 0) for p in range(partitions)]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in tps}
-        consumer.assign([tp for tp in tps if ends[tp.partition] > 0])
-        messages: list[Message] = []
-        deadline = time.monotonic() + 60
-        while len(messages) < sum(ends.values()) and time.monotonic() < deadline:
-            messages += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return messages
-
-
-def headers_of(message: Message) -> dict[str, str]:
-    pairs = message.headers() or []
-    assert isinstance(pairs, list)
-    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in pairs}
 
 
 def test_produce_sends_a_valid_mix_keyed_by_caller_and_receiver(
@@ -69,7 +38,7 @@ def test_produce_sends_a_valid_mix_keyed_by_caller_and_receiver(
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith(f"produced 2,000 events to {topic} in ")
 
-    messages = read_all(kafka, topic, 3)
+    messages = read_topic(kafka.bootstrap_servers, topic)
     assert len(messages) == 2000
     now = int(time.time() * 1000)
     codes: Counter[str] = Counter()
@@ -98,59 +67,44 @@ def test_produce_at_a_rate_for_a_duration(
     argv = ["produce", "--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic]
     assert main([*argv, "--rate", "200", "--duration", "1"]) == 0
     capsys.readouterr()
-    sent = len(read_all(kafka, topic, 1))
+    sent = len(read_topic(kafka.bootstrap_servers, topic))
     assert 0 < sent <= 200  # a rate and a duration: at most their product
 
 
 def test_produce_creates_a_missing_topic(
-    kafka: Broker, admin: Any, capsys: pytest.CaptureFixture[str]
+    kafka: Broker, admin: AdminClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topic = unique("created")
     argv = ["produce", "--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic]
     try:
         assert main([*argv, "--count", "10", "--partitions", "5"]) == 0
         assert len(admin.list_topics(topic, timeout=30).topics[topic].partitions) == 5
-        assert len(read_all(kafka, topic, 5)) == 10
+        assert len(read_topic(kafka.bootstrap_servers, topic)) == 10
     finally:
         admin.delete_topics([topic])[topic].result(30)
     capsys.readouterr()
-
-
-class FakeMessage:
-    """A consumed message, as far as ``stream.dlq.build`` looks at it."""
-
-    def __init__(self, topic: str, partition: int, offset: int, headers: Any = None) -> None:
-        self._where = (topic, partition, offset)
-        self._headers = headers
-
-    def topic(self) -> str:
-        return self._where[0]
-
-    def partition(self) -> int:
-        return self._where[1]
-
-    def offset(self) -> int:
-        return self._where[2]
-
-    def key(self) -> bytes:
-        return b"key-%d-%d" % self._where[1:]
-
-    def value(self) -> bytes:
-        return b'{"value": %d}' % self._where[2]
-
-    def headers(self) -> Any:
-        return self._headers
 
 
 def write_dead_letters(kafka: Broker, dlq: str, source: str) -> None:
     """Six dead letters as the service writes them: partitions 0 and 1, offsets 10..12, a code and
     stage per offset, and a header of the producer's own."""
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    kinds = {10: ("not_json", "decode"), 11: ("api_rejected", "api"), 12: ("expired", "expired")}
+    kinds: dict[int, tuple[str, Stage]] = {
+        10: ("not_json", "decode"),
+        11: ("api_rejected", "api"),
+        12: ("expired", "expired"),
+    }
     for partition in (0, 1):
         for offset, (code, stage) in kinds.items():
-            original = FakeMessage(source, partition, offset, [("trace-id", b"t%d" % offset)])
-            rejection = Rejection(code=code, field=None, message="why", stage=stage)  # type: ignore[arg-type]
+            original = Message(
+                topic=source,
+                partition=partition,
+                offset=offset,
+                key=b"key-%d-%d" % (partition, offset),
+                value=b'{"value": %d}' % offset,
+                headers=[("trace-id", b"t%d" % offset)],
+            )
+            rejection = Rejection(code=code, field=None, message="why", stage=stage)
             status = 400 if stage == "api" else None
             letter = build(original, rejection, http_status=status, http_body=b"{}")
             producer.produce(dlq, letter.value, letter.key, headers=letter.headers)
@@ -193,7 +147,7 @@ def test_replay_dry_run_lists_the_selection_and_sends_nothing(
         }
     assert listed == selected
     assert err == f"would replay {len(selected)} of 6 dead letters in {dlq}\n"
-    assert read_all(kafka, source, 2) == []
+    assert read_topic(kafka.bootstrap_servers, source) == []
 
 
 def test_replay_keeps_key_value_and_other_headers_and_strips_ours(
@@ -205,12 +159,12 @@ def test_replay_keeps_key_value_and_other_headers_and_strips_ours(
     assert main([*argv, "--to", target, "--partition", "0"]) == 0
     assert capsys.readouterr().err == f"replayed 3 of 6 dead letters in {dlq}\n"
 
-    replayed = read_all(kafka, target, 1)
+    replayed = read_topic(kafka.bootstrap_servers, target)
     assert sorted((m.key(), m.value(), m.headers()) for m in replayed) == [
         (b"key-0-%d" % offset, b'{"value": %d}' % offset, [("trace-id", b"t%d" % offset)])
         for offset in (10, 11, 12)
     ]
-    assert read_all(kafka, source, 2) == []
+    assert read_topic(kafka.bootstrap_servers, source) == []
 
 
 def test_replay_of_a_missing_topic_is_one_line(
@@ -252,9 +206,13 @@ def test_api_rejections_replayed_after_the_label_is_registered_are_delivered(
     assert refused > 10
 
     service = service_factory(sandbox.url, topic, group)
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= receivers["valid"], what="deliveries")
-    dead = read_dlq(kafka, f"{topic}.dlq", refused + invalid)
-    stages = Counter(headers_of(m)["dcr.error.stage"] for m in dead)
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= receivers["valid"],
+        timeout_s=RUN_TIMEOUT_S,
+        what="deliveries",
+    )
+    dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=refused + invalid)
+    stages = Counter(header_texts(m)["dcr.error.stage"] for m in dead)
     assert stages["api"] == refused
     assert not set(sandbox.accepted_receivers()) & receivers["unregistered_label"]
 
@@ -270,16 +228,25 @@ def test_api_rejections_replayed_after_the_label_is_registered_are_delivered(
     )
 
     wanted = receivers["valid"] | receivers["unregistered_label"]
-    wait_for(lambda: set(sandbox.accepted_receivers()) >= wanted, what="replayed deliveries")
+    wait_until(
+        lambda: set(sandbox.accepted_receivers()) >= wanted,
+        timeout_s=RUN_TIMEOUT_S,
+        what="replayed deliveries",
+    )
 
-    def committed_to_the_end() -> bool:
-        committed, ends = committed_and_end(kafka, group, topic, 4)
-        return committed == ends and sum(ends) == 3000 + refused
+    with Offsets(kafka.bootstrap_servers, group, topic, 4) as offsets:
 
-    wait_for(committed_to_the_end, what="commits")
+        def committed_to_the_end() -> bool:
+            ends = offsets.ends()
+            return offsets.committed() == ends and sum(ends) == 3000 + refused
+
+        wait_until(committed_to_the_end, timeout_s=RUN_TIMEOUT_S, what="commits")
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
     accepted = sandbox.accepted_receivers()
     assert all(accepted[r] == 1 for r in receivers["unregistered_label"])
     assert set(accepted) == wanted
-    assert len(read_dlq(kafka, f"{topic}.dlq", refused + invalid)) == refused + invalid
+    assert (
+        len(read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=refused + invalid))
+        == refused + invalid
+    )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -20,6 +20,7 @@ from stream.events import Record
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.tokens import MintedTokens, Secret, StaticToken, TokenFile, TokenSource
 from stream.validation import Rejection
+from tests.support.waiting import wait_until_async
 
 A = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 B = "7f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a12"
@@ -61,6 +62,12 @@ class Recorder:
     def resolved(self) -> int:
         return len(self.sources) + len(self.dead)
 
+    async def until_resolved(self, count: int) -> None:
+        """Wait until ``count`` records were delivered or dead-lettered."""
+        await wait_until_async(
+            lambda: self.resolved() == count, timeout_s=DEADLINE_S, what=f"{count} resolved"
+        )
+
     def delivered(self, batch: Batch[int], response: Response) -> None:
         self.batches.append((batch, response, time.monotonic()))
 
@@ -76,14 +83,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def until(condition: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
-    """Wait for a condition with a deadline (never a bare sleep in an assertion)."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, "condition not reached before the deadline"
-        await asyncio.sleep(0.01)
-
-
 def engine(
     session: aiohttp.ClientSession,
     sandbox: Sandbox,
@@ -92,18 +91,18 @@ def engine(
     tokens: TokenSource | None = None,
     rps: float = 1000,
     linger_s: float = 10.0,
-    version: str = "v2",
+    version: Literal["v1", "v2"] = "v2",
 ) -> Delivery[int]:
     client = ApiClient(
         session,
         base_url=sandbox.url,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         tokens=tokens or StaticToken(Secret(TOKEN)),
     )
     return Delivery(
         client=client,
         outcomes=recorder,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         linger_s=linger_s,
         rate_limit_rps=rps,
         backoff=FAST,
@@ -116,14 +115,14 @@ def batch_sizes(sandbox: Sandbox) -> list[int]:
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 async def test_1200_records_make_exactly_three_requests(
-    session: aiohttp.ClientSession, version: str
+    session: aiohttp.ClientSession, version: Literal["v1", "v2"]
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=100)) as sandbox:
         recorder = Recorder()
         delivery = engine(session, sandbox, recorder, linger_s=0.2, version=version)
         for n in range(1200):
             delivery.submit(Pending(record(n), n))
-        await until(lambda: recorder.resolved() == 1200)
+        await recorder.until_resolved(1200)
         await delivery.close()
     assert batch_sizes(sandbox) == [500, 500, 200]
     assert sorted(recorder.sources) == list(range(1200))
@@ -138,7 +137,7 @@ async def test_a_lone_record_waits_for_the_linger(session: aiohttp.ClientSession
         delivery = engine(session, sandbox, recorder, linger_s=0.2)
         submitted = time.monotonic()
         delivery.submit(Pending(record(1), 1))
-        await until(lambda: recorder.resolved() == 1)
+        await recorder.until_resolved(1)
         await delivery.close()
     waited = recorder.batches[0][2] - submitted
     assert waited >= 0.2
@@ -151,7 +150,7 @@ async def test_two_accounts_never_share_a_request(session: aiohttp.ClientSession
         delivery = engine(session, sandbox, recorder, linger_s=0.05)
         for n in range(700):
             delivery.submit(Pending(record(n, A if n % 3 else B), n))
-        await until(lambda: recorder.resolved() == 700)
+        await recorder.until_resolved(700)
         await delivery.close()
     for r in sandbox.accepted():
         n = int(r.receiver[4:])
@@ -166,7 +165,7 @@ async def test_quota_of_10_per_second_is_kept(session: aiohttp.ClientSession) ->
         delivery = engine(session, sandbox, recorder, rps=10)
         for n in range(100 * 500):
             delivery.submit(Pending(record(n), n))
-        await until(lambda: recorder.resolved() == 50_000)
+        await recorder.until_resolved(50_000)
         await delivery.close()
         stats = sandbox.stats().totals
     requests = sum(stats.requests.values())
@@ -187,7 +186,7 @@ async def test_errors_and_429_bursts_lose_nothing(session: aiohttp.ClientSession
             sandbox.set_faults(throttle_next=3, throttle_retry_after_s=1 if round_ % 2 else None)
             for n in range(round_ * 1000, round_ * 1000 + 1000):
                 delivery.submit(Pending(record(n), n))
-            await until(lambda r=round_: recorder.resolved() == (r + 1) * 1000)  # type: ignore[misc]
+            await recorder.until_resolved((round_ + 1) * 1000)
         await delivery.close()
         stats = sandbox.stats().totals
     assert recorder.dead == []
@@ -205,7 +204,7 @@ async def test_retry_after_is_honoured(session: aiohttp.ClientSession) -> None:
         started = time.monotonic()
         delivery.submit(Pending(record(1), 1))
         delivery.flush_open()
-        await until(lambda: recorder.resolved() == 1)
+        await recorder.until_resolved(1)
         await delivery.close()
     assert recorder.batches[0][2] - started >= 1.0
     assert sandbox.stats().totals.throttled == 1
@@ -219,7 +218,7 @@ async def test_bisection_isolates_three_bad_records(session: aiohttp.ClientSessi
         delivery = engine(session, sandbox, recorder)
         for n in range(500):
             delivery.submit(Pending(record(n, label=UNKNOWN_LABEL if n in bad else LABEL), n))
-        await until(lambda: recorder.resolved() == 500)
+        await recorder.until_resolved(500)
         await delivery.close()
         requests = sum(sandbox.stats().totals.requests.values())
     assert sorted(recorder.sources) == sorted(set(range(500)) - bad)
@@ -244,7 +243,7 @@ async def test_expiring_minted_tokens_are_reminted(session: aiohttp.ClientSessio
             for n in range(round_ * 100, round_ * 100 + 100):
                 delivery.submit(Pending(record(n), n))
             delivery.flush_open()
-            await until(lambda r=round_: recorder.resolved() == (r + 1) * 100)  # type: ignore[misc]
+            await recorder.until_resolved((round_ + 1) * 100)
             clock.advance(5)  # every token minted so far has expired
         await delivery.close()
         stats = sandbox.stats().totals
@@ -279,12 +278,12 @@ async def test_a_rotated_token_file_is_picked_up(
         delivery = engine(session, sandbox, recorder, tokens=TokenFile(str(mounted)))
         delivery.submit(Pending(record(1), 1))
         delivery.flush_open()
-        await until(lambda: recorder.resolved() == 1)
+        await recorder.until_resolved(1)
         clock.advance(5)
         await rotate()
         delivery.submit(Pending(record(2), 2))
         delivery.flush_open()
-        await until(lambda: recorder.resolved() == 2)
+        await recorder.until_resolved(2)
         await delivery.close()
         stats = sandbox.stats().totals
     assert sorted(recorder.sources) == [1, 2]
@@ -299,10 +298,10 @@ async def test_high_priority_takes_one_of_the_next_two_slots(
         delivery = engine(session, sandbox, recorder, rps=5, linger_s=0.01)
         for n in range(20 * 500):
             delivery.submit(Pending(record(n), n))
-        await until(lambda: len(recorder.batches) >= 3)
+        await wait_until_async(lambda: len(recorder.batches) >= 3, timeout_s=DEADLINE_S)
         sent_before = len({r.batch_id for r in sandbox.accepted()})
         delivery.submit(Pending(record(999_999, high=True), 999_999))
-        await until(lambda: 999_999 in recorder.sources)
+        await wait_until_async(lambda: 999_999 in recorder.sources, timeout_s=DEADLINE_S)
         order = list(dict.fromkeys(r.batch_id for r in sandbox.accepted()))
         position = next(
             i

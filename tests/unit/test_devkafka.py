@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_cached_jars_are_reused_without_maven(
     lib = devkafka.cache_dir() / "lib"
     lib.mkdir(parents=True)
     (lib / ".complete").write_text(devkafka._POM.read_text())
-    monkeypatch.setattr(devkafka.shutil, "which", lambda _: pytest.fail("mvn was looked up"))
+    monkeypatch.setattr(shutil, "which", lambda _: pytest.fail("mvn was looked up"))
     assert devkafka.fetch_jars() == lib
 
 

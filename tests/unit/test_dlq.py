@@ -19,20 +19,26 @@ INVALID_PHONE = Rejection(
 )
 NOT_JSON = Rejection(code="not_json", field=None, message="not JSON", stage="decode")
 REFUSED = Rejection(code="api_rejected", field=None, message="the API answered 400", stage="api")
+HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("trace-id", b"abc"),
+    ("dup", b"1"),
+    ("dup", b"2"),
+    ("empty", None),
+]
 NOWHERE: dict[str, str | int | float | bool] = {"bootstrap.servers": "127.0.0.1:1", "log_level": 0}
 """No broker listens on port 1: writes can only fail."""
 
 
-def message(**changes: object) -> Message:
-    fields: dict[str, object] = {
-        "topic": "call-intents",
-        "partition": 3,
-        "offset": 1234567,
-        "key": b"order-42",
-        "value": b'{"caller": "x"}',
-        "headers": [("trace-id", b"abc"), ("dup", b"1"), ("dup", b"2"), ("empty", None)],
-    }
-    return Message(**{**fields, **changes})  # type: ignore[arg-type]
+def message(
+    *,
+    key: bytes | None = b"order-42",
+    value: bytes | None = b'{"caller": "x"}',
+    headers: list[tuple[str, str | bytes | None]] | None = HEADERS,
+) -> Message:
+    copied = None if headers is None else list(headers)  # each message its own list
+    return Message(
+        topic="call-intents", partition=3, offset=1234567, key=key, value=value, headers=copied
+    )
 
 
 def test_the_headers_of_a_rule_broken() -> None:

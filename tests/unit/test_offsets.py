@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from stream.offsets import OffsetTracker
+from stream.offsets import OffsetTracker, Ticket
 
 T = "topic"
+
+
+def received(tracker: OffsetTracker, partition: int, offset: int) -> Ticket:
+    """The ticket of a record of a partition the tracker owns."""
+    ticket = tracker.receive(T, partition, offset)
+    assert ticket is not None
+    return ticket
 
 
 def test_position_is_one_past_the_finished_prefix() -> None:
     tracker = OffsetTracker()
     tracker.assign([(T, 0)])
-    tickets = [tracker.receive(T, 0, offset) for offset in (5, 6, 8, 9)]  # 7: a compacted gap
-    assert all(tickets)
-    tracker.finish(tickets[1])  # type: ignore[arg-type]
+    tickets = [received(tracker, 0, offset) for offset in (5, 6, 8, 9)]  # 7: a compacted gap
+    tracker.finish(tickets[1])
     assert tracker.to_commit() == {}
-    tracker.finish(tickets[0])  # type: ignore[arg-type]
+    tracker.finish(tickets[0])
     assert tracker.to_commit() == {(T, 0): 7}
-    tracker.finish(tickets[3])  # type: ignore[arg-type]
+    tracker.finish(tickets[3])
     assert tracker.to_commit() == {(T, 0): 7}
-    tracker.finish(tickets[2])  # type: ignore[arg-type]
+    tracker.finish(tickets[2])
     assert tracker.to_commit() == {(T, 0): 10}
     assert tracker.unfinished() == 0
 
@@ -26,8 +32,8 @@ def test_position_is_one_past_the_finished_prefix() -> None:
 def test_committed_positions_are_not_committed_again() -> None:
     tracker = OffsetTracker()
     tracker.assign([(T, 0), (T, 1)])
-    ticket = tracker.receive(T, 0, 0)
-    tracker.finish(ticket)  # type: ignore[arg-type]
+    ticket = received(tracker, 0, 0)
+    tracker.finish(ticket)
     tracker.committed({(T, 0): 1})
     assert tracker.to_commit() == {}
 
@@ -35,14 +41,14 @@ def test_committed_positions_are_not_committed_again() -> None:
 def test_results_of_an_earlier_assignment_are_ignored() -> None:
     tracker = OffsetTracker()
     tracker.assign([(T, 0)])
-    old = tracker.receive(T, 0, 0)
+    old = received(tracker, 0, 0)
     tracker.forget([(T, 0)])
     tracker.assign([(T, 0)])
-    new = tracker.receive(T, 0, 0)
-    tracker.finish(old)  # type: ignore[arg-type]
+    new = received(tracker, 0, 0)
+    tracker.finish(old)
     assert tracker.to_commit() == {}
     assert tracker.unfinished() == 1
-    tracker.finish(new)  # type: ignore[arg-type]
+    tracker.finish(new)
     assert tracker.to_commit() == {(T, 0): 1}
 
 

@@ -32,6 +32,7 @@ from stream.sandbox import (
     SandboxConfig,
     parse_labels,
 )
+from tests.support.sandbox import SandboxFactory
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 OTHER_ACCOUNT = "0d3f5a4e-1c2b-4e6f-8a9b-7c6d5e4f3a2b"
@@ -39,8 +40,6 @@ LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
 TOKEN = "static-test-token"
 HOUR_MS = 3_600_000
 DCR_STREAM = Path(sys.executable).parent / "dcr-stream"
-
-SandboxFactory = Callable[..., Awaitable[Sandbox]]
 
 
 @pytest.fixture
@@ -52,6 +51,10 @@ def clock() -> ManualClock:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+StartSandbox = Callable[..., Awaitable[Sandbox]]
+"""``await start(**SandboxConfig fields)``."""
 
 
 @pytest.fixture
@@ -140,7 +143,7 @@ async def mint(
 
 
 async def test_v1_batch_is_accepted_and_recorded_normalised(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     records = [
@@ -160,7 +163,7 @@ async def test_v1_batch_is_accepted_and_recorded_normalised(
 
 
 async def test_v2_batch_returns_a_batch_id_and_is_recorded(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     record = v2(clock, dynamic_label_name="Delivery", dynamic_call_reason="Your order ships")
@@ -186,7 +189,7 @@ async def test_v2_batch_returns_a_batch_id_and_is_recorded(
 
 
 async def test_500_records_pass_and_501_are_413_with_nothing_recorded(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     assert (await post(session, sandbox, [v1(clock)] * 501)).status == 413
@@ -196,7 +199,7 @@ async def test_500_records_pass_and_501_are_413_with_nothing_recorded(
 
 
 async def test_one_unknown_label_refuses_the_whole_batch_naming_its_index(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     records = [v1(clock)] * 500
@@ -211,7 +214,7 @@ async def test_one_unknown_label_refuses_the_whole_batch_naming_its_index(
 
 
 async def test_an_account_without_labels_accepts_any_label(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     record = v1(clock, label_id=str(uuid.uuid4()))
@@ -236,7 +239,7 @@ async def test_an_account_without_labels_accepts_any_label(
     ],
 )
 async def test_each_rule_refuses_the_batch(
-    start: Callable[..., Any],
+    start: StartSandbox,
     session: aiohttp.ClientSession,
     clock: ManualClock,
     fields: dict[str, Any],
@@ -254,7 +257,7 @@ async def test_each_rule_refuses_the_batch(
 
 
 async def test_the_window_and_expiry_rules_use_the_sandbox_clock(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     now_ms = int(clock.time() * 1000)
@@ -274,7 +277,7 @@ async def test_the_window_and_expiry_rules_use_the_sandbox_clock(
 
 
 async def test_v2_refusals_name_the_v2_field_and_reject_v1_records(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     answer = await post(
@@ -296,14 +299,14 @@ async def test_v2_refusals_name_the_v2_field_and_reject_v1_records(
     ],
 )
 async def test_a_body_that_is_not_a_batch_is_400(
-    start: Callable[..., Any], session: aiohttp.ClientSession, body: bytes, status: int
+    start: StartSandbox, session: aiohttp.ClientSession, body: bytes, status: int
 ) -> None:
     sandbox = await start()
     assert (await post(session, sandbox, [], body=body)).status == status
 
 
 async def test_a_body_that_is_not_json_content_is_415(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     answer = await post(session, sandbox, [v1(clock)], content_type="text/plain")
@@ -314,7 +317,7 @@ async def test_a_body_that_is_not_json_content_is_415(
 
 
 async def test_eleven_requests_in_one_second_get_exactly_one_429(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=10)
     answers = await asyncio.gather(*(post(session, sandbox, [v1(clock)]) for _ in range(11)))
@@ -333,7 +336,7 @@ async def test_eleven_requests_in_one_second_get_exactly_one_429(
 
 
 async def test_quota_429_carries_no_retry_after_when_configured_off(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=1, retry_after=False)
     assert (await post(session, sandbox, [v1(clock)])).status == 200
@@ -346,7 +349,7 @@ async def test_quota_429_carries_no_retry_after_when_configured_off(
 
 
 async def test_requests_without_a_valid_token_are_401(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     for token in (None, "wrong", ""):
@@ -357,7 +360,7 @@ async def test_requests_without_a_valid_token_are_401(
 
 
 async def test_a_minted_token_works_for_its_account_until_it_expires(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(key_id="K", api_key="S", token_lifetime_s=600)
     minted = await mint(session, sandbox)
@@ -375,7 +378,7 @@ async def test_a_minted_token_works_for_its_account_until_it_expires(
 
 
 async def test_the_eleventh_mint_in_thirty_minutes_is_429(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     for _ in range(10):
@@ -391,7 +394,7 @@ async def test_the_eleventh_mint_in_thirty_minutes_is_429(
 
 
 async def test_minting_needs_the_right_key_and_the_public_access_header(
-    start: Callable[..., Any], session: aiohttp.ClientSession
+    start: StartSandbox, session: aiohttp.ClientSession
 ) -> None:
     sandbox = await start(key_id="K", api_key="S")
     assert (await mint(session, sandbox, api_key="wrong")).status == 401
@@ -410,7 +413,7 @@ async def test_without_a_configured_key_any_key_mints(
 
 
 async def test_error_rate_with_a_seed_repeats_its_failures(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     runs = []
     for _ in range(2):
@@ -424,7 +427,7 @@ async def test_error_rate_with_a_seed_repeats_its_failures(
 
 
 async def test_a_5xx_burst_fails_the_next_requests(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=1000)
     sandbox.set_faults(fail_next=3, fail_status=502)
@@ -436,7 +439,7 @@ async def test_a_5xx_burst_fails_the_next_requests(
 
 @pytest.mark.parametrize("retry_after_s", [7, None])
 async def test_a_429_burst_with_and_without_retry_after(
-    start: Callable[..., Any],
+    start: StartSandbox,
     session: aiohttp.ClientSession,
     clock: ManualClock,
     retry_after_s: int | None,
@@ -450,7 +453,7 @@ async def test_a_429_burst_with_and_without_retry_after(
 
 
 async def test_an_outage_answers_503_for_its_window(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=1000)
     sandbox.set_faults(outage="503", outage_s=30)
@@ -464,7 +467,7 @@ async def test_an_outage_answers_503_for_its_window(
 
 
 async def test_an_outage_can_drop_connections_until_it_is_lifted(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=1000, faults=Faults(outage="drop"))
     with pytest.raises(aiohttp.ServerDisconnectedError):
@@ -479,16 +482,16 @@ async def test_an_outage_can_drop_connections_until_it_is_lifted(
 
 @pytest.mark.parametrize(
     "faults",
-    [{"latency_ms": 80}, {"spike_probability": 1.0, "spike_ms": 80}],
+    [Faults(latency_ms=80), Faults(spike_probability=1.0, spike_ms=80)],
     ids=["fixed", "spike"],
 )
 async def test_latency_delays_the_answer(
-    start: Callable[..., Any],
+    start: StartSandbox,
     session: aiohttp.ClientSession,
     clock: ManualClock,
-    faults: dict[str, float],
+    faults: Faults,
 ) -> None:
-    sandbox = await start(faults=Faults(**faults))
+    sandbox = await start(faults=faults)
     loop = asyncio.get_running_loop()
     began = loop.time()
     assert (await post(session, sandbox, [v1(clock)])).status == 200
@@ -529,7 +532,7 @@ def test_parse_labels() -> None:
 
 
 async def test_faults_are_set_and_read_through_the_control_endpoint(
-    start: Callable[..., Any], session: aiohttp.ClientSession
+    start: StartSandbox, session: aiohttp.ClientSession
 ) -> None:
     sandbox = await start()
     async with session.post(f"{sandbox.url}/_sandbox/faults", json={"error_rate": 0.5}) as r:
@@ -546,7 +549,7 @@ async def test_faults_are_set_and_read_through_the_control_endpoint(
 
 
 async def test_labels_are_learned_at_run_time(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     new_label = str(uuid.uuid4())
@@ -562,7 +565,7 @@ async def test_labels_are_learned_at_run_time(
 
 
 async def test_stats_accepted_and_reset_over_http(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start(rate_limit_rps=1000)
     await post(session, sandbox, [v1(clock)] * 3)
@@ -599,7 +602,7 @@ async def test_stats_accepted_and_reset_over_http(
 
 
 async def test_account_ids_are_compared_lower_cased(
-    start: Callable[..., Any], session: aiohttp.ClientSession, clock: ManualClock
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox = await start()
     bad = v1(clock, label_id=str(uuid.uuid4()))

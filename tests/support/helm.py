@@ -1,4 +1,4 @@
-"""Fixtures for the chart tests: a real ``helm`` binary and renders of ``helm/dcr-stream``.
+"""The chart tests' ``helm``: a real binary, renders of ``helm/dcr-stream``, and readers of them.
 
 ``scripts/helm.sh`` builds helm from its Go module once and caches it outside the repo. If it cannot
 provide the binary, every chart test errors: a missing helm fails the run, it never skips it.
@@ -18,10 +18,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dcr-stream"
-HERE = Path(__file__).resolve().parent
-VALUES = sorted((HERE / "values").glob("*.yaml"))
+VALUES_DIR = REPO / "tests" / "chart" / "values"
+VALUES = sorted(VALUES_DIR.glob("*.yaml"))
 """The good values files: each must lint, render and validate."""
-BAD_VALUES = sorted((HERE / "bad-values").glob("*.yaml"))
+BAD_VALUES = sorted((REPO / "tests" / "chart" / "bad-values").glob("*.yaml"))
 """Each breaks one rule of values.schema.json; its first line says ``# expect: <error text>``."""
 RELEASE = "rel"
 

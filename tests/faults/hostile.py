@@ -1,96 +1,25 @@
-"""What the fault-injection suite produces: valid call intents, invalid ones, hostile bytes.
+"""Hostile messages for scenario 7: random bytes, invalid UTF-8, deep nesting, huge strings and
+more, each refused by the service's validator with the code ``expected_code`` gives it.
 
-Every event has an id. A valid event's id is its receiver number (``9198`` and eight digits), which
-is how the sandbox's record of accepted records names it; every message also carries the id in a
-``fault.id`` header, which the dead-letter topic keeps, so a dead letter names its original even
-when the value is random bytes or a tombstone. The expected code of an invalid event is the one
-``stream.validation`` gives it (the service's own rules, checked here when the event is made), so
-the suite proves that what the validator refuses reaches the DLQ with that code, whatever it is.
+Every one is an ``Event`` (``tests.support.events``) with an id of its own, which the ``Ledger``
+puts in a header the dead-letter topic keeps: a dead letter names its original even when the value
+is random bytes or a tombstone.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from stream.validation import CODES, Rejection, Rules, validate
-from tests.integration.conftest import ACCOUNTS, LABEL
+from stream.validation import CODES
+from tests.support.events import Event, expected_code, intent
 
-__all__ = ["HOSTILE_KINDS", "Event", "expected_code", "hostile", "invalid", "mixed", "valid"]
-
-RULES = Rules()
-"""The service's rules as ``service_factory`` configures it: no default account, any label."""
-
-HOUR_MS = 3_600_000
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: str
-    value: bytes | None
-    expect: str | None
-    """None: valid, the API must accept it; else the code its dead letter must carry."""
-    key: bytes | None = None
-
-
-def _intent(i: int, now_ms: int) -> dict[str, object]:
-    return {
-        "client_account_id": ACCOUNTS[i % len(ACCOUNTS)],
-        "caller": "+91 80 4000 1000",
-        "receiver": f"9198{i:08d}",
-        "label_id": LABEL,
-        "call_reason": "Your order is out for delivery",
-        "starts_at": now_ms,
-        "ends_at": now_ms + 6 * HOUR_MS,
-    }
-
-
-def expected_code(value: bytes | None, now_ms: int) -> str | None:
-    """The code the service's validator gives ``value``; None if it accepts it."""
-    result = validate(value, rules=RULES, now_ms=now_ms)
-    return result.code if isinstance(result, Rejection) else None
-
-
-def valid(i: int, now_ms: int) -> Event:
-    intent = _intent(i, now_ms)
-    receiver = str(intent["receiver"])
-    return Event(receiver, json.dumps(intent).encode(), None, receiver.encode())
-
-
-_INVALID: tuple[tuple[str, Callable[[dict[str, object]], dict[str, object]]], ...] = (
-    ("invalid_phone", lambda e: {**e, "caller": "12"}),
-    ("timestamp_seconds", lambda e: {**e, "starts_at": int(str(e["starts_at"])) // 1000}),
-    ("missing_field", lambda e: {k: v for k, v in e.items() if k != "label_id"}),
-    ("call_reason_characters", lambda e: {**e, "call_reason": "50% off today!"}),
-    ("window_inverted", lambda e: {**e, "starts_at": int(str(e["ends_at"])) + 1}),
-)
-
-
-def invalid(i: int, now_ms: int) -> Event:
-    """An event that breaks one rule (cycling through a few), with the code it must get."""
-    intended, make = _INVALID[i % len(_INVALID)]
-    value = json.dumps(make(_intent(i, now_ms))).encode()
-    code = expected_code(value, now_ms)
-    assert code == intended, f"the validator gives {code}, not {intended}, for {value!r}"
-    return Event(f"bad-{i}", value, code, f"bad-{i}".encode())
-
-
-def mixed(count: int, now_ms: int, *, invalid_every: int = 0, start: int = 0) -> Iterator[Event]:
-    """``count`` events from index ``start``; every ``invalid_every``-th is invalid (0: none)."""
-    for i in range(start, start + count):
-        if invalid_every and i % invalid_every == invalid_every - 1:
-            yield invalid(i, now_ms)
-        else:
-            yield valid(i, now_ms)
-
-
-# -- hostile messages ------------------------------------------------------------------------
+__all__ = ["HOSTILE_KINDS", "hostile"]
 
 
 def _json_with(i: int, now_ms: int, **changes: object) -> bytes:
-    return json.dumps({**_intent(i, now_ms), **changes}).encode()
+    return json.dumps({**intent(i, now_ms), **changes}).encode()
 
 
 def _random_bytes(rng: random.Random, i: int, now_ms: int) -> bytes | None:
@@ -157,7 +86,7 @@ def _wrong_type(rng: random.Random, i: int, now_ms: int) -> bytes | None:
 def _not_an_object(rng: random.Random, i: int, now_ms: int) -> bytes | None:
     return rng.choice(
         [
-            json.dumps([_intent(i, now_ms)]).encode(),
+            json.dumps([intent(i, now_ms)]).encode(),
             b"[]",
             b'"a string"',
             b"42",
