@@ -26,7 +26,15 @@ from msgspec.structs import force_setattr
 
 from stream.events import UUID_PATTERN, CallIntent, Record, Uuid
 
-__all__ = ["CODES", "Rejection", "Rules", "check_expiry", "normalise_phone", "validate"]
+__all__ = [
+    "CODES",
+    "ONLINE_CODES",
+    "Rejection",
+    "Rules",
+    "check_expiry",
+    "normalise_phone",
+    "validate",
+]
 
 Stage = Literal["decode", "validate", "expired", "api"]
 
@@ -59,6 +67,11 @@ CODES: dict[str, str] = {
     # api: the API refused the record (see stream.api)
     "api_rejected": "the API answered 400/413/422 for this record alone",
 }
+
+
+ONLINE_CODES = frozenset({"unknown_label", "api_rejected"})
+"""The codes only the running service gives: after validation, from the account's label registry
+(or a probe) and from the API. ``validate`` never does, nor does ``dcr-stream validate``."""
 
 
 class Rejection(Struct, frozen=True, kw_only=True):
