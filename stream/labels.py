@@ -127,22 +127,21 @@ class LabelGate(Generic[S]):
 
     def _hold(self, account: str, item: Pending[S]) -> None:
         state = self._account(account)
-        label = item.record.label_id
-        now = asyncio.get_running_loop().time()
-        until = state.refused.get(label)
-        if until is not None:
-            if now < until:
-                self._refuse(item)
-                return
-            del state.refused[label]
         if state.readable:
-            state.waiting.append((now, item))
+            state.waiting.append((asyncio.get_running_loop().time(), item))
             self._refresh_soon(account, state)
         else:
             self._hold_for_probe(account, state, item)
 
     def _hold_for_probe(self, account: str, state: _Account[S], item: Pending[S]) -> None:
+        """Refuse ``item`` if a probe refused its label lately; else wait for (or start) one."""
         label = item.record.label_id
+        until = state.refused.get(label)
+        if until is not None:
+            if asyncio.get_running_loop().time() < until:
+                self._refuse(item)
+                return
+            del state.refused[label]
         held = state.unconfirmed.get(label)
         if held is None:
             state.unconfirmed[label] = [item]
