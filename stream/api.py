@@ -1,4 +1,4 @@
-"""The Dynamic Call Records API over HTTP (SPEC §2): paths, headers, statuses, ``Retry-After``.
+"""The Dynamic Call Records API over HTTP (docs/api.md): paths, headers, statuses, ``Retry-After``.
 
 One ``aiohttp.ClientSession`` per process, made inside the running loop by :func:`make_session`,
 with explicit timeouts and TLS verification on (an optional CA bundle for private CAs). A request
@@ -43,9 +43,9 @@ class Response:
     def kind(self) -> Kind:
         """``ok`` (2xx), ``auth`` (401/403), ``reject`` (400/413/422: bisect) or ``retry``.
 
-        Everything else is retried: 429, 408, 425, 5xx and transport failures as SPEC §4.3 says,
-        and also other 4xx (404, 405, …), which mean a misconfiguration rather than a bad record,
-        so dead-lettering would turn an operator's typo into data loss.
+        Everything else is retried: 429, 408, 425, 5xx and transport failures
+        (docs/design.md#retry), and also other 4xx (404, 405, …), which mean a misconfiguration
+        rather than a bad record, so dead-lettering would turn an operator's typo into data loss.
         """
         if 200 <= self.status < 300:
             return "ok"

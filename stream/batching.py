@@ -1,4 +1,4 @@
-"""Batches of records per (client account, priority), flushed by count, age or size (SPEC §4.1).
+"""Batches of records per (account, priority), flushed by count, age or size (docs/design.md).
 
 The batcher is a plain data structure: it never sleeps and never sends. Its owner
 (``stream.delivery``) asks it for full batches as records arrive and for the batches whose oldest

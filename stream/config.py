@@ -1,4 +1,4 @@
-"""Configuration (SPEC §7): ``DCR_*`` variables over an optional TOML file, validated once.
+"""Configuration (docs/configuration.md): ``DCR_*`` variables over an optional TOML file.
 
 Each setting is one row of ``SETTINGS``: its variable, its parser, its default and its meaning. The
 README's configuration table is that list (a test keeps them equal). A TOML file uses the same names
@@ -234,7 +234,7 @@ SETTINGS: tuple[Setting, ...] = (
         "kafka_high_priority_topics",
         lambda v: frozenset(_list(v)) if v.strip() else frozenset(),
         "",
-        "input topics whose every event is high priority (SPEC §4.2)",
+        "input topics whose every event is high priority (docs/design.md#quota)",
     ),
     Setting(
         "kafka_config",

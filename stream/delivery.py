@@ -247,8 +247,8 @@ class Delivery(Generic[S]):
             self._retry_later(lane, batch, response)
 
     async def _drop_expired(self, batch: Batch[S]) -> list[Pending[S]]:
-        """Dead-letter the records whose window closed while they waited (SPEC §3: checked again
-        just before sending); return the rest."""
+        """Dead-letter the records whose window closed while they waited (docs/events.md: checked
+        again just before sending); return the rest."""
         now_ms = self._wall_ms()
         live = []
         for item in batch.items:
@@ -260,7 +260,7 @@ class Delivery(Generic[S]):
         return live
 
     async def _reject(self, lane: Lane[S], batch: Batch[S], response: Response) -> None:
-        """400/413/422: halve until each refused record stands alone (SPEC §4.5)."""
+        """400/413/422: halve until each refused record stands alone (docs/design.md#rejection)."""
         items = batch.items
         if len(items) == 1:
             rejection = api_rejection(response.status)

@@ -1,4 +1,4 @@
-"""The dead-letter topic (SPEC §6): the original message, unchanged, plus why it was not delivered.
+"""The dead-letter topic (docs/dlq.md): the original message, unchanged, plus why it failed.
 
 A dead-letter record has the key, value and headers of the message it replaces, then these headers
 (values are UTF-8 text; numbers in decimal)::
@@ -19,7 +19,8 @@ them replaced, so each appears once and always describes the latest failure, and
 them all before a record goes back to an input topic.
 
 :class:`DeadLetterProducer` returns from ``send`` only once Kafka acknowledged the write (acks=all,
-idempotent), because the consumer commits past a dead-lettered record on the strength of it (§4.6).
+idempotent), because the consumer commits past a dead-lettered record on the strength of it
+(docs/design.md#at-least-once).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def dead_letter_headers(
     http_status: int | None = None,
     http_body: bytes | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The ``dcr.*`` headers for ``message`` rejected as ``rejection`` (SPEC §6)."""
+    """The ``dcr.*`` headers for ``message`` rejected as ``rejection`` (docs/dlq.md)."""
     headers = [
         (ERROR_CODE, rejection.code.encode()),
         (ERROR_FIELD, (rejection.field or "").encode()),

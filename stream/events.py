@@ -1,4 +1,4 @@
-"""The call-intent event (SPEC §3) as it arrives on Kafka, and the API's wire records (SPEC §2).
+"""The call-intent event (docs/events.md) as it arrives, and the API's wire records (docs/api.md).
 
 ``CallIntent`` is the input contract: msgspec checks types and the constraints it can express
 (`Meta`), ``stream.validation`` the rest. ``Record`` is a validated, normalised call intent; it is

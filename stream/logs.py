@@ -1,4 +1,4 @@
-"""Logs: one JSON object per line on stdout (SPEC §8)."""
+"""Logs: one JSON object per line on stdout (docs/operations.md)."""
 
 from __future__ import annotations
 

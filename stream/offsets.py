@@ -1,4 +1,4 @@
-"""Which offsets may be committed: per partition, the finished prefix of its records (SPEC §4.6).
+"""Which offsets may be committed: each partition's finished prefix (docs/design.md#at-least-once).
 
 A record is *finished* when the API accepted it or Kafka acknowledged its dead-letter copy. Records
 finish out of order (batches per account, retries, bisection); the committable position of a

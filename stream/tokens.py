@@ -1,4 +1,4 @@
-"""API tokens (SPEC §2, §4.4): a static token, a token file Kubernetes rotates, or minted tokens.
+"""API tokens (docs/api.md, docs/design.md#auth): static, from a file Kubernetes rotates, or minted.
 
 Every source answers ``await get(account)`` with a bearer token and hears
 ``invalidate(account, token)`` when the API refused it (401, or a first 403). Tokens and keys are

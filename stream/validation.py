@@ -1,4 +1,4 @@
-"""Every rule of SPEC §3: bytes in, a ``Record`` or a ``Rejection`` out — never an exception.
+"""Every rule of docs/events.md: bytes in, a ``Record`` or a ``Rejection`` out — never an exception.
 
 msgspec decodes and checks types and ``Meta`` constraints in one pass (one reused ``Decoder``).
 Only when that fails do we look closer, to give the failure its stable code. The rules msgspec
@@ -84,7 +84,7 @@ class Rejection(Struct, frozen=True, kw_only=True):
 
 
 class Rules(Struct, frozen=True, kw_only=True):
-    """The configurable part of validation (SPEC §3, §7)."""
+    """The configurable part of validation (docs/events.md, docs/configuration.md)."""
 
     default_account: str | None = None
     """``DCR_CLIENT_ACCOUNT_ID``: the account of events that name none."""

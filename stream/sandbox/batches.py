@@ -3,8 +3,9 @@
 A body is checked record by record, in order. Each is decoded as its version's wire record
 (``stream.events.WireV1``/``WireV2``: optional fields absent, never null), mapped to the call-intent
 shape and handed to ``stream.validation.validate``, the code that checks events on arrival, so the
-sandbox and the service cannot disagree on a rule (SPEC §3). The first record that fails refuses the
-whole batch with a 400 naming its index: what makes a client bisect (SPEC §4.5).
+sandbox and the service cannot disagree on a rule (docs/events.md). The first record that fails
+refuses the whole batch with a 400 naming its index: what makes a client bisect
+(docs/design.md#rejection).
 
 Accepted records are stored as one msgpack array per batch without field names: about 120 bytes a
 record for 12-digit numbers, a label id and a 30-character reason, so a million fit in a test.
@@ -26,7 +27,7 @@ from stream.validation import Rejection, Rules, validate
 __all__ = ["MAX_RECORDS", "Accepted", "Batch", "Refusal", "Version", "check_batch"]
 
 MAX_RECORDS = 500
-"""Records a batch request may hold (SPEC §2); more are answered 413."""
+"""Records a batch request may hold (docs/api.md); more are answered 413."""
 
 Version = Literal["v1", "v2"]
 

@@ -12,7 +12,8 @@ __all__ = ["EXIT_USAGE", "arg_type", "at_least_one"]
 T = TypeVar("T")
 
 EXIT_USAGE = 2
-"""Bad flags or configuration: argparse's own code, and what SPEC §7 asks for a bad value."""
+"""Bad flags or configuration: argparse's own code, and the exit status docs/configuration.md
+gives a bad value."""
 
 
 def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:

@@ -1,4 +1,4 @@
-"""``dcr-stream validate``: check call-intent events offline, a verdict per JSON line (SPEC §8).
+"""``dcr-stream validate``: check events offline, a verdict per JSON line (docs/operations.md).
 
 Each line is treated exactly like the value of one Kafka message: the same ``validate`` with the
 same rules, parsed from the same settings as the service's (``DCR_CLIENT_ACCOUNT_ID``,
