@@ -85,7 +85,7 @@ class Rules:
         self._lists = {}
         for account, ids in config.labels.items():
             if ids:
-                self.learn_labels(account, ids)
+                self._add_labels(account.lower(), ids, 0.0)
 
     @property
     def tokens(self) -> KeysView[str]:
@@ -102,7 +102,11 @@ class Rules:
     ) -> frozenset[str]:
         """Add dynamic labels to ``account`` (as if created in the console at wall time ``now``);
         returns the label ids it knows now."""
-        account = account.lower()
+        known = self._add_labels(account.lower(), label_ids, now)
+        _log.info("account %s knows %d label ids", account.lower(), len(known))
+        return known
+
+    def _add_labels(self, account: str, label_ids: Iterable[str], now: float) -> frozenset[str]:
         listed = self._listed(account, now)
         for label_id in _lower(label_ids):
             entry = listed.get(label_id)
@@ -123,7 +127,9 @@ class Rules:
             entry = listed.get(label_id)
             if entry is not None and entry.deleted_at is None:
                 entry.deleted_at = now
-        return self._known(account)
+        known = self._known(account)
+        _log.info("account %s knows %d label ids", account, len(known))
+        return known
 
     def label_page(self, account: str, page: int, limit: int) -> list[Label] | None:
         """One page (from 1) of ``account``'s label list; None for an account without one."""
@@ -140,13 +146,12 @@ class Rules:
         return listed
 
     def _known(self, account: str) -> frozenset[str]:
-        known = self._labels[account] = frozenset(
+        self._labels[account] = frozenset(
             e.id
             for e in self._lists[account].values()
             if e.label_type == "dynamic" and e.deleted_at is None
         )
-        _log.info("account %s knows %d label ids", account, len(known))
-        return known
+        return self._labels[account]
 
     def authorised(self, account: str, token: str | None, now: float) -> bool:
         """Whether ``token`` is the static token, or one minted for ``account`` and unexpired."""

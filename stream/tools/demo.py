@@ -7,12 +7,14 @@
    knows two label ids per account.
 2. Create the input topic and produce a realistic mix (``stream.tools.produce``): several
    accounts, some high-priority events, a few percent invalid events of eight kinds, and a few
-   events that carry a label id no account has registered yet, which the sandbox refuses (400).
+   events that carry a label id no account has registered yet: the accounts' label registries do
+   not list it, so the service dead-letters them as ``unknown_label`` before they reach a batch.
 3. Run the real ``Pipeline`` in this process, configured through ``stream.config.load`` like
    ``dcr-stream run``, at the API's quota; wait until every event is delivered or dead-lettered
    and the group's committed offsets reach the end of every partition.
-4. Register the new label with the sandbox and ``replay`` the API's rejections from the dead-letter
-   topic into the input topic; wait until they are delivered and committed too.
+4. Register the new label with the sandbox (as in Truecaller's console) and ``replay`` the
+   ``unknown_label`` dead letters into the input topic; wait until they are delivered and committed
+   too (the registry is read again on the first miss).
 5. Stop the service (it drains and leaves the group), print the summary, stop the sandbox and the
    broker. Ctrl-C or SIGTERM at any point does the same cleanup (exit 130).
 
@@ -192,6 +194,7 @@ class _SandboxProcess:
         first = self._proc.stdout.readline().decode(errors="replace").strip()
         if not first.startswith("http"):
             self._tail.append(first)
+            self.stop()
             self._drain()
             raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
         threading.Thread(target=self._drain, name="sandbox-log", daemon=True).start()
@@ -369,12 +372,12 @@ class _Demo:
     async def _replay_rejections(
         self, http: aiohttp.ClientSession, service: _Service, events: int, *, first_pass_s: float
     ) -> tuple[int, float]:
-        """Register the new label with the sandbox, replay the API's rejections from the
-        dead-letter topic, and run the service until they are done too. Returns the records
-        replayed and the seconds it took."""
+        """Register the new label with the sandbox, replay the ``unknown_label`` dead letters,
+        and run the service until they are done too. Returns the records replayed and the
+        seconds it took."""
         print(
             f"  first pass done in {first_pass_s:.1f} s; the accounts register label "
-            f"{NEW_LABEL_ID[:8]}…, and the API's rejections are replayed from {TOPIC}.dlq",
+            f"{NEW_LABEL_ID[:8]}…, and its dead letters are replayed from {TOPIC}.dlq",
             flush=True,
         )
         started = time.monotonic()
@@ -385,7 +388,8 @@ class _Demo:
         return replayed, time.monotonic() - started
 
     def _replay(self) -> int:
-        result = replay(self.kafka, f"{TOPIC}.dlq", select=Selection(stages=frozenset({"api"})))
+        selection = Selection(codes=frozenset({"unknown_label"}))
+        result = replay(self.kafka, f"{TOPIC}.dlq", select=selection)
         return result.sent
 
     async def _sandbox(
@@ -491,7 +495,7 @@ def _summarise(
     line("dead-lettered", f"{sum(dead.values()):,}", "stage, code:")
     for (code, stage), n in sorted(dead.items(), key=lambda item: (item[0][1], item[0][0])):
         line(f"  {stage:<9}{code}", f"{n:,}")
-    line("replayed from the DLQ", f"{replayed:,}", "the api rejections, once the label was known")
+    line("replayed from the DLQ", f"{replayed:,}", "unknown_label, once the label was registered")
     classes = ", ".join(f"{c} {n:,}" for c, n in sorted(by_class.items()))
     line("API requests", f"{sum(by_class.values()):,}", classes)
     ok = by_class.get("2xx", 0)
@@ -513,7 +517,7 @@ def _summarise(
     by_code: dict[str, int] = {}
     for (code, _), n in dead.items():
         by_code[code] = by_code.get(code, 0) + n
-    want = {**expected.invalid, "api_rejected": expected.new_label}
+    want = {**expected.invalid, "unknown_label": expected.new_label}
     if {c: n for c, n in by_code.items() if n} != {c: n for c, n in want.items() if n}:
         problems.append(f"dead-lettered by code {by_code}, expected {want}")
     if replayed != expected.new_label:
@@ -537,9 +541,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "two registered label ids per account), produce a realistic mix of call-intent events\n"
             "(a few percent invalid, some high priority, a few with a label id the API does not\n"
             "know yet), run the real service on them at the API's quota until every event is\n"
-            "delivered or dead-lettered and committed, register the new label and replay the\n"
-            "API's rejections from the dead-letter topic, then print a summary and stop\n"
-            "everything it started (also on Ctrl-C). Needs Java 17+; the first run fetches\n"
+            "delivered or dead-lettered and committed, register the new label and replay its\n"
+            "dead letters (unknown_label) from the dead-letter topic, then print a summary and\n"
+            "stop everything it started (also on Ctrl-C). Needs Java 17+; the first run fetches\n"
             "Kafka's jars with Maven. Exit status: 0 every event ended where it belongs, 1 not,\n"
             "130 interrupted."
         ),
