@@ -35,7 +35,9 @@ EVENTS = 20_000
 FOREIGN_EVERY = 200
 """0.5% of the events."""
 RPS = 2
-"""Each account's quota, in the sandbox and in the service: 20 full batches take about 10 s."""
+"""Each account's quota as the service is told it: 20 full batches take about 10 s. The sandbox
+allows twice that, so that the drain measures what labels cost, not how the service answers a
+429 (docs/design.md#quota)."""
 PARTITIONS = 4
 DEADLINE_S = 180.0
 
@@ -111,7 +113,7 @@ def test_foreign_labels_never_reach_a_batch(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread(
-        rate_limit_rps=RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
+        rate_limit_rps=2 * RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
     )
 
     started = time.monotonic()
@@ -173,7 +175,7 @@ def test_an_unreadable_registry_costs_a_probe_per_foreign_label(
 ) -> None:
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread(
-        rate_limit_rps=RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
+        rate_limit_rps=2 * RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
     )
     sandbox.set_faults(labels_status=503)
 
