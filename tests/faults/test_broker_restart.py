@@ -6,7 +6,6 @@ partitions (paused for backpressure at the time) and must rejoin and fetch them 
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,7 +13,7 @@ import pytest
 
 from stream.devkafka import LocalKafka
 from tests.faults.scenario import DEADLINE_S, FAST_SESSION, SOAK, sized
-from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import create_topic
 from tests.support.sandbox import SandboxThread
@@ -82,7 +81,6 @@ def test_a_broker_restart_loses_nothing(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=f"{topic}.dlq",
         started=started,
         notes={
             "broker_down_s": round(down_s, 1),
@@ -90,11 +88,7 @@ def test_a_broker_restart_loses_nothing(
             "commit_failures_logged": sum(m.startswith("commit") for m in messages),
             "dlq_retries_logged": sum(m.startswith("dead-letter write") for m in messages),
             "partitions_lost": sum(m.startswith("lost") for m in messages),
-            **api_stats(sandbox),
         },
     )
-    service.signal(signal.SIGTERM)
-    assert service.wait(30) == 0
-    report.show()
-    report.check()
+    conclude(report, service)
     assert report.notes["partitions_lost"], "the outage was meant to outlast the session"

@@ -5,7 +5,6 @@ the failure must be logged clearly, and everything must be delivered once the DL
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.faults.scenario import DEADLINE_S, SOAK, sized
-from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Broker, Offsets, create_topic
 from tests.support.sandbox import SandboxThread
@@ -91,7 +90,6 @@ def test_an_unwritable_dlq_holds_the_commits_back(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=dlq,
         started=started,
         notes={
             "held_s": HOLD_S,
@@ -100,10 +98,6 @@ def test_an_unwritable_dlq_holds_the_commits_back(
             "valid_delivered_while_held": delivered_meanwhile,
             "dlq_errors_logged": len(errors),
             "first_error": errors[0],
-            **api_stats(sandbox),
         },
     )
-    service.signal(signal.SIGTERM)
-    assert service.wait(30) == 0
-    report.show()
-    report.check()
+    conclude(report, service)

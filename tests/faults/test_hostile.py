@@ -7,7 +7,6 @@ stalled and the process never die or log a traceback (SPEC §3: rejected, never 
 from __future__ import annotations
 
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from tests.faults.hostile import hostile
 from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Event, Ledger, valid
 from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
@@ -67,16 +66,11 @@ def test_hostile_messages_are_dead_lettered_and_nothing_stalls(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=f"{topic}.dlq",
         started=started,
         notes={
             "kinds": dict(kinds.most_common()),
             "codes": dict(Counter(ledger.invalid.values()).most_common()),
-            **api_stats(sandbox),
         },
     )
-    service.signal(signal.SIGTERM)
-    assert service.wait(30) == 0
-    report.show()
-    report.check()
+    conclude(report, service)
     assert not tracebacks, tracebacks[:3]

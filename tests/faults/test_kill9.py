@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.scenario import DEADLINE_S, FAST_SESSION, sized
-from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Broker, Offsets
 from tests.support.sandbox import SandboxThread
@@ -66,11 +66,7 @@ def test_kill_9_five_times_loses_nothing(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=f"{topic}.dlq",
         started=started,
-        notes={"kills": kills, **api_stats(sandbox)},
+        notes={"kills": kills},
     )
-    final.signal(signal.SIGTERM)
-    assert final.wait(30) == 0
-    report.show()
-    report.check()
+    conclude(report, final)

@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import api_stats, verify, wait_complete
+from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Broker, Offsets
 from tests.support.sandbox import SandboxThread
@@ -84,15 +84,10 @@ def test_scaling_1_3_1_loses_nothing(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=f"{topic}.dlq",
         started=started,
         notes={
             "assignments": sum(m.startswith("assigned") for m in messages),
             "revocations": sum(m.startswith("revoking") for m in messages),
-            **api_stats(sandbox),
         },
     )
-    first.signal(signal.SIGTERM)
-    assert first.wait(30) == 0
-    report.show()
-    report.check()
+    conclude(report, first)

@@ -84,8 +84,8 @@ def test_the_verifier_sees_loss_and_counts_duplicates(
         ledger=ledger,
         sandbox=sandbox,
         group=group,
-        dlq_topic=dlq,
         started=started,
+        dlq_topic=dlq,
     )
     assert report.produced == 20
     assert (report.valid, report.invalid) == (16, 4)

@@ -20,6 +20,7 @@ reported. The :class:`Report` is printed by each test and again in the terminal 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tests.support.events import ID_HEADER, Ledger
 from tests.support.kafka import Offsets, read_topic
 from tests.support.kafka import headers as headers_of
 from tests.support.sandbox import SandboxThread
+from tests.support.service import Service
 from tests.support.waiting import wait_until
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "DeadLetters",
     "Report",
     "api_stats",
+    "conclude",
     "read_dead_letters",
     "verify",
     "wait_complete",
@@ -158,16 +161,19 @@ def verify(
     ledger: Ledger,
     sandbox: SandboxThread,
     group: str,
-    dlq_topic: str,
     started: float,
+    dlq_topic: str | None = None,
     notes: dict[str, object] | None = None,
 ) -> Report:
     """Compare what the ledger produced with the API's, the DLQ's and the group's record.
 
     ``started`` is the ``time.monotonic()`` of the scenario's start; the wall time runs from there
-    to now, so call this once the run is over (and before any slow teardown).
+    to now, so call this once the run is over (and before any slow teardown). ``dlq_topic`` is the
+    service's default unless given: the ledger's topic and ``.dlq``. The report's notes get the
+    API's counters (``api_stats``) after the scenario's own.
     """
     wall_s = time.monotonic() - started
+    dlq_topic = dlq_topic or f"{ledger.topic}.dlq"
     accepted = Counter(record.receiver for record in sandbox.run(sandbox.sandbox.accepted))
     letters = read_dead_letters(ledger.bootstrap_servers, dlq_topic)
     with Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions) as offsets:
@@ -184,7 +190,7 @@ def verify(
         dlq_records=sum(len(codes) for codes in letters.codes.values()) + letters.nameless,
         dlq_duplicates=sum(len(codes) - 1 for codes in letters.codes.values()),
         wall_s=wall_s,
-        notes=dict(notes or {}),
+        notes={**(notes or {}), **api_stats(sandbox)},
     )
     report.missing = sorted(ledger.valid - accepted.keys())
     report.unexpected = [f"api:{r}" for r in sorted(accepted.keys() - ledger.valid)]
@@ -222,6 +228,16 @@ def wait_complete(
 
     with Offsets(ledger.bootstrap_servers, group, ledger.topic, ledger.partitions) as offsets:
         wait_until(done, timeout_s=deadline_s, interval_s=0.5, what=f"{what} to complete")
+
+
+def conclude(report: Report, *services: Service) -> None:
+    """End a scenario: stop each service as an operator would (SIGTERM; it must exit 0), then
+    show the report and fail the test on any problem it found."""
+    for service in services:
+        service.signal(signal.SIGTERM)
+        assert service.wait(30) == 0, f"{service.log.name} exited with {service.proc.returncode}"
+    report.show()
+    report.check()
 
 
 def api_stats(sandbox: SandboxThread) -> dict[str, object]:
