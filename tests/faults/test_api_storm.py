@@ -1,6 +1,6 @@
 """Scenario 2: an API storm. 30 % of requests answered 5xx, 429 bursts with and without
 ``Retry-After``, 2 s latency spikes, then an outage (10 s bounded, 30 s soak) that first answers 503
-and then cuts connections. Transient failures must never become loss (SPEC §4.3)."""
+and then cuts connections. Transient failures must never become loss (docs/design.md#retry)."""
 
 from __future__ import annotations
 

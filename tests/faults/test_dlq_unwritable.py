@@ -1,7 +1,8 @@
 """Scenario 5: the dead-letter topic refuses writes for a while (a ``max.message.bytes`` too small
 for any dead letter, a config a real broker enforces; raised again with an incremental config
-change). No offset past a partition's first rejected record may be committed meanwhile (SPEC §4.6),
-the failure must be logged clearly, and everything must be delivered once the DLQ is back."""
+change). No offset past a partition's first rejected record may be committed meanwhile
+(docs/design.md#at-least-once), the failure must be logged clearly, and everything must be delivered
+once the DLQ is back."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 nesting, huge strings, numbers out of range, duplicate keys, wrong types, top-level arrays and
 scalars, nulls and tombstones, malformed JSON, oversize values (``tests.faults.hostile``). Every one
 must be dead-lettered with the code the validator gives it, the valid ones delivered, no partition
-stalled and the process never die or log a traceback (SPEC §3: rejected, never a crash)."""
+stalled and the process never die or log a traceback (docs/events.md: rejected, never a crash)."""
 
 from __future__ import annotations
 

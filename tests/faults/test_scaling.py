@@ -1,6 +1,7 @@
 """Scenario 4: one replica, then three in the same group, then one again (the first, which gets
 back partitions it had paused for backpressure before they were taken away). The account's quota
-is the sandbox's, shared by all replicas (SPEC §5): three replicas at the full rate meet 429s."""
+is the sandbox's, shared by all replicas (docs/design.md#scaling): three replicas at the full rate
+meet 429s."""
 
 from __future__ import annotations
 

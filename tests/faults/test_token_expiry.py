@@ -1,7 +1,7 @@
 """Scenario 6: tokens that expire every few seconds during the run (minted from a key pair,
-``DCR_API_KEY_ID`` + ``DCR_API_KEY``). Each expiry costs a 401 and a new mint (SPEC §4.4); the API
-allows 10 mints per account per 30 minutes, which the sandbox enforces, so the run is sized to need
-fewer: about one mint per account per ``LIFETIME_S`` of sending."""
+``DCR_API_KEY_ID`` + ``DCR_API_KEY``). Each expiry costs a 401 and a new mint (docs/design.md#auth);
+the API allows 10 mints per account per 30 minutes, which the sandbox enforces, so the run is sized
+to need fewer: about one mint per account per ``LIFETIME_S`` of sending."""
 
 from __future__ import annotations
 

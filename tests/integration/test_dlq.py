@@ -1,5 +1,5 @@
-"""Dead letters through a real broker (SPEC §6): invalid events are consumed, validated, written to
-the dead-letter topic by ``DeadLetterProducer``, and read back with every header in place."""
+"""Dead letters through a real broker (docs/dlq.md): invalid events are consumed, validated, written
+to the dead-letter topic by ``DeadLetterProducer``, and read back with every header in place."""
 
 from __future__ import annotations
 

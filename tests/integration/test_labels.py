@@ -8,6 +8,7 @@ costs one probe per account. A label created while the service runs is used with
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -131,7 +132,7 @@ def test_foreign_labels_never_reach_a_batch(
         print(
             f"{account}: {len(sent)} requests, mean {mean:.0f}, {drain_s:.1f} s (ideal {ideal_s}); "
             f"answers {sandbox.run(sandbox.sandbox.stats).accounts[account].requests}; "
-            f"gaps {[round(b[0] - a[0], 2) for a, b in zip(sent, sent[1:], strict=False)]}"
+            f"gaps {[round(b[0] - a[0], 2) for a, b in itertools.pairwise(sent)]}"
         )
         assert mean >= 450
         assert drain_s <= 1.2 * ideal_s

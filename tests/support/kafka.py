@@ -1,10 +1,10 @@
 """The real Kafka broker, and what tests and benchmarks do with it: topics, clients, offsets, reads.
 
-The broker is chosen in this order (SPEC §9): ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers
-``KafkaContainer`` if a Docker engine answers; else a local single-node KRaft broker started from
-Apache Kafka's own jars (``stream.devkafka``). The suite starts one per session (the ``kafka``
-fixture); if none can be had, every integration test errors: a missing broker fails the run, it
-never skips it. Unit tests never ask for the broker.
+The broker is chosen in this order (docs/testing.md): ``KAFKA_BOOTSTRAP_SERVERS`` if set; a
+testcontainers ``KafkaContainer`` if a Docker engine answers; else a local single-node KRaft broker
+started from Apache Kafka's own jars (``stream.devkafka``). The suite starts one per session (the
+``kafka`` fixture); if none can be had, every integration test errors: a missing broker fails the
+run, it never skips it. Unit tests never ask for the broker.
 
 The factory fixtures (``topic_factory``, ``group_factory``, ``producer_factory``,
 ``consumer_factory``) give each test fresh names and clean up after it. The plain functions take a

@@ -1,4 +1,4 @@
-"""Dead letters without a broker: the headers of SPEC §6, the body cut, and failures that surface.
+"""Dead letters without a broker: docs/dlq.md's headers, the body cut, and failures that surface.
 
 The round trip through a real broker is in ``tests/integration/test_dlq.py``.
 """

@@ -1,4 +1,4 @@
-"""The API's wire records (SPEC §2): names per version, optional fields omitted, one encode."""
+"""The API's wire records (docs/api.md): names per version, optional fields omitted, one encode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``schemas/`` never drifts from the code (SPEC §3).
+"""``schemas/`` never drifts from the code (docs/events.md).
 
 ``call-intent.schema.json`` is ``stream.events.schema()`` rendered by ``render``; ``asyncapi.yaml``
 is written by hand and checked here against the names it must share with the code. Regenerate the

@@ -1,4 +1,4 @@
-"""Every rule of SPEC §3 on both sides of its boundary: one table, one row per case.
+"""Every rule of docs/events.md on both sides of its boundary: one table, one row per case.
 
 A row is a message value (and, where the rule needs them, rules, a clock or a topic) and the
 verdict: ``OK`` or the rejection's code, field and stage. Time is injected, never read.
