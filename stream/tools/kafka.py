@@ -3,6 +3,7 @@ service's own settings, and a metadata look-up that turns an unreachable cluster
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 from stream.config import client_properties, setting
 from stream.errors import DcrStreamError
 
-__all__ = ["CONNECT_TIMEOUT_S", "kafka_config", "topic_partitions"]
+__all__ = ["CONNECT_TIMEOUT_S", "add_bootstrap_servers", "kafka_config", "topic_partitions"]
 
 CONNECT_TIMEOUT_S = 10.0
 """How long the first metadata request may take before the cluster counts as unreachable."""
@@ -46,3 +47,13 @@ def topic_partitions(
         ) from None
     found = metadata.topics.get(topic)
     return sorted(found.partitions) if found is not None and found.error is None else []
+
+
+def add_bootstrap_servers(parser: argparse.ArgumentParser) -> None:
+    """The ``--bootstrap-servers`` option of the tools that talk to Kafka (see ``kafka_config``)."""
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
+        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
+    )

@@ -29,7 +29,12 @@ from confluent_kafka.cimpl import NewTopic
 from stream.config import parse_positive, parse_uuid, setting
 from stream.errors import DcrStreamError
 from stream.tools.args import EXIT_USAGE, arg_type, at_least_one
-from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.kafka import (
+    CONNECT_TIMEOUT_S,
+    add_bootstrap_servers,
+    kafka_config,
+    topic_partitions,
+)
 from stream.tools.progress import Progress
 
 __all__ = [
@@ -395,12 +400,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--bootstrap-servers",
-        metavar="HOST:PORT",
-        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
-        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
-    )
+    add_bootstrap_servers(parser)
     parser.add_argument(
         "--topic", help="where to send (default: the first of $DCR_KAFKA_TOPICS, else call-intents)"
     )

@@ -36,7 +36,12 @@ from stream.dlq import (
 )
 from stream.errors import ConfigError, DcrStreamError
 from stream.tools.args import arg_type
-from stream.tools.kafka import CONNECT_TIMEOUT_S, kafka_config, topic_partitions
+from stream.tools.kafka import (
+    CONNECT_TIMEOUT_S,
+    add_bootstrap_servers,
+    kafka_config,
+    topic_partitions,
+)
 from stream.tools.progress import Progress
 from stream.validation import CODES, Stage
 
@@ -373,12 +378,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--bootstrap-servers",
-        metavar="HOST:PORT",
-        help="Kafka (default: $DCR_KAFKA_BOOTSTRAP_SERVERS, else localhost:9092); "
-        "$DCR_KAFKA_CONFIG and $DCR_KAFKA_SECRET_CONFIG apply as for run",
-    )
+    add_bootstrap_servers(parser)
     parser.add_argument(
         "--from",
         dest="from_topic",
