@@ -58,7 +58,7 @@ async def test_the_list_comes_in_pages_of_limit(
     assert len(listed) == len(LABELS) + 1  # and one static label
     assert set(LABELS) < set(listed)
     assert [label["id"] for label in small] == listed[20:30]
-    entry = next(label for label in first if label["id"] == LABELS[0])
+    entry = next(label for label in first + second if label["id"] == LABELS[0])
     assert entry["label_type"] == "dynamic"
     assert entry["deleted_at"] is None
     assert entry["client_account_id"] == ACCOUNT
