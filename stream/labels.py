@@ -189,6 +189,7 @@ class LabelGate(Generic[S]):
         ``MISS_REFRESH_S`` after the last one started, whichever is latest."""
         if state.refresh is None:
             state.refresh = asyncio.get_running_loop().create_task(self._refresh(account, state))
+            state.refresh.add_done_callback(_log_failure)
 
     async def _refresh(self, account: str, state: _Account[S]) -> None:
         try:
@@ -308,3 +309,10 @@ class LabelGate(Generic[S]):
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A bug in a refresh or a probe would leave records held for good: say so loudly."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("the label gate failed; records may be held", exc_info=exc)
