@@ -392,10 +392,12 @@ def sink(log: Path) -> tuple[Child, str]:
 
 
 def sandbox(log: Path, rate_limit_rps: int) -> tuple[Child, str]:
+    """The sandbox with one static token and a per-account quota instead of the per-token one."""
     child = Child(
         [
             sys.executable, "-m", "stream", "sandbox", "--port", "0",
             "--static-token", TOKEN, "--rate-limit-rps", str(rate_limit_rps),
+            "--token-rate-limit", "off",
         ],
         log,
     )  # fmt: skip
