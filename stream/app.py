@@ -33,10 +33,20 @@ from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
+from stream.leases import LocalLeases
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
-from stream.tokens import MintedTokens, StaticToken, TokenFile, TokenSource
+from stream.tokens import (
+    CredentialsFile,
+    CredentialSource,
+    KeyPair,
+    Minter,
+    Secret,
+    StaticTokens,
+    TokenFileSource,
+    Tokens,
+)
 from stream.validation import Rejection, Rules, validate
 
 __all__ = ["Pipeline"]
@@ -120,7 +130,7 @@ class Pipeline:
         self._dlq: DeadLetterProducer | None = None
         self._receipts: Receipts | None = None
         self._consumer: ConsumerThread | None = None
-        self._tokens_source: TokenSource | None = None
+        self._tokens_source: Tokens | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -296,16 +306,28 @@ class Pipeline:
     def _left(self, loop: asyncio.AbstractEventLoop) -> float:
         return max(0.0, self._stop_by - loop.time())
 
-    def _tokens(self, session: Any) -> TokenSource:
+    def _tokens(self, session: Any) -> Tokens:
+        """Each account's token pool, from the one way to authenticate configured."""
         config = self.config
+        source: CredentialSource
         if config.api_token is not None:
-            return StaticToken(config.api_token)
-        if config.api_token_file is not None:
-            return TokenFile(config.api_token_file)
-        assert config.api_key_id is not None
-        assert config.api_key is not None
-        return MintedTokens(
-            session, base_url=config.api_base_url, key_id=config.api_key_id, api_key=config.api_key
+            tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+            source = StaticTokens([Secret(t) for t in tokens])
+        elif config.api_token_file is not None:
+            source = TokenFileSource(config.api_token_file)
+        elif config.api_credentials_file is not None:
+            source = CredentialsFile(config.api_credentials_file)
+        else:
+            assert config.api_key_id is not None
+            assert config.api_key is not None
+            source = KeyPair(config.api_key_id, config.api_key)
+        return Tokens(
+            source,
+            minter=Minter(session, base_url=config.api_base_url),
+            leases=LocalLeases(config.token_pool_size),
+            requests_per_minute=config.token_requests_per_minute,
+            backoff_base_s=config.retry_base_ms / 1000,
+            rng=self._rng,
         )
 
     # -- consume → validate → submit ----------------------------------------------------------

@@ -49,6 +49,8 @@ class Counts:
     retries: int = 0
     throttled: int = 0
     """Requests answered 429."""
+    throttled_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(account, cause) → 429s: ``request`` (a batch request; its token backs off) or ``mint``."""
     bisections: int = 0
     commit_failures: int = 0
     dlq_write_failures: int = 0
