@@ -453,9 +453,12 @@ class TokenPool:
         self._wake = asyncio.Event()
         self._asked = False
         """A sender waits for the tokens held (or has none): mint one more (minted tokens)."""
-        self._next_mint: dict[int, float] = {}
-        """Slot → wall time before which it does not try to mint (refused, failed)."""
+        self._next_mint = 0.0
+        """Wall time before which no slot tries to mint: the API refused a mint (the account's
+        budget is spent, whoever spent it) or could not be asked."""
         self._refused: set[int] = set()
+        self._refusal: str | None = None
+        """The last mint refusal, said while ``_next_mint`` holds mints back."""
         self._requests: dict[int, int] = {}
         self.mints = 0
         self.mints_refused = 0
@@ -618,18 +621,21 @@ class TokenPool:
                 break
             record = self._record(p)
             recent = [t for t in record.mints if now - t < MINT_WINDOW_S + _MINT_MARGIN_S]
-            allowed_at = self._next_mint.get(p, 0.0)
+            allowed_at = self._next_mint
             if len(recent) >= per_slot:
                 allowed_at = max(allowed_at, recent[-per_slot] + MINT_WINDOW_S + _MINT_MARGIN_S)
             if now < allowed_at:
                 earliest = allowed_at if earliest is None else min(earliest, allowed_at)
                 continue
-            if await self._mint(p, key_id, api_key, record, recent):
-                minted_any = True
-                if p in empty:
-                    self._asked = False
+            if not await self._mint(p, key_id, api_key, record, recent):
+                break  # refused or unanswered: the other slots would be too
+            minted_any = True
+            if p in empty:
+                self._asked = False
         if not self.held and not minted_any and self._asked:
-            self._held_back("the mint budget is spent", earliest)
+            refused = self._refusal if now < self._next_mint else None
+            why = refused or "every slot held here spent its mint budget (10 per 30 minutes)"
+            self._held_back(why, earliest)
 
     async def _mint(
         self, p: int, key_id: str, api_key: Secret, record: SlotRecord, recent: list[float]
@@ -649,7 +655,8 @@ class TokenPool:
             if exc.status is not None:
                 self.mints_refused += 1
             retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
-            self._next_mint[p] = now + retry_s
+            self._next_mint = now + retry_s
+            self._refusal = str(exc)
             self._held_back(str(exc), now + retry_s)
             return False
         self.mints += 1
@@ -659,7 +666,6 @@ class TokenPool:
         previous = self.held.get(p)
         self.held[p] = Held(p, Secret(token), self._pace(previous, 1.0, seed=False), 1.0, now)
         self._refused.discard(p)
-        self._next_mint.pop(p, None)
         _log.info("account %s: token slot %d minted a token", account, p)
         self.changed.set()
         return True

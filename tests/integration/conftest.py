@@ -270,6 +270,8 @@ def service_factory(kafka: Broker, tmp_path: Path) -> Iterator[Callable[..., Ser
             "DCR_API_BASE_URL": api_url,
             "DCR_API_TOKEN": TOKEN,
             "DCR_RATE_LIMIT_RPS": "200",
+            # The sandbox here has no per-token limit: nor has the service (one static token).
+            "DCR_TOKEN_REQUESTS_PER_MINUTE": "1000000",
             "DCR_BATCH_LINGER_MS": "100",
             "DCR_COMMIT_INTERVAL_MS": "200",
             "DCR_RETRY_BASE_MS": "50",
