@@ -232,6 +232,10 @@ class Pipeline:
                 last_commit=lambda: self.last_commit_s,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
                 rates=lambda: self._delivery.rates() if self._delivery else {},
+                pools=lambda: self._tokens_source.report() if self._tokens_source else {},
+                slots_held=lambda: (
+                    len(self._tokens_source.leases.owned()) if self._tokens_source else 0
+                ),
             )
         )
         health = Health(
@@ -241,6 +245,7 @@ class Pipeline:
             consumer_alive=lambda: not consumer.done.done(),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
+            unready=lambda: self._tokens_source.unready() if self._tokens_source else None,
         )
         runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
         await runner.setup()

@@ -418,6 +418,11 @@ class PoolReport:
     """Slots it holds."""
     mints: int
     mints_refused: int
+    """Mints the API refused (any answer but 2xx)."""
+    mints_throttled: int
+    """Of those, answered 429 (the account's budget was spent)."""
+    mints_held_back: int
+    """Mints a slot needed and the budget held back (each slot and next attempt counted once)."""
     requests: dict[int, int]
     """Requests sent by this process, per slot (or static token)."""
     waiting: str | None
@@ -462,6 +467,9 @@ class TokenPool:
         self._requests: dict[int, int] = {}
         self.mints = 0
         self.mints_refused = 0
+        self.mints_throttled = 0
+        self.mints_held_back = 0
+        self._held_back_seen: set[tuple[int, float]] = set()
         self.waiting: str | None = None
         self._logged_at = -math.inf
         self._task: asyncio.Task[None] | None = None
@@ -529,6 +537,8 @@ class TokenPool:
             slots=len(self._leases.owned()),
             mints=self.mints,
             mints_refused=self.mints_refused,
+            mints_throttled=self.mints_throttled,
+            mints_held_back=self.mints_held_back,
             requests=dict(self._requests),
             waiting=None if self.held else (self.waiting or "no token yet"),
         )
@@ -626,6 +636,9 @@ class TokenPool:
                 allowed_at = max(allowed_at, recent[-per_slot] + MINT_WINDOW_S + _MINT_MARGIN_S)
             if now < allowed_at:
                 earliest = allowed_at if earliest is None else min(earliest, allowed_at)
+                if (p, allowed_at) not in self._held_back_seen:
+                    self._held_back_seen.add((p, allowed_at))
+                    self.mints_held_back += 1
                 continue
             if not await self._mint(p, key_id, api_key, record, recent):
                 break  # refused or unanswered: the other slots would be too
@@ -654,6 +667,7 @@ class TokenPool:
                 await self._leases.store(account, p, _encode(kept))  # it cannot have minted
             if exc.status is not None:
                 self.mints_refused += 1
+                self.mints_throttled += exc.status == 429
             retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
             self._next_mint = now + retry_s
             self._refusal = str(exc)
@@ -781,6 +795,16 @@ class Tokens:
 
     def report(self) -> dict[str, PoolReport]:
         return {account: pool.report() for account, pool in sorted(self._pools.items())}
+
+    def unready(self) -> str | None:
+        """Why this process cannot send (readiness), or None: it holds no token slot, or an
+        account it has records for has no token to send on."""
+        if not self.leases.owned():
+            return "this replica holds no slot of the token pool"
+        for account, pool in sorted(self._pools.items()):
+            if not pool.held and pool.waiting is not None:
+                return f"account {account} has no token to send on: {pool.waiting}"
+        return None
 
     async def close(self) -> None:
         for pool in self._pools.values():
