@@ -33,7 +33,7 @@ from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
-from stream.leases import LocalLeases
+from stream.leases import KafkaLeases
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
@@ -153,7 +153,16 @@ class Pipeline:
         self._dlq = DeadLetterProducer(kafka_client, config.dlq_topic)
         if config.receipts_topic is not None:
             self._receipts = Receipts(kafka_client, config.receipts_topic)
-        self._tokens_source = self._tokens(session)
+        leases = KafkaLeases(
+            {**config.consumer_config(), "logger": _librdkafka_log},
+            kafka_client,
+            topic=config.token_topic,
+            group_id=f"{config.kafka_group_id}.tokens",
+            slots=config.token_pool_size,
+            loop=loop,
+        )
+        await leases.start()
+        self._tokens_source = self._tokens(session, leases)
         client = ApiClient(
             session,
             base_url=config.api_base_url,
@@ -214,6 +223,8 @@ class Pipeline:
                 task.cancel()
             await self._labels.close()
             await self._delivery.close()
+            await self._tokens_source.close()
+            await leases.close(self._left(loop) if self._stop_by else self.budget.close_s)
             await session.close()
             # Within what is left of the stop's budget (all of ``close_s`` after a failure).
             self._dlq.close(self._left(loop) if self._stop_by else self.budget.close_s)
@@ -311,7 +322,7 @@ class Pipeline:
     def _left(self, loop: asyncio.AbstractEventLoop) -> float:
         return max(0.0, self._stop_by - loop.time())
 
-    def _tokens(self, session: Any) -> Tokens:
+    def _tokens(self, session: Any, leases: KafkaLeases) -> Tokens:
         """Each account's token pool, from the one way to authenticate configured."""
         config = self.config
         source: CredentialSource
@@ -329,7 +340,7 @@ class Pipeline:
         return Tokens(
             source,
             minter=Minter(session, base_url=config.api_base_url),
-            leases=LocalLeases(config.token_pool_size),
+            leases=leases,
             requests_per_minute=config.token_requests_per_minute,
             backoff_base_s=config.retry_base_ms / 1000,
             rng=self._rng,

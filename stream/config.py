@@ -62,6 +62,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_rps: float | None
     token_pool_size: int
     token_requests_per_minute: float
+    token_topic: str
     batch_max_records: int
     batch_linger_ms: int
     batch_max_bytes: int
@@ -312,6 +313,13 @@ SETTINGS: tuple[Setting, ...] = (
         "60",
         "requests per token in any rolling minute, spread evenly (the API allows 60)",
     ),
+    Setting(
+        "token_topic",
+        _text,
+        None,
+        "compacted topic of token slots, a partition per slot (created if missing), leased to "
+        "the replicas by the group `<group>.tokens`; default `<DCR_KAFKA_GROUP_ID>.tokens`",
+    ),
     Setting("batch_max_records", _int(1, 500), "500", "records per request (the API allows 500)"),
     Setting("batch_linger_ms", _int(0), "1000", "longest wait of a record for its batch to fill"),
     Setting("batch_max_bytes", _int(1024), "1000000", "cap on a request body's bytes"),
@@ -378,6 +386,9 @@ def load(env: Mapping[str, str], toml_path: str | None = None) -> Config:
         raise ConfigError("DCR_API_BASE_URL", "is required (the API's base URL)")
     _check_auth(values)
     values["dlq_topic"] = values["dlq_topic"] or default_dlq_topic(values["kafka_topics"])
+    values["token_topic"] = values["token_topic"] or f"{values['kafka_group_id']}.tokens"
+    if values["token_topic"] in values["kafka_topics"]:
+        raise ConfigError("DCR_TOKEN_TOPIC", "must not be one of the input topics")
     if values["dlq_topic"] in values["kafka_topics"]:
         raise ConfigError("DCR_DLQ_TOPIC", "must not be one of the input topics")
     if values["retry_cap_ms"] < values["retry_base_ms"]:

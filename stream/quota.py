@@ -102,10 +102,13 @@ class Slots:
         """These slots with a full window of requests assumed sent, evenly, up to ``now``.
 
         For a token this process has just taken over: whoever held it before may have used its
-        whole minute, so the first request waits one spacing and the pace goes on evenly from
-        there (docs/design.md#scaling).
+        whole window, as late as its pace allowed (``n`` requests ``gap_s`` apart, the last one
+        now). No window then holds more of its requests than this history does, so what this
+        process adds never takes the token over its limit. The first request waits about
+        ``window_s - (n - 1) * gap_s`` (4.2 s for 60 a minute), then the pace goes on evenly
+        (docs/design.md#scaling).
         """
-        assumed = (now - k * self.spacing_s for k in range(self.n))
+        assumed = (now - k * self.gap_s for k in range(self.n))
         history = sorted({*self.sent, *assumed})
         shape = (self.n, self.window_s, self.gap_s, self.spacing_s)
         return Slots(0.0, deque(t for t in history if t > now - self.window_s), window=shape)
