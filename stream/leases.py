@@ -44,6 +44,10 @@ _LET_GO_WAIT_S = 5.0
 unless it is blocked; the rebalance waits meanwhile, far inside ``session.timeout.ms``."""
 
 
+Release = Callable[[frozenset[int]], list[tuple[str, int, bytes]]]
+"""Slots let go → (account, slot, record) to write before the next holder gets them."""
+
+
 class Leases(Protocol):
     """The slots of every account's pool, as this process holds them."""
 
@@ -58,6 +62,11 @@ class Leases(Protocol):
 
     def watch(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever the held slots change."""
+        ...
+
+    def on_release(self, release: Release) -> None:
+        """Before slots are let go, ask ``release`` (on the event loop) for records to write to
+        them: their holder's handover to the next one."""
         ...
 
     def record(self, account: str, slot: int) -> bytes | None:
@@ -88,6 +97,9 @@ class LocalLeases:
 
     def watch(self, listener: Callable[[], None]) -> None:
         """The slots never change."""
+
+    def on_release(self, release: Release) -> None:
+        """No slot is ever let go."""
 
     def record(self, account: str, slot: int) -> bytes | None:
         return self._records.get((account, slot))
@@ -141,6 +153,7 @@ class KafkaLeases:
         self._loading: set[int] = set()
         self._records: dict[tuple[str, int], bytes] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._release: Release | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -158,6 +171,9 @@ class KafkaLeases:
 
     def watch(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
+
+    def on_release(self, release: Release) -> None:
+        self._release = release
 
     def record(self, account: str, slot: int) -> bytes | None:
         return self._records.get((account, slot))
@@ -303,17 +319,39 @@ class KafkaLeases:
     def _let_go(self, gone: set[int] | frozenset[int]) -> None:
         """Stop using the slots on the loop, and wait (bounded) until it has: only then may the
         group give them to another replica."""
+        self._held -= gone
+        handover: list[tuple[str, int, bytes]] = []
+        done = self._publish(frozenset(self._held), frozenset(gone), handover)
+        answered = done.wait(_LET_GO_WAIT_S)
+        # Forgotten only now: the handover is made from what the slots remember.
         for account, slot in list(self._records):
             if slot in gone:
                 del self._records[(account, slot)]
-        self._held -= gone
-        done = self._publish(frozenset(self._held))
-        done.wait(_LET_GO_WAIT_S)
+        if answered and handover and self._producer is not None:
+            for account, slot, value in handover:
+                self._producer.produce(
+                    self.topic, key=account.encode(), value=value, partition=slot
+                )
+            left = self._producer.flush(_LET_GO_WAIT_S)
+            _log.info(
+                "token slots %s handed over (%d records, %d not acknowledged)",
+                sorted(gone),
+                len(handover),
+                left,
+            )
 
-    def _publish(self, owned: frozenset[int]) -> threading.Event:
+    def _publish(
+        self,
+        owned: frozenset[int],
+        gone: frozenset[int] = frozenset(),
+        handover: list[tuple[str, int, bytes]] | None = None,
+    ) -> threading.Event:
+        """Apply ``owned`` on the loop; for slots ``gone``, collect the handover records first."""
         done = threading.Event()
 
         def apply() -> None:
+            if gone and self._release is not None and handover is not None:
+                handover.extend(self._release(gone))
             self._owned = owned
             for listener in self._listeners:
                 listener()

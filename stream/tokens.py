@@ -33,6 +33,7 @@ import os
 import random
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -359,6 +360,11 @@ class SlotRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The slot's token, sealed (``_seal``)."""
     minted_at: float | None = None
     """Wall time the sealed token was minted."""
+    released_at: float | None = None
+    """Set by a holder that let the slot go (a rebalance, a stop): it sent nothing on the token
+    since, and ``sent`` is its history. Cleared by the next holder before it sends."""
+    sent: list[float] = []
+    """Wall times of the requests the last holder sent on the token within its last minute."""
 
 
 _records = msgspec.json.Decoder(SlotRecord)
@@ -462,6 +468,8 @@ class TokenPool:
         """Wall time before which no slot tries to mint: the API refused a mint (the account's
         budget is spent, whoever spent it) or could not be asked."""
         self._refused: set[int] = set()
+        self._tokens: tuple[Secret, ...] = ()
+        """The static tokens last read (none: minted tokens)."""
         self._refusal: str | None = None
         """The last mint refusal, said while ``_next_mint`` holds mints back."""
         self._requests: dict[int, int] = {}
@@ -546,6 +554,15 @@ class TokenPool:
     def wake(self) -> None:
         self._wake.set()
 
+    def let_go(self, owned: frozenset[int]) -> None:
+        """The slots held changed: no request goes out on a token of a slot let go, from now on
+        (the static tokens' shares are worked out again at once)."""
+        if self._tokens:
+            self._sync_static(self._tokens, owned)
+        else:
+            for p in [p for p in self.held if p not in owned]:
+                del self.held[p]
+
     # -- keeping the slots --------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -579,6 +596,7 @@ class TokenPool:
     def _sync_static(self, tokens: tuple[Secret, ...], owned: frozenset[int]) -> None:
         """Slot ``p`` of ``P`` holds tokens ``p, p + P, …``; with fewer tokens than slots, token
         ``i`` is shared by the slots ``i, i + T, …``, each holding an equal part of its rate."""
+        self._tokens = tokens
         count, slots = len(tokens), self._leases.slots
         shares: dict[int, float] = {}
         for p in owned:
@@ -616,7 +634,7 @@ class TokenPool:
                 if record.token is not None and alive:
                     token = _unseal(account, p, api_key, record.token)
                     if token is not None:
-                        pace = self._pace(None, 1.0)
+                        pace = await self._taken_over(p, record)
                         self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
         due = [
             p
@@ -684,6 +702,40 @@ class TokenPool:
         self.changed.set()
         return True
 
+    async def _taken_over(self, p: int, record: SlotRecord) -> Pace:
+        """The pace of a minted token this process takes over. If its last holder handed it over
+        (``released_at``), its history goes on, once the record says the slot is taken again (a
+        crash of this process then leaves the next holder assuming the worst). Otherwise whoever
+        held it may have used its whole window (``Slots.seeded``)."""
+        if record.released_at is None or self._rpm is None:
+            return self._pace(None, 1.0)
+        taken = SlotRecord(mints=record.mints, token=record.token, minted_at=record.minted_at)
+        await self._leases.store(self.account, p, _encode(taken))
+        loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
+        history = deque(loop_now - (wall_now - t) for t in sorted(record.sent))
+        return Pace(Slots.per_minute(self._rpm, history))
+
+    def release(self, gone: frozenset[int]) -> list[tuple[int, bytes]]:
+        """The records to write for the minted tokens of slots this process lets go: each with
+        its history, so that the next holder goes on at the token's pace without waiting."""
+        loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
+        out = []
+        for p in sorted(gone):
+            held = self.held.pop(p, None)
+            if held is None or held.minted_at is None or held.pace.slots is None:
+                continue
+            record = self._record(p)
+            sent = [wall_now - (loop_now - t) for t in held.pace.slots.sent]
+            released = SlotRecord(
+                mints=record.mints,
+                token=record.token,
+                minted_at=record.minted_at,
+                released_at=wall_now,
+                sent=sent,
+            )
+            out.append((p, _encode(released)))
+        return out
+
     def _record(self, p: int) -> SlotRecord:
         raw = self._leases.record(self.account, p)
         if raw is None:
@@ -748,6 +800,7 @@ class Tokens:
         self._rng = rng or random.Random()
         self._pools: dict[str, TokenPool] = {}
         self.leases.watch(self._leases_changed)
+        self.leases.on_release(self._released)
 
     def __repr__(self) -> str:
         return f"Tokens({self._source!r}, leases={self.leases!r})"
@@ -812,7 +865,17 @@ class Tokens:
 
     def _leases_changed(self) -> None:
         for pool in self._pools.values():
+            pool.let_go(self.leases.owned())
             pool.wake()
+
+    def _released(self, gone: frozenset[int]) -> list[tuple[str, int, bytes]]:
+        """Slots this process lets go: no request goes out on their tokens from now on, and what
+        their next holders need to go on at once is returned, to be written before they get them."""
+        return [
+            (account, slot, record)
+            for account, pool in self._pools.items()
+            for slot, record in pool.release(gone)
+        ]
 
 
 class StaticToken(Tokens):

@@ -23,7 +23,7 @@ from stream.api import ApiClient, make_session
 from stream.batching import Pending
 from stream.delivery import Backoff, Delivery
 from stream.errors import AuthError
-from stream.leases import LocalLeases
+from stream.leases import LocalLeases, Release
 from stream.quota import Pace, Slots
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.tokens import (
@@ -66,10 +66,22 @@ class SomeLeases(LocalLeases):
     def watch(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def on_release(self, release: Release) -> None:
+        self._release = release
+
     def hold(self, owned: set[int]) -> None:
+        """As ``KafkaLeases`` does: the handover of the slots let go is written first."""
+        gone = self._owned - owned
+        if gone and hasattr(self, "_release"):
+            for account, slot, value in self._release(frozenset(gone)):
+                self._records[(account, slot)] = value
         self._owned = frozenset(owned)
         for listener in self._listeners:
             listener()
+
+    def share(self, other: LocalLeases) -> None:
+        """Remember in ``other``'s records: as two processes reading one topic."""
+        self._records = other._records
 
 
 @pytest.fixture
@@ -241,6 +253,51 @@ async def test_a_restarted_process_reuses_the_live_tokens_the_slots_remember(
         await until_true(lambda: len(rotated.held) == 1)
         assert 0 not in rotated.held  # slots 0-2 minted less than 30 minutes ago
         await other.close()
+
+
+async def test_a_slot_let_go_hands_its_tokens_history_to_the_next_holder(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Sandbox(SandboxConfig()) as sandbox:
+        minter = Minter(session, base_url=sandbox.url)
+        old_leases, new_leases = SomeLeases(10, {0, 1}), SomeLeases(10, set())
+        new_leases.share(old_leases)
+        old = Tokens(
+            KeyPair(KEY_ID, Secret(API_KEY)),
+            minter=minter,
+            leases=old_leases,
+            requests_per_minute=60,
+        )
+        pool = old.pool(A)
+        pool.want_more()
+        await until_true(lambda: 0 in pool.held or 1 in pool.held)
+        held = next(iter(pool.held.values()))
+        loop = asyncio.get_running_loop()
+        for k in range(5):
+            pool.used(held, loop.time() - 5 + k)  # five requests in the last five seconds
+        old_leases.hold(set())  # a rebalance takes both slots away
+        assert pool.usable() == []  # from now on nothing goes out on them here
+        record = msgspec.json.decode(old_leases.record(A, held.index) or b"", type=SlotRecord)
+        assert record.released_at is not None
+        assert len(record.sent) == 5
+        # The next holder goes on at the token's pace: no 4.2 s wait for the worst case.
+        new = Tokens(
+            KeyPair(KEY_ID, Secret(API_KEY)),
+            minter=minter,
+            leases=new_leases,
+            requests_per_minute=60,
+        )
+        taken = new.pool(A)
+        new_leases.hold({held.index})
+        await until_true(lambda: held.index in taken.held)
+        assert taken.held[held.index].token == held.token
+        assert taken.held[held.index].pace.wait_s(loop.time()) < 0.5
+        assert taken.mints == 0
+        # ... once the record says it is taken: a crash now leaves the next one the worst case.
+        raw = new_leases.record(A, held.index) or b""
+        assert msgspec.json.decode(raw, type=SlotRecord).released_at is None
+        await old.close()
+        await new.close()
 
 
 async def test_a_mint_is_remembered_before_it_is_asked_for() -> None:
