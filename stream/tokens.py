@@ -610,7 +610,9 @@ class TokenPool:
             del self.held[i]
         for i, share in shares.items():
             held = self.held.get(i)
-            if held is None or held.token != tokens[i] or held.share < share - 1e-9:
+            if held is not None and held.token != tokens[i]:
+                held = None  # rotated: another token, whose history is not the old one's
+            if held is None or held.share < share - 1e-9:
                 self.held[i] = Held(i, tokens[i], self._pace(held, share), share)
             elif held.share != share:
                 held.pace.slots = self._slots(share, held.pace.slots)

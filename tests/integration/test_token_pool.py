@@ -294,6 +294,7 @@ def test_ten_static_tokens_in_a_file_drain_as_fast_and_a_rotation_is_used(
     result = figures(sandbox)
     use = sandbox.run(sandbox.sandbox.stats).accounts[ACCOUNT].token_use
     print(f"ten static tokens, rotated: {result}")
+    print(f"  accepted batches per second: {per_second(sandbox)}")
     service.signal(signal.SIGTERM)
     assert service.wait(60) == 0
     by_file = Counter("rotated" if int(label.split("-")[1]) >= 10 else "first" for label in use)
