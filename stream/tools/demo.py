@@ -190,12 +190,18 @@ class _SandboxProcess:
         self._tail: deque[str] = deque(maxlen=20)
 
     def wait_url(self) -> str:
-        """The URL it prints first; then its log is drained (and its tail kept) by a thread."""
+        """The URL it prints; then its log is drained (and its tail kept) by a thread."""
         assert self._proc.stdout is not None
-        first = self._proc.stdout.readline().decode(errors="replace").strip()
-        if not first.startswith("http"):
+        # Lines logged while it starts (its labels) may come before the URL: kept in the tail.
+        for raw in self._proc.stdout:
+            first = raw.decode(errors="replace").strip()
+            if first.startswith("http"):
+                break
             self._tail.append(first)
-            self._drain()
+            if not first.startswith("{"):  # not a log line: an error, and the end of it
+                self._drain()
+                raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
+        else:
             raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
         threading.Thread(target=self._drain, name="sandbox-log", daemon=True).start()
         return first
