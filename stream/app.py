@@ -131,6 +131,7 @@ class Pipeline:
         self._receipts: Receipts | None = None
         self._consumer: ConsumerThread | None = None
         self._tokens_source: Tokens | None = None
+        self._leases: KafkaLeases | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -162,6 +163,7 @@ class Pipeline:
             loop=loop,
         )
         await leases.start()
+        self._leases = leases
         self._tokens_source = self._tokens(session, leases)
         client = ApiClient(
             session,
@@ -276,7 +278,8 @@ class Pipeline:
            may still have reached the API: at-least-once);
         5. commit the finished prefix of every partition;
         6. close the consumer, which leaves the group; its revoke no longer waits (the drain is
-           over) and commits nothing new;
+           over) and commits nothing new; then leave the token slots' group, handing the slots
+           over to the other replicas (docs/design.md#scaling);
         7. (``run``) flush the producers in what is left of the budget.
 
         The records consumed and not committed are left to the partitions' next owner, which
@@ -305,6 +308,8 @@ class Pipeline:
             await asyncio.wait_for(asyncio.shield(self._consumer.close()), self._left(loop))
         except TimeoutError:
             _log.warning("shutting down: leaving the group took too long; exiting without it")
+        if self._leases is not None:
+            await self._leases.close(self._left(loop))
         if left:
             _log.info(
                 "shut down after %.1f s: %d records consumed and not committed are left to the "

@@ -216,6 +216,8 @@ class KafkaLeases:
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Leave the group (the slots go to the other replicas at once) and flush the writes."""
+        if self._stop.is_set():
+            return  # closed already (the shutdown closes it, and the run's end again)
         self._stop.set()
         if self._thread is not None:
             with contextlib.suppress(TimeoutError):
