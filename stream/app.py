@@ -347,7 +347,7 @@ class Pipeline:
             minter=Minter(session, base_url=config.api_base_url),
             leases=leases,
             requests_per_minute=config.token_requests_per_minute,
-            backoff_base_s=config.retry_base_ms / 1000,
+            backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
             rng=self._rng,
         )
 

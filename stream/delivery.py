@@ -216,14 +216,18 @@ class Delivery(Generic[S]):
             self._spawn(self._send(lane, pool, held, batch))
 
     @staticmethod
-    async def _take_slot(lane: Lane[S], pool: TokenPool) -> Held:
+    async def _take_slot(lane: Lane[S], pool: TokenPool) -> Held | None:
         """Wait for the first free slot on any token of the pool (and under the account's cap),
         and take it. When the tokens held are what holds sending back, the pool is asked for one
-        more (minted tokens: demand decides how many are minted)."""
+        more (minted tokens: demand decides how many are minted). None when the pool has no
+        token because getting one fails (``TokenPool.failing``): the batch then fails as a
+        request would, and is retried with backoff."""
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
             usable = pool.usable()
+            if not usable and pool.failing is not None:
+                return None
             if not usable:
                 pool.want_more()
                 wait_s = 1.0
@@ -251,20 +255,27 @@ class Delivery(Generic[S]):
 
     # -- one request -------------------------------------------------------------------------
 
-    async def _send(self, lane: Lane[S], pool: TokenPool, held: Held, batch: Batch[S]) -> None:
+    async def _send(
+        self, lane: Lane[S], pool: TokenPool, held: Held | None, batch: Batch[S]
+    ) -> None:
         try:
             await self._try_send(lane, pool, held, batch)
         except Exception as exc:  # a bug must not strand a batch: its offsets would never commit
             _log.exception("sending a batch for account %s failed", batch.account)
             self._retry_later(lane, batch, Response(status=0, error=type(exc).__name__))
 
-    async def _try_send(self, lane: Lane[S], pool: TokenPool, held: Held, batch: Batch[S]) -> None:
+    async def _try_send(
+        self, lane: Lane[S], pool: TokenPool, held: Held | None, batch: Batch[S]
+    ) -> None:
         live = await self._drop_expired(batch)
         if not live:
             if batch.probe is not None:
                 batch.probe.set_result(None)
             return
         batch.items = live
+        if held is None:  # no token can be had: the request fails without going out
+            self._retry_later(lane, batch, Response(status=0, error=pool.failing))
+            return
         body = encode_batch([p.record for p in live], self._version)
         self.metrics.batch_size.observe(len(live))
         started = time.monotonic()

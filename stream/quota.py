@@ -40,8 +40,6 @@ may reach the API bunched up by the network and its scheduling."""
 _TOKEN_GAP = 0.95
 """A token's requests are never closer than 0.95 of its mean spacing: spread evenly (60 a minute is
 one a second, never a burst of 60 in the first seconds), with 5% to make up for a late one."""
-_TOKEN_MAX_BACKOFF_S = 60.0
-"""A token that keeps meeting 429s without ``Retry-After`` waits at most a minute (its window)."""
 
 
 class Slots:
@@ -126,8 +124,8 @@ class Pace:
     """One token's pace in this process: its ``Slots`` and how long it backs off after a 429.
 
     A 429 sends only this token away, for ``Retry-After`` or, without one, a capped exponential
-    backoff with full jitter (``DCR_RETRY_BASE_MS``, doubling per 429 in a row, at most a minute);
-    an accepted request ends the row.
+    backoff with full jitter (``DCR_RETRY_BASE_MS``, doubling per 429 in a row, at most
+    ``DCR_RETRY_CAP_MS``); an accepted request ends the row.
     """
 
     def __init__(self, slots: Slots | None) -> None:
@@ -150,11 +148,16 @@ class Pace:
             self.slots.take(now)
 
     def throttled(
-        self, now: float, retry_after_s: float | None, base_s: float, rng: random.Random
+        self,
+        now: float,
+        retry_after_s: float | None,
+        backoff: tuple[float, float],
+        rng: random.Random,
     ) -> float:
-        """Back off after a 429; returns for how long."""
+        """Back off after a 429 (``backoff``: base and cap, seconds); returns for how long."""
         self.throttles += 1
-        bound = min(_TOKEN_MAX_BACKOFF_S, base_s * 2 ** (self.throttles - 1))
+        base_s, cap_s = backoff
+        bound = min(cap_s, base_s * 2 ** min(self.throttles - 1, 30))
         delay = max(rng.uniform(0, bound), retry_after_s or 0.0)
         self.blocked_until = max(self.blocked_until, now + delay)
         return delay

@@ -447,7 +447,7 @@ class TokenPool:
         leases: Leases,
         requests_per_minute: float | None,
         wall: Callable[[], float],
-        backoff_base_s: float,
+        backoff: tuple[float, float],
         rng: random.Random,
     ) -> None:
         self.account = account
@@ -456,7 +456,7 @@ class TokenPool:
         self._leases = leases
         self._rpm = requests_per_minute
         self._wall = wall
-        self._backoff_base_s = backoff_base_s
+        self._backoff = backoff
         self._rng = rng
         self.held: dict[int, Held] = {}
         self.changed = asyncio.Event()
@@ -479,6 +479,10 @@ class TokenPool:
         self.mints_held_back = 0
         self._held_back_seen: set[tuple[int, float]] = set()
         self.waiting: str | None = None
+        self.failing: str | None = None
+        """Why the last attempt to get a token failed without an answer from the API (the token
+        endpoint unreachable, TLS refused, a credentials file unreadable), until one succeeds."""
+        self._failures = 0
         self._logged_at = -math.inf
         self._task: asyncio.Task[None] | None = None
 
@@ -525,7 +529,7 @@ class TokenPool:
 
     def throttled(self, held: Held, now: float, retry_after_s: float | None) -> float:
         """A 429 on ``held``: it alone backs off; returns for how long."""
-        return held.pace.throttled(now, retry_after_s, self._backoff_base_s, self._rng)
+        return held.pace.throttled(now, retry_after_s, self._backoff, self._rng)
 
     def refused(self, held: Held, now: float) -> None:
         """A 401 (or a first 403) for ``held``: a minted token is replaced; a static one backs off
@@ -535,7 +539,7 @@ class TokenPool:
                 del self.held[held.index]
             self._refused.add(held.index)
         else:
-            held.pace.throttled(now, None, self._backoff_base_s, self._rng)
+            held.pace.throttled(now, None, self._backoff, self._rng)
             self._source.reload()
         self._wake.set()
 
@@ -579,8 +583,11 @@ class TokenPool:
         try:
             credentials = self._source.credentials(self.account)
         except AuthError as exc:
+            self.failing = str(exc)
             self._held_back(str(exc), None)
             return
+        if credentials.tokens:
+            self.failing = None
         owned = self._leases.owned()
         if not owned:
             self.held.clear()
@@ -688,12 +695,19 @@ class TokenPool:
             if exc.status is not None:
                 self.mints_refused += 1
                 self.mints_throttled += exc.status == 429
-            retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
+                self.failing = None
+                retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
+            else:  # no answer: tried again soon, with a backoff (its sends fail meanwhile)
+                self.failing = str(exc)
+                self._failures += 1
+                base_s, cap_s = self._backoff
+                retry_s = min(cap_s, base_s * 2 ** min(self._failures - 1, 30))
             self._next_mint = now + retry_s
             self._refusal = str(exc)
             self._held_back(str(exc), now + retry_s)
             return False
         self.mints += 1
+        self.failing, self._failures = None, 0
         await self._leases.store(account, p, _encode(SlotRecord(
             mints=[*recent, now], token=_seal(account, p, api_key, token), minted_at=now
         )))  # fmt: skip
@@ -790,7 +804,7 @@ class Tokens:
         leases: Leases | None = None,
         requests_per_minute: float | None = None,
         wall: Callable[[], float] = time.time,
-        backoff_base_s: float = 0.5,
+        backoff: tuple[float, float] = (0.5, 30.0),
         rng: random.Random | None = None,
     ) -> None:
         self._source = source
@@ -798,7 +812,8 @@ class Tokens:
         self.leases: Leases = leases if leases is not None else LocalLeases(MAX_MINTS)
         self._rpm = requests_per_minute
         self._wall = wall
-        self._backoff_base_s = backoff_base_s
+        self._backoff = backoff
+        """Base and cap (seconds) of a token's backoff after a 429, and of mints that fail."""
         self._rng = rng or random.Random()
         self._pools: dict[str, TokenPool] = {}
         self.leases.watch(self._leases_changed)
@@ -817,7 +832,7 @@ class Tokens:
                 leases=self.leases,
                 requests_per_minute=self._rpm,
                 wall=self._wall,
-                backoff_base_s=self._backoff_base_s,
+                backoff=self._backoff,
                 rng=self._rng,
             )
         pool.start()

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from stream.api import ApiClient, make_session
+from stream.batching import Pending
+from stream.delivery import Backoff, Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
-from stream.tokens import Secret, StaticTokens, TokenFileSource, Tokens
-from tests.unit.test_delivery import A
+from stream.tokens import KeyPair, Minter, Secret, StaticTokens, TokenFileSource, Tokens
+from tests.unit.test_delivery import A, Recorder, record
 from tests.unit.test_token_pool import SomeLeases, until_true
 
 
@@ -87,3 +91,37 @@ async def test_metrics_count_tokens_slots_and_requests_never_a_token() -> None:
     assert f'dcr_token_mints_refused_total{{account="{A}"}} 0.0' in text
     assert "sekrit" not in text
     await tokens.close()
+
+
+async def test_an_unreachable_token_endpoint_fails_sends_as_requests_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with make_session(timeout_s=2) as session:
+        tokens = Tokens(
+            KeyPair("k", Secret("sekrit-key")),
+            minter=Minter(session, base_url="http://127.0.0.1:1"),  # nothing listens there
+            leases=SomeLeases(10, {0}),
+            backoff=(0.01, 0.05),
+        )
+        recorder = Recorder()
+        client = ApiClient(session, base_url="http://127.0.0.1:1", version="v2", tokens=tokens)
+        delivery = Delivery(
+            client=client,
+            outcomes=recorder,
+            version="v2",
+            rate_limit_rps=None,
+            backoff=Backoff(base_s=0.01, cap_s=0.05),
+        )
+        delivery.submit(Pending(record(1), 1))
+        delivery.flush_open()
+        await until_true(lambda: delivery.metrics.counts.retries >= 3)
+        pool = tokens.pool(A)
+        assert pool.failing is not None
+        assert "token endpoint unreachable" in pool.failing
+        assert (tokens.unready() or "").startswith(f"account {A} has no token to send on")
+        assert recorder.resolved() == 0  # nothing lost: still retried
+        await delivery.close()
+        await tokens.close()
+    retried = [r.message for r in caplog.records if r.message.startswith("request for account")]
+    assert any("token endpoint unreachable" in m for m in retried)
+    assert not any("sekrit" in r.message for r in caplog.records)

@@ -141,11 +141,11 @@ def test_a_token_taken_over_waits_one_spacing_then_goes_at_the_pace() -> None:
 def test_a_429_backs_off_its_token_only() -> None:
     rng = random.Random(3)
     hit, other = Pace(Slots.per_minute(60)), Pace(Slots.per_minute(60))
-    assert hit.throttled(10.0, 7.0, 0.5, rng) == 7.0  # Retry-After honoured
+    assert hit.throttled(10.0, 7.0, (0.5, 30.0), rng) == 7.0  # Retry-After honoured
     assert hit.wait_s(10.0) == pytest.approx(7.0)
     assert other.wait_s(10.0) == 0.0
-    delays = [hit.throttled(10.0, None, 0.5, rng) for _ in range(12)]
-    assert all(0 <= d <= 60.0 for d in delays)  # capped at the token's minute
+    delays = [hit.throttled(10.0, None, (0.5, 30.0), rng) for _ in range(12)]
+    assert all(0 <= d <= 30.0 for d in delays)  # capped at DCR_RETRY_CAP_MS
     assert max(delays) > 8.0  # and exponential: it grows while the 429s go on
     hit.accepted()
     assert hit.throttles == 0
