@@ -255,12 +255,15 @@ class Child:
         return self.proc.pid
 
     def first_line(self, timeout_s: float = 30.0) -> str:
-        """The first line it printed (the URL, for the sink and the sandbox)."""
+        """The first line it printed that is not a JSON log line (the URL, for the sink and the
+        sandbox, which may log its labels before it)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")
-            if "\n" in text:
-                return text.split("\n", 1)[0].strip()
+            lines = text.split("\n")[:-1]  # whole lines only
+            for line in lines:
+                if not line.startswith("{"):
+                    return line.strip()
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
@@ -391,13 +394,12 @@ def sink(log: Path) -> tuple[Child, str]:
     return child, child.first_line()
 
 
-def sandbox(log: Path, rate_limit_rps: int) -> tuple[Child, str]:
-    """The sandbox with one static token and a per-account quota instead of the per-token one."""
+def sandbox(log: Path, *flags: str) -> tuple[Child, str]:
+    """``dcr-stream sandbox`` with the bench's static token and ``flags`` (its limits)."""
     child = Child(
         [
             sys.executable, "-m", "stream", "sandbox", "--port", "0",
-            "--static-token", TOKEN, "--rate-limit-rps", str(rate_limit_rps),
-            "--token-rate-limit", "off",
+            "--static-token", TOKEN, *flags,
         ],
         log,
     )  # fmt: skip

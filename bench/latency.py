@@ -40,7 +40,9 @@ _receipts = msgspec.json.Decoder(_Receipt)
 
 def run(kafka: Kafka, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
     runs = []
-    sandbox_child, url = sandbox(logs / "b3-sandbox.log", 10)
+    # Latency, not the quota: one static token, no per-token limit (B2 measures the quota).
+    flags = ("--rate-limit-rps", "10", "--token-rate-limit", "off")
+    sandbox_child, url = sandbox(logs / "b3-sandbox.log", *flags)
     with sandbox_child:
         for i in range(repeat):
             http_json(f"{url}/_sandbox/reset", b"{}")
@@ -64,7 +66,8 @@ def run(kafka: Kafka, *, seconds: float, repeat: int, logs: Path) -> dict[str, A
 def _trickle(kafka: Kafka, seconds: float, url: str, log: Path) -> dict[str, float]:
     topic = kafka.topic("b3")
     events = int(RATE * seconds)
-    with Service(kafka, topic, url, log, batch_linger_ms=LINGER_MS) as service:
+    unpaced = {"token_requests_per_minute": "1000000"}  # the sandbox here has no per-token limit
+    with Service(kafka, topic, url, log, batch_linger_ms=LINGER_MS, **unpaced) as service:
         wait_until(service.joined, "the B3 service to join")
         fill(kafka, topic, events, rate=RATE, linger_ms=5)
         wait_until(

@@ -37,9 +37,10 @@ _MINUTE_S = 60.0
 _TOKEN_SLACK_S = 0.25
 """A token's rolling minute is a quarter of a second longer than the API's: requests sent on time
 may reach the API bunched up by the network and its scheduling."""
-_TOKEN_GAP = 0.95
-"""A token's requests are never closer than 0.95 of its mean spacing: spread evenly (60 a minute is
-one a second, never a burst of 60 in the first seconds), with 5% to make up for a late one."""
+_TOKEN_GAP = 0.99
+"""A token's requests are never closer than 0.99 of its mean spacing: spread evenly (60 a minute is
+one a second, never a burst of 60 in the first seconds, never more than 1% above the even pace),
+with 1% to make up for a late one (the loop's delays are a few milliseconds a second)."""
 
 
 class Slots:
@@ -56,7 +57,7 @@ class Slots:
     the mean spacing, keeps a sender that was idle from opening with a burst.
 
     ``Slots.per_minute(rpm)`` is a token's pace: ``rpm`` requests in any rolling minute (plus
-    ``_TOKEN_SLACK_S``), never two closer than 0.95 of ``60/rpm`` seconds.
+    ``_TOKEN_SLACK_S``), never two closer than 0.99 of ``60/rpm`` seconds.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class Slots:
         whole window, as late as its pace allowed (``n`` requests ``gap_s`` apart, the last one
         now). No window then holds more of its requests than this history does, so what this
         process adds never takes the token over its limit. The first request waits about
-        ``window_s - (n - 1) * gap_s`` (4.2 s for 60 a minute), then the pace goes on evenly
+        ``window_s - (n - 1) * gap_s`` (1.8 s for 60 a minute), then the pace goes on evenly
         (docs/design.md#scaling).
         """
         assumed = (now - k * self.gap_s for k in range(self.n))

@@ -51,6 +51,8 @@ def documented(**changes: Any) -> SandboxThread:
         "token_rate_limit": 60,
         "key_id": KEY_ID,
         "api_key": API_KEY,
+        # Known labels: the service's label registry reads them at once, so no record is probed.
+        "labels": {ACCOUNT: frozenset({LABEL})},
     }
     return SandboxThread(SandboxConfig(**(settings | changes)))
 

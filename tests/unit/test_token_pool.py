@@ -103,14 +103,16 @@ def send_all(slots: Slots, count: int, late: Callable[[int], float] = lambda n: 
 
 
 def test_a_token_sends_60_in_any_rolling_minute_spread_evenly() -> None:
-    sent = send_all(Slots.per_minute(60), 300, late=lambda n: 0.2 if n % 9 == 4 else 0.0)
+    # Every 9th request 30 ms late: about what a busy loop costs, made up for by the 1% in hand.
+    sent = send_all(Slots.per_minute(60), 300, late=lambda n: 0.03 if n % 9 == 4 else 0.0)
     # Never 61 in a minute (the 61st is more than 60 s after the first of them) ...
     assert min(b - a for a, b in zip(sent, sent[60:], strict=False)) > 60.0
-    # ... and never a burst: no two closer than 0.95 s, the first 60 over at least 56 s.
-    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.95 - 1e-9
-    assert sent[59] - sent[0] >= 56.0
-    # The other side: late requests are made up for, so the pace stays at the quota.
-    assert sent[-1] - sent[0] < 299 * 1.0 + 2.0
+    # ... and never a burst: no two closer than 0.99 s, the first 60 over at least 58 s.
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.99 - 1e-9
+    assert sent[59] - sent[0] >= 58.0
+    # The other side: the 1 s of lateness is made up for. On time, 300 requests take four windows
+    # of 60.25 s and 59 gaps of 0.99 s (299.4 s); without making up, 1 s more.
+    assert sent[-1] - sent[0] < 4 * 60.25 + 59 * 0.99 + 0.5
 
 
 def test_a_share_of_a_token_gets_its_share_of_the_minute() -> None:
@@ -122,18 +124,18 @@ def test_a_share_of_a_token_gets_its_share_of_the_minute() -> None:
 def test_a_token_taken_over_waits_one_spacing_then_goes_at_the_pace() -> None:
     slots = Slots.per_minute(60).seeded(100.0)
     first = slots.wait_s(100.0)
-    # Whoever held it may have sent its 60 as late as its pace allows: 0.95 s apart, until now.
-    assert 60.25 - 59 * 0.95 - 0.01 < first < 60.25 - 59 * 0.95 + 0.01
+    # Whoever held it may have sent its 60 as late as its pace allows: 0.99 s apart, until now.
+    assert 60.25 - 59 * 0.99 - 0.01 < first < 60.25 - 59 * 0.99 + 0.01
     sent = send_all(slots, 0)
     now = 100.0 + first
     for _ in range(120):
         now += slots.wait_s(now)
         slots.take(now)
         sent.append(now)
-    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.95 - 1e-9
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.99 - 1e-9
     assert sent[-1] - sent[0] < 121.0
     # With the history assumed, no rolling minute holds more than 60 of the two holders' requests.
-    before = [100.0 - k * 0.95 for k in range(60)]
+    before = [100.0 - k * 0.99 for k in range(60)]
     both = sorted(before + sent)
     assert min(b - a for a, b in zip(both, both[60:], strict=False)) > 60.0
 
@@ -280,7 +282,7 @@ async def test_a_slot_let_go_hands_its_tokens_history_to_the_next_holder(
         record = msgspec.json.decode(old_leases.record(A, held.index) or b"", type=SlotRecord)
         assert record.released_at is not None
         assert len(record.sent) == 5
-        # The next holder goes on at the token's pace: no 4.2 s wait for the worst case.
+        # The next holder goes on at the token's pace: no 1.8 s wait for the worst case.
         new = Tokens(
             KeyPair(KEY_ID, Secret(API_KEY)),
             minter=minter,
