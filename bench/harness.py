@@ -164,16 +164,15 @@ class Sampler:
 def service(kafka: Broker, topic: str, api_url: str, log: Path, **settings: str) -> Service:
     """``dcr-stream run`` with the bench's settings, in a group of its own
     (``service.settings["kafka_group_id"]``)."""
-    return Service(
-        log,
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        kafka_topics=topic,
-        kafka_group_id=unique("bench-group"),
-        api_base_url=api_url,
-        api_token=TOKEN,
-        http_port="0",
-        **settings,
-    )
+    defaults = {
+        "kafka_bootstrap_servers": kafka.bootstrap_servers,
+        "kafka_topics": topic,
+        "kafka_group_id": unique("bench-group"),
+        "api_base_url": api_url,
+        "api_token": TOKEN,
+        "http_port": "0",
+    }
+    return Service(log, **(defaults | settings))
 
 
 def sink(log: Path) -> tuple[Child, str]:
@@ -181,11 +180,12 @@ def sink(log: Path) -> tuple[Child, str]:
     return child, child.first_line()
 
 
-def sandbox(log: Path, rate_limit_rps: int) -> tuple[Child, str]:
+def sandbox(log: Path, *flags: str) -> tuple[Child, str]:
+    """``dcr-stream sandbox`` with the bench's static token and ``flags`` (its limits)."""
     child = Child(
         [
             sys.executable, "-m", "stream", "sandbox", "--port", "0",
-            "--static-token", TOKEN, "--rate-limit-rps", str(rate_limit_rps),
+            "--static-token", TOKEN, *flags,
         ],
         log,
     )  # fmt: skip

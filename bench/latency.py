@@ -33,7 +33,9 @@ _receipts = msgspec.json.Decoder(_Receipt)
 
 def run(kafka: Broker, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
     runs = []
-    sandbox_child, url = sandbox(logs / "b3-sandbox.log", 10)
+    # Latency, not the quota: one static token, no per-token limit (B2 measures the quota).
+    flags = ("--rate-limit-rps", "10", "--token-rate-limit", "off")
+    sandbox_child, url = sandbox(logs / "b3-sandbox.log", *flags)
     with sandbox_child:
         for i in range(repeat):
             http_json(f"{url}/_sandbox/reset", b"{}")
@@ -57,7 +59,8 @@ def run(kafka: Broker, *, seconds: float, repeat: int, logs: Path) -> dict[str, 
 def _trickle(kafka: Broker, seconds: float, url: str, log: Path) -> dict[str, float]:
     name = topic(kafka, "b3")
     events = int(RATE * seconds)
-    with service(kafka, name, url, log, batch_linger_ms=LINGER_MS) as child:
+    unpaced = {"token_requests_per_minute": "1000000"}  # the sandbox here has no per-token limit
+    with service(kafka, name, url, log, batch_linger_ms=LINGER_MS, **unpaced) as child:
         wait_until(child.joined, timeout_s=WAIT_S, interval_s=0.05, what="the B3 service to join")
         fill(kafka, name, events, rate=RATE, linger_ms=5)
         wait_until(

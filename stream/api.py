@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 
 from stream.errors import AuthError
-from stream.tokens import TokenSource
+from stream.tokens import Tokens
 
 __all__ = ["ApiClient", "Label", "Response", "make_session", "parse_retry_after"]
 
@@ -114,7 +114,7 @@ class ApiClient:
         *,
         base_url: str,
         version: Literal["v1", "v2"],
-        tokens: TokenSource,
+        tokens: Tokens,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -155,12 +155,16 @@ class ApiClient:
         except msgspec.DecodeError as exc:
             return f"the labels endpoint answered an unexpected body: {exc}"
 
-    async def post_batch(self, account: str, body: bytes) -> tuple[Response, str | None]:
-        """Send one body; return the response and the token used (to invalidate it on 401)."""
-        try:
-            token = await self.tokens.get(account)
-        except AuthError as exc:
-            return Response(status=0, error=str(exc)), None
+    async def post_batch(
+        self, account: str, body: bytes, token: str | None = None
+    ) -> tuple[Response, str | None]:
+        """Send one body on ``token`` (or any token of the account's pool); return the response
+        and the token used (to invalidate it on 401)."""
+        if token is None:
+            try:
+                token = await self.tokens.get(account)
+            except AuthError as exc:
+                return Response(status=0, error=str(exc)), None
         headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",

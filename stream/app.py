@@ -33,10 +33,20 @@ from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
+from stream.leases import KafkaLeases
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
-from stream.tokens import MintedTokens, StaticToken, TokenFile, TokenSource
+from stream.tokens import (
+    CredentialsFile,
+    CredentialSource,
+    KeyPair,
+    Minter,
+    Secret,
+    StaticTokens,
+    TokenFileSource,
+    Tokens,
+)
 from stream.validation import Rejection, Rules, validate
 
 __all__ = ["Pipeline"]
@@ -120,7 +130,8 @@ class Pipeline:
         self._dlq: DeadLetterProducer | None = None
         self._receipts: Receipts | None = None
         self._consumer: ConsumerThread | None = None
-        self._tokens_source: TokenSource | None = None
+        self._tokens_source: Tokens | None = None
+        self._leases: KafkaLeases | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -143,7 +154,17 @@ class Pipeline:
         self._dlq = DeadLetterProducer(kafka_client, config.dlq_topic)
         if config.receipts_topic is not None:
             self._receipts = Receipts(kafka_client, config.receipts_topic)
-        self._tokens_source = self._tokens(session)
+        leases = KafkaLeases(
+            {**config.consumer_config(), "logger": _librdkafka_log},
+            kafka_client,
+            topic=config.token_topic,
+            group_id=f"{config.kafka_group_id}.tokens",
+            slots=config.token_pool_size,
+            loop=loop,
+        )
+        await leases.start()
+        self._leases = leases
+        self._tokens_source = self._tokens(session, leases)
         client = ApiClient(
             session,
             base_url=config.api_base_url,
@@ -204,6 +225,8 @@ class Pipeline:
                 task.cancel()
             await self._labels.close()
             await self._delivery.close()
+            await self._tokens_source.close()
+            await leases.close(self._left(loop) if self._stop_by else self.budget.close_s)
             await session.close()
             # Within what is left of the stop's budget (all of ``close_s`` after a failure).
             self._dlq.close(self._left(loop) if self._stop_by else self.budget.close_s)
@@ -226,6 +249,10 @@ class Pipeline:
                 label_refreshes=lambda: self._labels.refreshes if self._labels else {},
                 label_probes=lambda: self._labels.probes if self._labels else {},
                 label_held=lambda: self._labels.held() if self._labels else 0,
+                pools=lambda: self._tokens_source.report() if self._tokens_source else {},
+                slots_held=lambda: (
+                    len(self._tokens_source.leases.owned()) if self._tokens_source else 0
+                ),
             )
         )
         health = Health(
@@ -235,6 +262,7 @@ class Pipeline:
             consumer_alive=lambda: not consumer.done.done(),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
+            unready=lambda: self._tokens_source.unready() if self._tokens_source else None,
         )
         runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
         await runner.setup()
@@ -254,7 +282,8 @@ class Pipeline:
            may still have reached the API: at-least-once);
         5. commit the finished prefix of every partition;
         6. close the consumer, which leaves the group; its revoke no longer waits (the drain is
-           over) and commits nothing new;
+           over) and commits nothing new; then leave the token slots' group, handing the slots
+           over to the other replicas (docs/design.md#scaling);
         7. (``run``) flush the producers in what is left of the budget.
 
         The records consumed and not committed are left to the partitions' next owner, which
@@ -283,6 +312,8 @@ class Pipeline:
             await asyncio.wait_for(asyncio.shield(self._consumer.close()), self._left(loop))
         except TimeoutError:
             _log.warning("shutting down: leaving the group took too long; exiting without it")
+        if self._leases is not None:
+            await self._leases.close(self._left(loop))
         if left:
             _log.info(
                 "shut down after %.1f s: %d records consumed and not committed are left to the "
@@ -300,16 +331,28 @@ class Pipeline:
     def _left(self, loop: asyncio.AbstractEventLoop) -> float:
         return max(0.0, self._stop_by - loop.time())
 
-    def _tokens(self, session: Any) -> TokenSource:
+    def _tokens(self, session: Any, leases: KafkaLeases) -> Tokens:
+        """Each account's token pool, from the one way to authenticate configured."""
         config = self.config
+        source: CredentialSource
         if config.api_token is not None:
-            return StaticToken(config.api_token)
-        if config.api_token_file is not None:
-            return TokenFile(config.api_token_file)
-        assert config.api_key_id is not None
-        assert config.api_key is not None
-        return MintedTokens(
-            session, base_url=config.api_base_url, key_id=config.api_key_id, api_key=config.api_key
+            tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+            source = StaticTokens([Secret(t) for t in tokens])
+        elif config.api_token_file is not None:
+            source = TokenFileSource(config.api_token_file)
+        elif config.api_credentials_file is not None:
+            source = CredentialsFile(config.api_credentials_file)
+        else:
+            assert config.api_key_id is not None
+            assert config.api_key is not None
+            source = KeyPair(config.api_key_id, config.api_key)
+        return Tokens(
+            source,
+            minter=Minter(session, base_url=config.api_base_url),
+            leases=leases,
+            requests_per_minute=config.token_requests_per_minute,
+            backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
+            rng=self._rng,
         )
 
     # -- consume → validate → submit ----------------------------------------------------------

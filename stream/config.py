@@ -53,12 +53,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_token_file: str | None
     api_key_id: str | None
     api_key: Secret | None
+    api_credentials_file: str | None
     api_ca_bundle: str | None
     api_timeout_s: float
     client_account_id: str | None
     allowed_label_ids: dict[str, frozenset[str]]
     labels_refresh_s: float
-    rate_limit_rps: float
+    rate_limit_rps: float | None
+    token_pool_size: int
+    token_requests_per_minute: float
+    token_topic: str
     batch_max_records: int
     batch_linger_ms: int
     batch_max_bytes: int
@@ -252,10 +256,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("receipts_topic", _text, None, "delivery receipts topic; unset: no receipts"),
     Setting("api_base_url", _url, None, "**required**: the API's base URL"),
     Setting("api_version", _choice("v1", "v2"), "v1", "`v1` or `v2` endpoint and body"),
-    Setting("api_token", lambda v: Secret(_text(v)), None, "a static bearer token"),
-    Setting("api_token_file", _text, None, "a file holding the token, re-read when it changes"),
+    Setting(
+        "api_token",
+        lambda v: Secret(_text(v)),
+        None,
+        "static bearer tokens, comma-separated (a pool: each token paced on its own)",
+    ),
+    Setting(
+        "api_token_file",
+        _text,
+        None,
+        "a file of static tokens, one per line, re-read when it changes",
+    ),
     Setting("api_key_id", _text, None, "key id for minting tokens (with `DCR_API_KEY`)"),
     Setting("api_key", lambda v: Secret(_text(v)), None, "API key for minting tokens"),
+    Setting(
+        "api_credentials_file",
+        _text,
+        None,
+        "credentials per account, JSON or TOML: account → `{key_id, api_key}` or `{tokens}`; "
+        "re-read when it changes",
+    ),
     Setting("api_ca_bundle", _text, None, "PEM file of CAs to trust for the API (TLS stays on)"),
     Setting("api_timeout_s", parse_positive, "30", "total timeout of one API request"),
     Setting("client_account_id", parse_uuid, None, "account of events that carry none"),
@@ -273,7 +294,31 @@ SETTINGS: tuple[Setting, ...] = (
         "carries a label it does not list)",
     ),
     Setting(
-        "rate_limit_rps", parse_positive, "10", "requests per second per account, retries included"
+        "rate_limit_rps",
+        parse_positive,
+        None,
+        "optional cap on requests per second per account and process, retries included; unset: "
+        "only the tokens' paces",
+    ),
+    Setting(
+        "token_pool_size",
+        _int(1, 10),
+        "10",
+        "token slots per account: tokens minted per account (the API mints at most 10 per 30 "
+        "minutes), shared by the replicas",
+    ),
+    Setting(
+        "token_requests_per_minute",
+        parse_positive,
+        "60",
+        "requests per token in any rolling minute, spread evenly (the API allows 60)",
+    ),
+    Setting(
+        "token_topic",
+        _text,
+        None,
+        "compacted topic of token slots, a partition per slot (created if missing), leased to "
+        "the replicas by the group `<group>.tokens`; default `<DCR_KAFKA_GROUP_ID>.tokens`",
     ),
     Setting("batch_max_records", _int(1, 500), "500", "records per request (the API allows 500)"),
     Setting("batch_linger_ms", _int(0), "1000", "longest wait of a record for its batch to fill"),
@@ -341,6 +386,9 @@ def load(env: Mapping[str, str], toml_path: str | None = None) -> Config:
         raise ConfigError("DCR_API_BASE_URL", "is required (the API's base URL)")
     _check_auth(values)
     values["dlq_topic"] = values["dlq_topic"] or default_dlq_topic(values["kafka_topics"])
+    values["token_topic"] = values["token_topic"] or f"{values['kafka_group_id']}.tokens"
+    if values["token_topic"] in values["kafka_topics"]:
+        raise ConfigError("DCR_TOKEN_TOPIC", "must not be one of the input topics")
     if values["dlq_topic"] in values["kafka_topics"]:
         raise ConfigError("DCR_DLQ_TOPIC", "must not be one of the input topics")
     if values["retry_cap_ms"] < values["retry_base_ms"]:
@@ -355,12 +403,15 @@ def _check_auth(values: dict[str, Any]) -> None:
             ("DCR_API_TOKEN", values["api_token"] is not None),
             ("DCR_API_TOKEN_FILE", values["api_token_file"] is not None),
             ("DCR_API_KEY_ID", values["api_key_id"] is not None or values["api_key"] is not None),
+            ("DCR_API_CREDENTIALS_FILE", values["api_credentials_file"] is not None),
         )
         if present
     ]
     if not modes:
         raise ConfigError(
-            "DCR_API_TOKEN", "set DCR_API_TOKEN, DCR_API_TOKEN_FILE or DCR_API_KEY_ID + DCR_API_KEY"
+            "DCR_API_TOKEN",
+            "set DCR_API_TOKEN, DCR_API_TOKEN_FILE, DCR_API_KEY_ID + DCR_API_KEY or "
+            "DCR_API_CREDENTIALS_FILE",
         )
     if len(modes) > 1:
         raise ConfigError(modes[1], f"conflicts with {modes[0]}: choose one way to authenticate")

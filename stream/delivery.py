@@ -6,10 +6,12 @@ send time, or refused on its own by the API). Transient failures never leave: th
 with capped, fully jittered exponential backoff for as long as it takes (docs/design.md#retry);
 the caller applies backpressure meanwhile.
 
-Per account there is one ``stream.quota.Lane`` and one dispatcher task that takes a slot and
-only then picks the batch, so a high-priority batch that arrives while normal ones wait gets the
-very next slot (docs/design.md#quota). Retries and bisected halves go back to the front of their
-queue and take slots like any request.
+Per account there is one ``stream.quota.Lane`` and one dispatcher task that takes a slot on the
+token of the account's pool (``stream.tokens``) whose next slot comes first, and only then picks
+the batch, so a high-priority batch that arrives while normal ones wait gets the very next slot
+(docs/design.md#quota). Retries and bisected halves go back to the front of their queue and take
+slots like any request. A 429 sends only its token away (it backs off); the request goes back to
+the front at once, for the next token.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -28,6 +31,7 @@ from stream.batching import Batch, Batcher, Pending
 from stream.events import encode_batch
 from stream.metrics import Metrics, status_class
 from stream.quota import Lane
+from stream.tokens import Held, TokenPool
 from stream.validation import Rejection, check_expiry
 
 __all__ = ["Backoff", "Delivery", "Outcomes", "api_rejection"]
@@ -80,7 +84,7 @@ class Delivery(Generic[S]):
         max_records: int = 500,
         linger_s: float = 1.0,
         max_bytes: int = 1_000_000,
-        rate_limit_rps: float = 10.0,
+        rate_limit_rps: float | None = 10.0,
         backoff: Backoff | None = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         rng: random.Random | None = None,
@@ -138,8 +142,18 @@ class Delivery(Generic[S]):
         return await answer
 
     def rates(self) -> dict[str, float]:
-        """Requests per second each account's lane allows now (below the setting after 429s)."""
-        return {account: lane.rps for account, lane in self._lanes.items()}
+        """Requests per second each account may send now: its tokens' paces (those not backing
+        off), at most its cap (``DCR_RATE_LIMIT_RPS``)."""
+        now = asyncio.get_running_loop().time()
+        rates = {}
+        for account, lane in self._lanes.items():
+            held = self._client.tokens.pool(account).held.values()
+            paced = [h.pace.slots for h in held if h.pace.blocked_until <= now]
+            tokens_rps = sum(s.n / s.window_s for s in paced if s is not None)
+            if any(s is None for s in paced):
+                tokens_rps = math.inf
+            rates[account] = min(tokens_rps, lane.rps if lane.rps is not None else math.inf)
+        return {a: r for a, r in rates.items() if r != math.inf}
 
     @property
     def open_records(self) -> int:
@@ -186,19 +200,53 @@ class Delivery(Generic[S]):
         lane = self._lanes.get(account)
         if lane is None:
             lane = self._lanes[account] = Lane(self._rps)
-            lane.task = asyncio.get_running_loop().create_task(self._run_lane(lane))
+            lane.task = asyncio.get_running_loop().create_task(self._run_lane(account, lane))
         return lane
 
-    async def _run_lane(self, lane: Lane[S]) -> None:
+    async def _run_lane(self, account: str, lane: Lane[S]) -> None:
+        pool = self._client.tokens.pool(account)
         while True:
             while not (lane.high or lane.normal):
                 lane.ready.clear()
                 await lane.ready.wait()
             waited = time.monotonic()
-            await lane.slots.acquire()
+            held = await self._take_slot(lane, pool)
             self.metrics.limiter_wait.observe(time.monotonic() - waited)
             batch = lane.high.popleft() if lane.high else lane.normal.popleft()
-            self._spawn(self._send(lane, batch))
+            self._spawn(self._send(lane, pool, held, batch))
+
+    @staticmethod
+    async def _take_slot(lane: Lane[S], pool: TokenPool) -> Held | None:
+        """Wait for the first free slot on any token of the pool (and under the account's cap),
+        and take it. When the tokens held are what holds sending back, the pool is asked for one
+        more (minted tokens: demand decides how many are minted). None when the pool has no
+        token because getting one fails (``TokenPool.failing``): the batch then fails as a
+        request would, and is retried with backoff."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            usable = pool.usable()
+            if not usable and pool.failing is not None:
+                return None
+            if not usable:
+                pool.want_more()
+                wait_s = 1.0
+            else:
+                held = min(usable, key=lambda h: h.pace.wait_s(now))
+                token_wait_s = held.pace.wait_s(now)
+                cap_wait_s = lane.cap.wait_s(now) if lane.cap is not None else 0.0
+                if token_wait_s > cap_wait_s:
+                    pool.want_more()
+                wait_s = max(token_wait_s, cap_wait_s)
+                if wait_s <= 0:
+                    pool.used(held, now)
+                    if lane.cap is not None:
+                        lane.cap.take(now)
+                    return held
+            # A sleep never ends early; a token that becomes usable meanwhile wakes it.
+            pool.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.changed.wait(), wait_s)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -207,29 +255,36 @@ class Delivery(Generic[S]):
 
     # -- one request -------------------------------------------------------------------------
 
-    async def _send(self, lane: Lane[S], batch: Batch[S]) -> None:
+    async def _send(
+        self, lane: Lane[S], pool: TokenPool, held: Held | None, batch: Batch[S]
+    ) -> None:
         try:
-            await self._try_send(lane, batch)
+            await self._try_send(lane, pool, held, batch)
         except Exception as exc:  # a bug must not strand a batch: its offsets would never commit
             _log.exception("sending a batch for account %s failed", batch.account)
             self._retry_later(lane, batch, Response(status=0, error=type(exc).__name__))
 
-    async def _try_send(self, lane: Lane[S], batch: Batch[S]) -> None:
+    async def _try_send(
+        self, lane: Lane[S], pool: TokenPool, held: Held | None, batch: Batch[S]
+    ) -> None:
         live = await self._drop_expired(batch)
         if not live:
             if batch.probe is not None:
                 batch.probe.set_result(None)
             return
         batch.items = live
+        if held is None:  # no token can be had: the request fails without going out
+            self._retry_later(lane, batch, Response(status=0, error=pool.failing))
+            return
         body = encode_batch([p.record for p in live], self._version)
         self.metrics.batch_size.observe(len(live))
         started = time.monotonic()
-        response, token = await self._client.post_batch(batch.account, body)
+        response, _ = await self._client.post_batch(batch.account, body, held.token.reveal())
         self.metrics.latency.observe(time.monotonic() - started)
         self._counts.bump(self._counts.requests, (batch.account, status_class(response.status)))
         kind = response.kind
         if kind == "ok":
-            lane.accepted(time.monotonic())
+            held.pace.accepted()
             self._outcomes.delivered(batch, response)
             if batch.probe is not None:
                 batch.probe.set_result(response)
@@ -237,12 +292,12 @@ class Delivery(Generic[S]):
             batch.probe.set_result(response)
         elif kind == "reject":
             await self._reject(lane, batch, response)
-        elif (
-            kind == "auth" and token is not None and not (batch.auth_403 and response.status == 403)
-        ):
+        elif kind == "auth" and not (batch.auth_403 and response.status == 403):
             batch.auth_403 = response.status == 403
-            self._client.tokens.invalidate(batch.account, token)
+            pool.refused(held, asyncio.get_running_loop().time())
             lane.put(batch, front=True)
+        elif response.status == 429:
+            self._throttled(lane, pool, held, batch, response)
         else:
             self._retry_later(lane, batch, response)
 
@@ -275,12 +330,28 @@ class Delivery(Generic[S]):
         for half in halves:  # reversed order + front: the first half is sent first
             lane.put(half, front=True)
 
+    def _throttled(
+        self, lane: Lane[S], pool: TokenPool, held: Held, batch: Batch[S], response: Response
+    ) -> None:
+        """A 429 costs only the request it refused: its token backs off (``Retry-After``, or
+        capped exponential backoff), and the batch goes back to the front at once, for the next
+        token (docs/design.md#retry)."""
+        self._counts.retries += 1
+        self._counts.throttled += 1
+        self._counts.bump(self._counts.throttled_by, (batch.account, "request"))
+        delay = pool.throttled(held, asyncio.get_running_loop().time(), response.retry_after_s)
+        _log.warning(
+            "request for account %s answered 429 on token %d; it backs off %.2f s, the batch "
+            "goes to the next token",
+            batch.account,
+            held.index,
+            delay,
+        )
+        lane.put(batch, front=True)
+
     def _retry_later(self, lane: Lane[S], batch: Batch[S], response: Response) -> None:
         batch.attempt += 1
         self._counts.retries += 1
-        if response.status == 429:
-            self._counts.throttled += 1
-            lane.throttled(time.monotonic())
         delay = self._backoff.delay(batch.attempt, response.retry_after_s, self._rng)
         _log.warning(
             "request for account %s failed (%s); retry %d in %.2f s",

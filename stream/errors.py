@@ -29,10 +29,22 @@ class ConfigError(DcrStreamError):
 class AuthError(DcrStreamError):
     """No API token could be obtained for ``account``."""
 
-    def __init__(self, account: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        account: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        reached: bool = True,
+    ) -> None:
         super().__init__(f"account {account}: {message}")
         self.account = account
         self.status = status
+        self.retry_after_s = retry_after_s
+        """A refused mint's ``Retry-After``, if it sent one."""
+        self.reached = reached
+        """False when the request cannot have reached the API (it could not connect)."""
 
 
 class DeadLetterError(DcrStreamError):

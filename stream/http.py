@@ -28,6 +28,8 @@ class Health:
     """Joined the group (got an assignment, possibly empty)."""
     stall_s: float
     """No poll for this long means the consumer is stuck: liveness fails, Kubernetes restarts us."""
+    unready: Callable[[], str | None] = lambda: None
+    """Why the process cannot send even though it joined (it holds no usable token), or None."""
 
 
 def http_app(metrics: Metrics, health: Health) -> web.Application:
@@ -45,9 +47,11 @@ def http_app(metrics: Metrics, health: Health) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if health.ready():
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not in the group yet"}, status=503)
+        if not health.ready():
+            return web.json_response({"status": "not in the group yet"}, status=503)
+        if (why := health.unready()) is not None:
+            return web.json_response({"status": why}, status=503)
+        return web.json_response({"status": "ready"})
 
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,6 +50,8 @@ class Counts:
     retries: int = 0
     throttled: int = 0
     """Requests answered 429."""
+    throttled_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(account, cause) → 429s: ``request`` (a batch request; its token backs off) or ``mint``."""
     bisections: int = 0
     commit_failures: int = 0
     dlq_write_failures: int = 0
@@ -56,6 +59,25 @@ class Counts:
 
     def bump(self, table: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) -> None:
         table[key] = table.get(key, 0) + n
+
+
+class PoolState(Protocol):
+    """An account's token pool in this process (``stream.tokens.PoolReport``)."""
+
+    @property
+    def live(self) -> int: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def mints(self) -> int: ...
+    @property
+    def mints_refused(self) -> int: ...
+    @property
+    def mints_throttled(self) -> int: ...
+    @property
+    def mints_held_back(self) -> int: ...
+    @property
+    def requests(self) -> dict[int, int]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,7 +94,7 @@ class State:
     last_commit: Callable[[], float]
     token_refreshes: Callable[[], int]
     rates: Callable[[], dict[str, float]]
-    """Per account, the request rate the lane allows now."""
+    """Per account, the request rate its tokens (and cap) allow now."""
     label_registries: Callable[[], Mapping[str, tuple[int, float | None]]] = dict
     """Per account, labels its registry lists and seconds since it was last read successfully."""
     label_refreshes: Callable[[], Mapping[tuple[str, str], int]] = dict
@@ -81,6 +103,10 @@ class State:
     """(account, outcome) → probe requests for labels the registry could not confirm."""
     label_held: Callable[[], int] = int
     """Records waiting for a registry refresh or a probe."""
+    pools: Callable[[], Mapping[str, PoolState]] = dict
+    """Per account, its token pool in this process."""
+    slots_held: Callable[[], int] = int
+    """Token slots this process holds (the same slots for every account)."""
 
 
 class Metrics:
@@ -176,7 +202,8 @@ class _Collector(Collector):
         )
         rates = GaugeMetricFamily(
             "dcr_rate_limit_rps",
-            "Requests per second allowed now (halved per 429, recovering after 5 s)",
+            "Requests per second allowed now: the paces of the tokens held (not backing off after "
+            "a 429), at most DCR_RATE_LIMIT_RPS",
             labels=["account"],
         )
         for account, rps in sorted(s.rates().items()):
@@ -213,6 +240,53 @@ class _Collector(Collector):
             "Records waiting for a label registry refresh or a probe",
             value=s.label_held(),
         )
+        yield from _pool_metrics(c, s)
+
+
+def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:
+    """The token pools (docs/design.md#auth): what each account holds and spends."""
+    pools = s.pools()
+    yield GaugeMetricFamily(
+        "dcr_token_slots_held", "Token slots this replica holds", value=s.slots_held()
+    )
+    gauges: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "live": GaugeMetricFamily(
+            "dcr_tokens_live", "Tokens this replica may send on", labels=["account"]
+        ),
+        "mints": CounterMetricFamily(
+            "dcr_token_mints", "Tokens this replica minted", labels=["account"]
+        ),
+        "mints_refused": CounterMetricFamily(
+            "dcr_token_mints_refused", "Mints the API refused", labels=["account"]
+        ),
+        "mints_held_back": CounterMetricFamily(
+            "dcr_token_mints_held_back",
+            "Mints a slot needed that its budget (10 per 30 minutes per account) held back",
+            labels=["account"],
+        ),
+    }
+    requests = CounterMetricFamily(
+        "dcr_token_requests",
+        "Requests sent by this replica, per token slot (static: per token)",
+        labels=["account", "slot"],
+    )
+    throttled = CounterMetricFamily(
+        "dcr_api_throttled_by",
+        "429s by cause: request (a batch request; its token backs off) or mint",
+        labels=["account", "cause"],
+    )
+    by_cause = dict(c.throttled_by)
+    for account, pool in sorted(pools.items()):
+        for name, family in gauges.items():
+            family.add_metric([account], getattr(pool, name))
+        for slot, count in sorted(pool.requests.items()):
+            requests.add_metric([account, str(slot)], count)
+        by_cause[(account, "mint")] = pool.mints_throttled
+    for (account, cause), count in sorted(by_cause.items()):
+        throttled.add_metric([account, cause], count)
+    yield from gauges.values()
+    yield requests
+    yield throttled
 
 
 def _labelled(

@@ -1,63 +1,86 @@
-"""When an account may send: rolling-window slots and one lane per account (docs/design.md#quota).
+"""When a request may go: rolling-window slots, a pace per token, one lane per account
+(docs/design.md#quota).
 
-A lane holds an account's batches waiting for a slot, in two queues (high priority first), and its
-``Slots``: at most ``rate`` requests in any rolling window. When replicas together exceed the
-account's quota the API answers 429; a lane then halves its rate (not below a tenth of
-``DCR_RATE_LIMIT_RPS``) and, once ``_RECOVERY_S`` passed without a 429, gives back a twentieth of it
-per accepted request (AIMD). The lane does not send: ``stream.delivery`` runs one dispatcher task
-per lane that takes a slot and only then picks the batch, so a high-priority batch that arrives
-while normal ones wait gets the very next slot.
+Every request goes out on a token of its account's pool (``stream.tokens``), and each token is
+paced on its own (``Pace``): at most ``DCR_TOKEN_REQUESTS_PER_MINUTE`` in any rolling minute, spread
+evenly. A lane holds an account's batches waiting for a slot, in two queues (high priority first),
+and optionally ``DCR_RATE_LIMIT_RPS`` as a cap on the whole account (``Slots``). The lane does not
+send: ``stream.delivery`` runs one dispatcher task per lane that takes the token whose next slot
+comes first, and only then picks the batch, so a high-priority batch that arrives while normal ones
+wait gets the very next slot. A 429 costs only the request it refused: that token backs off
+(``Pace.throttled``), the request goes to the next token, and no other token slows down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections import deque
 from typing import Generic, TypeVar
 
 from stream.batching import Batch
 
-__all__ = ["Lane", "Slots"]
+__all__ = ["Lane", "Pace", "Slots"]
 
 S = TypeVar("S")
 
 _WINDOW_MARGIN = 1.02
-"""A lane's rolling window is 2% longer than the API's second (see ``Slots``)."""
+"""A per-second window is 2% longer than the API's second (see ``Slots``)."""
 _MIN_GAP = 0.8
 """Requests are never closer than 0.8 of the mean spacing (see ``Slots``)."""
 _MAX_WINDOW_REQUESTS = 1000
 """Above this many requests per second the window is shortened to hold this many, so that its log
-stays small when the quota is set out of the way (``DCR_RATE_LIMIT_RPS=1000000``)."""
+stays small when the cap is set out of the way (``DCR_RATE_LIMIT_RPS=1000000``)."""
 
-_DECREASE = 0.5
-_FLOOR = 0.1
-_INCREASE = 0.05
-_RECOVERY_S = 5.0
-"""Adaptive rate after 429s: halved per 429, never below a tenth of the configured rate; after 5 s
-without a 429, a twentieth of the configured rate back per accepted request."""
+_MINUTE_S = 60.0
+_TOKEN_SLACK_S = 0.25
+"""A token's rolling minute is a quarter of a second longer than the API's: requests sent on time
+may reach the API bunched up by the network and its scheduling."""
+_TOKEN_GAP = 0.99
+"""A token's requests are never closer than 0.99 of its mean spacing: spread evenly (60 a minute is
+one a second, never a burst of 60 in the first seconds, never more than 1% above the even pace),
+with 1% to make up for a late one (the loop's delays are a few milliseconds a second)."""
 
 
 class Slots:
-    """When a lane may send: at most ``n`` requests in any rolling ``window_s``, ``n / window_s``
-    being the rate less 2%, and never two closer than ``gap_s``.
+    """When a sender may send: at most ``n`` requests in any rolling ``window_s``, and never two
+    closer than ``gap_s``.
 
-    The API counts requests in a rolling second, and so does this: for a whole-number rate,
-    ``n = rps`` and the window is 1.02 s, so any ``rps + 1`` consecutive requests span more than a
-    second, with 20 ms to spare for requests that arrive bunched up against how they were sent (the
-    loop, the network, the API's own scheduling). Spacing every request ``1.02/rps`` apart would
-    guarantee the same, but every delay in sending one (the loop is busy) would then push all the
-    later ones back too, and those delays add up to several percent of the quota (``bench/`` B2);
-    here a late request only moves the one ``n`` places after it. The gap, 0.8 of the mean
-    spacing, keeps a lane that was idle from opening with a burst.
+    ``Slots(rps)`` counts a rolling second, as the API's per-account limit would: for a whole-number
+    rate, ``n = rps`` and the window is 1.02 s, so any ``rps + 1`` consecutive requests span more
+    than a second, with 20 ms to spare for requests that arrive bunched up against how they were
+    sent (the loop, the network, the API's own scheduling). Spacing every request ``1.02/rps``
+    apart would guarantee the same, but every delay in sending one (the loop is busy) would then
+    push all the later ones back too, and those delays add up to several percent of the quota
+    (``bench/`` B2); here a late request only moves the one ``n`` places after it. The gap, 0.8 of
+    the mean spacing, keeps a sender that was idle from opening with a burst.
+
+    ``Slots.per_minute(rpm)`` is a token's pace: ``rpm`` requests in any rolling minute (plus
+    ``_TOKEN_SLACK_S``), never two closer than 0.99 of ``60/rpm`` seconds.
     """
 
-    def __init__(self, rps: float, sent: deque[float] | None = None) -> None:
-        self.n = max(1, min(_MAX_WINDOW_REQUESTS, math.floor(rps)))
-        self.window_s = _WINDOW_MARGIN * self.n / rps
-        self.gap_s = _MIN_GAP * self.window_s / self.n
+    def __init__(
+        self,
+        rps: float,
+        sent: deque[float] | None = None,
+        *,
+        window: tuple[int, float, float, float] | None = None,
+    ) -> None:
+        if window is None:
+            n = max(1, min(_MAX_WINDOW_REQUESTS, math.floor(rps)))
+            window_s = _WINDOW_MARGIN * n / rps
+            window = (n, window_s, _MIN_GAP * window_s / n, window_s / n)
+        self.n, self.window_s, self.gap_s, self.spacing_s = window
         self.sent: deque[float] = sent if sent is not None else deque()
         """Loop times of the requests sent within the last window, oldest first."""
+
+    @classmethod
+    def per_minute(cls, rpm: float, sent: deque[float] | None = None) -> Slots:
+        n = max(1, min(_MAX_WINDOW_REQUESTS, math.floor(rpm)))
+        spacing_s = _MINUTE_S / rpm
+        window = (n, n * spacing_s + _TOKEN_SLACK_S, _TOKEN_GAP * spacing_s, spacing_s)
+        return cls(rpm / _MINUTE_S, sent, window=window)
 
     def wait_s(self, now: float) -> float:
         """How long from ``now`` until the next request may go."""
@@ -71,41 +94,90 @@ class Slots:
             ready = max(ready, sent[-self.n] + self.window_s)
         return max(0.0, ready - now)
 
+    def take(self, now: float) -> None:
+        self.sent.append(now)
+
+    def seeded(self, now: float) -> Slots:
+        """These slots with a full window of requests assumed sent, evenly, up to ``now``.
+
+        For a token this process has just taken over: whoever held it before may have used its
+        whole window, as late as its pace allowed (``n`` requests ``gap_s`` apart, the last one
+        now). No window then holds more of its requests than this history does, so what this
+        process adds never takes the token over its limit. The first request waits about
+        ``window_s - (n - 1) * gap_s`` (1.8 s for 60 a minute), then the pace goes on evenly
+        (docs/design.md#scaling).
+        """
+        assumed = (now - k * self.gap_s for k in range(self.n))
+        history = sorted({*self.sent, *assumed})
+        shape = (self.n, self.window_s, self.gap_s, self.spacing_s)
+        return Slots(0.0, deque(t for t in history if t > now - self.window_s), window=shape)
+
     async def acquire(self) -> None:
         """Wait for the next slot and take it (a sleep never ends early: one wait is enough)."""
         loop = asyncio.get_running_loop()
         wait_s = self.wait_s(loop.time())
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        self.sent.append(loop.time())
+        self.take(loop.time())
+
+
+class Pace:
+    """One token's pace in this process: its ``Slots`` and how long it backs off after a 429.
+
+    A 429 sends only this token away, for ``Retry-After`` or, without one, a capped exponential
+    backoff with full jitter (``DCR_RETRY_BASE_MS``, doubling per 429 in a row, at most
+    ``DCR_RETRY_CAP_MS``); an accepted request ends the row.
+    """
+
+    def __init__(self, slots: Slots | None) -> None:
+        self.slots = slots
+        """None: the token is not paced (no per-token limit configured)."""
+        self.blocked_until = 0.0
+        """Loop time before which the token must not be used (after a 429)."""
+        self.throttles = 0
+        """429s in a row."""
+        self.requests = 0
+        """Requests sent on it by this process (a metric)."""
+
+    def wait_s(self, now: float) -> float:
+        wait_s = self.slots.wait_s(now) if self.slots is not None else 0.0
+        return max(wait_s, self.blocked_until - now)
+
+    def take(self, now: float) -> None:
+        self.requests += 1
+        if self.slots is not None:
+            self.slots.take(now)
+
+    def throttled(
+        self,
+        now: float,
+        retry_after_s: float | None,
+        backoff: tuple[float, float],
+        rng: random.Random,
+    ) -> float:
+        """Back off after a 429 (``backoff``: base and cap, seconds); returns for how long."""
+        self.throttles += 1
+        base_s, cap_s = backoff
+        bound = min(cap_s, base_s * 2 ** min(self.throttles - 1, 30))
+        delay = max(rng.uniform(0, bound), retry_after_s or 0.0)
+        self.blocked_until = max(self.blocked_until, now + delay)
+        return delay
+
+    def accepted(self) -> None:
+        self.throttles = 0
 
 
 class Lane(Generic[S]):
-    """One account's queues, slots and dispatcher."""
+    """One account's queues, its optional cap and its dispatcher."""
 
-    def __init__(self, rps: float) -> None:
-        self.max_rps = rps
+    def __init__(self, rps: float | None) -> None:
         self.rps = rps
-        self.slots = Slots(rps)
-        self.last_throttle = -_RECOVERY_S
+        """``DCR_RATE_LIMIT_RPS``; None: no cap on the account (only its tokens' paces)."""
+        self.cap = Slots(rps) if rps is not None else None
         self.high: deque[Batch[S]] = deque()
         self.normal: deque[Batch[S]] = deque()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-
-    def throttled(self, now: float) -> None:
-        self.last_throttle = now
-        self._set(max(self.max_rps * _FLOOR, self.rps * _DECREASE))
-
-    def accepted(self, now: float) -> None:
-        if self.rps < self.max_rps and now - self.last_throttle >= _RECOVERY_S:
-            self._set(min(self.max_rps, self.rps + self.max_rps * _INCREASE))
-
-    def _set(self, rps: float) -> None:
-        if rps != self.rps:
-            self.rps = rps
-            # The requests already sent still count against the new rate's window.
-            self.slots = Slots(rps, self.slots.sent)
 
     def put(self, batch: Batch[S], *, front: bool = False) -> None:
         queue = self.high if batch.high_priority else self.normal

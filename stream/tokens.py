@@ -1,25 +1,76 @@
-"""API tokens (docs/api.md, docs/design.md#auth): static, from a file Kubernetes rotates, or minted.
+"""API tokens (docs/api.md, docs/design.md#auth): their sources, and each account's pool of them.
 
-Every source answers ``await get(account)`` with a bearer token and hears
-``invalidate(account, token)`` when the API refused it (401, or a first 403). Tokens and keys are
-held in ``Secret``, whose repr never shows them.
+**Credentials** (``CredentialSource``), one kind per process:
+
+- static tokens (``DCR_API_TOKEN``, comma-separated), the same for every account;
+- a token file (``DCR_API_TOKEN_FILE``, one token per line), re-read when it changes;
+- a key pair (``DCR_API_KEY_ID`` + ``DCR_API_KEY``) to mint tokens with, for every account;
+- a credentials file (``DCR_API_CREDENTIALS_FILE``, JSON or TOML): per account a key pair or a list
+  of tokens, re-read when it changes.
+
+**Pools.** Each account has a ``TokenPool`` of slots (``stream.leases``: which this process holds).
+A held slot gives a token to send on (``Held``), paced on its own (``stream.quota.Pace``). With
+static tokens slot ``i`` is token ``i`` (or a share of a token, when there are fewer tokens than
+slots). With a key pair the slot's holder mints its token, as demand asks for more tokens, and
+refreshes it ``REFRESH_MARGIN_S`` before it expires. Mints are budgeted per slot: a pool of ``n``
+slots lets each mint ``MAX_MINTS // n`` times in any ``MINT_WINDOW_S``, so the account never
+exceeds the API's 10 per 30 minutes, however many replicas hold its slots and however often they
+restart. A mint is written to the slot's record (``SlotRecord``) before it is asked for, and the
+token after, sealed with a key derived from the account's API key, so the next holder reuses it.
+
+Tokens and keys are held in ``Secret``, whose repr never shows them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import logging
+import math
 import os
+import random
 import time
+import tomllib
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import aiohttp
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stream.errors import AuthError
+from stream.leases import Leases, LocalLeases
+from stream.quota import Pace, Slots
 
-__all__ = ["MintedTokens", "Secret", "StaticToken", "TokenFile", "TokenSource"]
+__all__ = [
+    "CredentialSource",
+    "Credentials",
+    "CredentialsFile",
+    "Held",
+    "KeyPair",
+    "MintedTokens",
+    "Minter",
+    "PoolReport",
+    "Secret",
+    "SlotRecord",
+    "StaticToken",
+    "StaticTokens",
+    "TokenFile",
+    "TokenFileSource",
+    "TokenPool",
+    "TokenSource",
+    "Tokens",
+]
+
+_log = logging.getLogger("stream.tokens")
 
 TOKEN_LIFETIME_S = 3600.0
 """The API's documented token lifetime (60 minutes)."""
@@ -30,6 +81,18 @@ REFRESH_MARGIN_S = 600.0
 MAX_MINTS = 10
 MINT_WINDOW_S = 1800.0
 """The API allows at most 10 mints per 30 minutes (per account)."""
+
+_MINT_MARGIN_S = 10.0
+"""A slot's mint budget counts a 30-minute window this much longer, for the API's clock."""
+
+_HELD_BACK_LOG_S = 60.0
+"""Why an account waits for a token is logged at most this often."""
+
+_REFUSED_RETRY_S = 60.0
+"""A slot whose mint was refused without ``Retry-After`` tries again this much later."""
+
+_CHECK_S = 1.0
+"""A pool looks at its slots (and credential files) at least this often."""
 
 
 class Secret:
@@ -55,67 +118,799 @@ class Secret:
         return hash(self._value)
 
 
+# -- credentials --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An account's credentials: tokens to use as they are, or a key pair to mint with."""
+
+    tokens: tuple[Secret, ...] = ()
+    key_id: str | None = None
+    api_key: Secret | None = None
+
+
+class CredentialSource(Protocol):
+    def credentials(self, account: str) -> Credentials:
+        """The account's credentials now; ``AuthError`` if there are none."""
+        ...
+
+    def reload(self) -> None:
+        """Read again at the next call (a token was refused: it may have been rotated)."""
+        ...
+
+    def changed(self) -> bool:
+        """Whether the credentials may have changed since last read (one ``stat``: asked before
+        every request, so a rotated token is used from the next request on)."""
+        ...
+
+
+class StaticTokens:
+    """``DCR_API_TOKEN``: tokens for every account; nothing to reload."""
+
+    def __init__(self, tokens: Sequence[Secret]) -> None:
+        self._credentials = Credentials(tokens=tuple(tokens))
+
+    def __repr__(self) -> str:
+        return f"StaticTokens({len(self._credentials.tokens)} tokens)"
+
+    def credentials(self, account: str) -> Credentials:
+        return self._credentials
+
+    def reload(self) -> None:
+        """Nothing to reload."""
+
+    def changed(self) -> bool:
+        return False
+
+
+class KeyPair:
+    """``DCR_API_KEY_ID`` + ``DCR_API_KEY``: one key pair, for every account."""
+
+    def __init__(self, key_id: str, api_key: Secret) -> None:
+        self._credentials = Credentials(key_id=key_id, api_key=api_key)
+
+    def __repr__(self) -> str:
+        return f"KeyPair(key_id={self._credentials.key_id!r})"
+
+    def credentials(self, account: str) -> Credentials:
+        return self._credentials
+
+    def reload(self) -> None:
+        """Nothing to reload."""
+
+    def changed(self) -> bool:
+        return False
+
+
+class _WatchedFile:
+    """A file read again whenever its identity, modification time or size changes. Kubernetes
+    rotates a mounted secret by swapping a symlink, so the inode is compared, not only the time."""
+
+    def __init__(self, path: str, parse: Callable[[str], Any]) -> None:
+        self.path = path
+        self._parse = parse
+        self._seen: tuple[int, int, int] | None = None
+        self._value: Any = None
+
+    def read(self, account: str) -> Any:
+        try:
+            info = os.stat(self.path)
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if stamp != self._seen:
+                # A few bytes, read only when the file changed: not worth a thread hop.
+                with open(self.path, encoding="utf-8") as f:
+                    self._value = self._parse(f.read())
+                self._seen = stamp
+        except OSError as exc:
+            raise AuthError(account, f"cannot read {self.path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise AuthError(account, f"{self.path}: {exc}") from None
+        return self._value
+
+    def forget(self) -> None:
+        self._seen = None
+
+    def changed(self) -> bool:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return True
+        return (info.st_ino, info.st_mtime_ns, info.st_size) != self._seen
+
+
+def _token_lines(text: str) -> tuple[Secret, ...]:
+    return tuple(Secret(line.strip()) for line in text.splitlines() if line.strip())
+
+
+class TokenFileSource:
+    """``DCR_API_TOKEN_FILE``: one token per line, for every account, re-read when it changes."""
+
+    def __init__(self, path: str) -> None:
+        self._file = _WatchedFile(path, _token_lines)
+
+    def __repr__(self) -> str:
+        return f"TokenFileSource({self._file.path!r})"
+
+    def credentials(self, account: str) -> Credentials:
+        tokens = self._file.read(account)
+        if not tokens:
+            raise AuthError(account, f"the token file {self._file.path} is empty")
+        return Credentials(tokens=tokens)
+
+    def reload(self) -> None:
+        self._file.forget()
+
+    def changed(self) -> bool:
+        return self._file.changed()
+
+
+def parse_credentials(text: str) -> dict[str, Credentials]:
+    """A credentials file: JSON or TOML, account → ``{key_id, api_key}`` or ``{tokens: [...]}``.
+
+    Errors name the account and the field, never a value (they may be secrets).
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"neither JSON nor TOML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("must map account ids to credentials")
+    accounts: dict[str, Credentials] = {}
+    for account, entry in data.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{account}: must be {{key_id, api_key}} or {{tokens}}")
+        tokens = entry.get("tokens")
+        key_id, api_key = entry.get("key_id"), entry.get("api_key")
+        if tokens is not None and (key_id is not None or api_key is not None):
+            raise ValueError(f"{account}: either tokens or key_id + api_key, not both")
+        if tokens is not None:
+            if not isinstance(tokens, list) or not tokens:
+                raise ValueError(f"{account}: tokens must be a list of at least one token")
+            if not all(isinstance(t, str) and t.strip() for t in tokens):
+                raise ValueError(f"{account}: every token must be a non-empty string")
+            accounts[account.lower()] = Credentials(tokens=tuple(Secret(t.strip()) for t in tokens))
+        elif isinstance(key_id, str) and key_id and isinstance(api_key, str) and api_key:
+            accounts[account.lower()] = Credentials(key_id=key_id, api_key=Secret(api_key))
+        else:
+            raise ValueError(f"{account}: key_id and api_key must both be non-empty strings")
+    return accounts
+
+
+class CredentialsFile:
+    """``DCR_API_CREDENTIALS_FILE``: per account a key pair or tokens, re-read when it changes."""
+
+    def __init__(self, path: str) -> None:
+        self._file = _WatchedFile(path, parse_credentials)
+
+    def __repr__(self) -> str:
+        return f"CredentialsFile({self._file.path!r})"
+
+    def credentials(self, account: str) -> Credentials:
+        accounts: dict[str, Credentials] = self._file.read(account)
+        found = accounts.get(account)
+        if found is None:
+            raise AuthError(account, f"no credentials for this account in {self._file.path}")
+        return found
+
+    def reload(self) -> None:
+        self._file.forget()
+
+    def changed(self) -> bool:
+        return self._file.changed()
+
+
+# -- minting ------------------------------------------------------------------------------------
+
+
+class Minter:
+    """``POST {base}/clients/{id}/token`` (docs/api.md#tokens)."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, base_url: str) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Minter(base_url={self._base_url!r})"
+
+    async def mint(self, account: str, key_id: str, api_key: Secret) -> str:
+        """A new token; ``AuthError`` (with the status and ``Retry-After``) if none was had."""
+        from stream.api import parse_retry_after  # stream.api imports this module
+
+        url = f"{self._base_url}/clients/{account}/token"
+        body = {"key_id": key_id, "api_key": api_key.reveal()}
+        try:
+            async with self._session.post(
+                url, json=body, headers={"X-Public-Access": "allow"}
+            ) as response:
+                payload = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorError as exc:
+            reason = f"token endpoint unreachable: {type(exc).__name__}"
+            raise AuthError(account, reason, reached=False) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AuthError(account, f"token endpoint failed: {type(exc).__name__}") from None
+        if status // 100 != 2:
+            raise AuthError(
+                account,
+                f"token endpoint answered {status}",
+                status=status,
+                retry_after_s=retry_after,
+            )
+        try:
+            token = json.loads(payload)["token"]
+        except (ValueError, KeyError, TypeError):
+            raise AuthError(account, "token endpoint answered without a token") from None
+        if not isinstance(token, str) or not token:
+            raise AuthError(account, "token endpoint answered without a token")
+        return token
+
+
+class SlotRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a slot remembers (``stream.leases``), written before and after each mint."""
+
+    mints: list[float] = []
+    """Wall times (epoch s) of the mints that may have happened within the budget's window: a mint
+    is written here *before* it is asked for, so a crash cannot hide it."""
+    token: str | None = None
+    """The slot's token, sealed (``_seal``)."""
+    minted_at: float | None = None
+    """Wall time the sealed token was minted."""
+    released_at: float | None = None
+    """Set by a holder that let the slot go (a rebalance, a stop): it sent nothing on the token
+    since, and ``sent`` is its history. Cleared by the next holder before it sends."""
+    sent: list[float] = []
+    """Wall times of the requests the last holder sent on the token within its last minute."""
+
+
+_records = msgspec.json.Decoder(SlotRecord)
+
+
+def _key(account: str, api_key: Secret) -> AESGCM:
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"dcr-stream token slots",
+        info=account.encode(),
+    ).derive(api_key.reveal().encode())
+    return AESGCM(derived)
+
+
+def _seal(account: str, slot: int, api_key: Secret, token: str) -> str:
+    """AES-GCM with a key derived (HKDF) from the account's API key, bound to the account and slot:
+    only a holder of the same key can read it, and a record moved elsewhere does not open."""
+    nonce = os.urandom(12)
+    sealed = _key(account, api_key).encrypt(nonce, token.encode(), f"{account}/{slot}".encode())
+    return base64.b64encode(nonce + sealed).decode()
+
+
+def _unseal(account: str, slot: int, api_key: Secret, sealed: str) -> str | None:
+    try:
+        raw = base64.b64decode(sealed)
+        opened = _key(account, api_key).decrypt(raw[:12], raw[12:], f"{account}/{slot}".encode())
+    except (ValueError, InvalidTag):
+        return None  # another key (rotated), or not ours: mint instead
+    return opened.decode()
+
+
+# -- pools --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Held:
+    """A token this process may send on now."""
+
+    index: int
+    """Its slot (minted) or its place in the list (static): how metrics and logs name it."""
+    token: Secret
+    pace: Pace
+    share: float = 1.0
+    """The part of the token's rate this process holds (static tokens fewer than slots)."""
+    minted_at: float | None = None
+    """Wall time it was minted (minted tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolReport:
+    """An account's pool in this process, for metrics and readiness."""
+
+    live: int
+    """Tokens it may send on."""
+    slots: int
+    """Slots it holds."""
+    mints: int
+    mints_refused: int
+    """Mints the API refused (any answer but 2xx)."""
+    mints_throttled: int
+    """Of those, answered 429 (the account's budget was spent)."""
+    mints_held_back: int
+    """Mints a slot needed and the budget held back (each slot and next attempt counted once)."""
+    requests: dict[int, int]
+    """Requests sent by this process, per slot (or static token)."""
+    waiting: str | None
+    """Why it has no token to send on, when it has none."""
+
+
+class TokenPool:
+    """One account's tokens in this process (see the module's docstring)."""
+
+    def __init__(
+        self,
+        account: str,
+        *,
+        source: CredentialSource,
+        minter: Minter | None,
+        leases: Leases,
+        requests_per_minute: float | None,
+        wall: Callable[[], float],
+        backoff: tuple[float, float],
+        rng: random.Random,
+    ) -> None:
+        self.account = account
+        self._source = source
+        self._minter = minter
+        self._leases = leases
+        self._rpm = requests_per_minute
+        self._wall = wall
+        self._backoff = backoff
+        self._rng = rng
+        self.held: dict[int, Held] = {}
+        self.changed = asyncio.Event()
+        """Set when a token becomes usable."""
+        self._wake = asyncio.Event()
+        self._asked = False
+        """A sender waits for the tokens held (or has none): mint one more (minted tokens)."""
+        self._next_mint = 0.0
+        """Wall time before which no slot tries to mint: the API refused a mint (the account's
+        budget is spent, whoever spent it) or could not be asked."""
+        self._refused: set[int] = set()
+        self._tokens: tuple[Secret, ...] = ()
+        """The static tokens last read (none: minted tokens)."""
+        self._refusal: str | None = None
+        """The last mint refusal, said while ``_next_mint`` holds mints back."""
+        self._requests: dict[int, int] = {}
+        self.mints = 0
+        self.mints_refused = 0
+        self.mints_throttled = 0
+        self.mints_held_back = 0
+        self._held_back_seen: set[tuple[int, float]] = set()
+        self.waiting: str | None = None
+        self.failing: str | None = None
+        """Why the last attempt to get a token failed without an answer from the API (the token
+        endpoint unreachable, TLS refused, a credentials file unreadable), until one succeeds."""
+        self._failures = 0
+        self._logged_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenPool({self.account!r}, {len(self.held)} held)"
+
+    # -- the sender's side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def usable(self) -> list[Held]:
+        self.start()
+        if self._source.changed():
+            self._reread()
+        return list(self.held.values())
+
+    def _reread(self) -> None:
+        """A credentials file changed: take its static tokens now (a key pair at the next look)."""
+        try:
+            credentials = self._source.credentials(self.account)
+        except AuthError:
+            return  # the next look says why
+        if credentials.tokens and self._leases.owned():
+            self._sync_static(credentials.tokens, self._leases.owned())
+        self._wake.set()
+
+    def want_more(self) -> None:
+        """Sending waits for the tokens held: one more would help. Minted tokens are minted on
+        demand, one per ask, so an account that sends little holds few (and spends few mints)."""
+        if not self._asked:
+            self._asked = True
+            self._wake.set()
+
+    def used(self, held: Held, now: float) -> None:
+        held.pace.take(now)
+        self._requests[held.index] = self._requests.get(held.index, 0) + 1
+
+    def throttled(self, held: Held, now: float, retry_after_s: float | None) -> float:
+        """A 429 on ``held``: it alone backs off; returns for how long."""
+        return held.pace.throttled(now, retry_after_s, self._backoff, self._rng)
+
+    def refused(self, held: Held, now: float) -> None:
+        """A 401 (or a first 403) for ``held``: a minted token is replaced; a static one backs off
+        (it cannot be mended here) while its source is read again (it may have been rotated)."""
+        if held.minted_at is not None:
+            if self.held.get(held.index) is held:
+                del self.held[held.index]
+            self._refused.add(held.index)
+        else:
+            held.pace.throttled(now, None, self._backoff, self._rng)
+            self._source.reload()
+        self._wake.set()
+
+    def report(self) -> PoolReport:
+        return PoolReport(
+            live=len(self.held),
+            slots=len(self._leases.owned()),
+            mints=self.mints,
+            mints_refused=self.mints_refused,
+            mints_throttled=self.mints_throttled,
+            mints_held_back=self.mints_held_back,
+            requests=dict(self._requests),
+            waiting=None if self.held else (self.waiting or "no token yet"),
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def let_go(self, owned: frozenset[int]) -> None:
+        """The slots held changed: no request goes out on a token of a slot let go, from now on
+        (the static tokens' shares are worked out again at once)."""
+        if self._tokens:
+            self._sync_static(self._tokens, owned)
+        else:
+            for p in [p for p in self.held if p not in owned]:
+                del self.held[p]
+
+    # -- keeping the slots --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._sync()
+            except Exception:  # a bug must not end the pool: its sends would wait forever
+                _log.exception("account %s: keeping the token pool failed", self.account)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _CHECK_S)
+
+    async def _sync(self) -> None:
+        try:
+            credentials = self._source.credentials(self.account)
+        except AuthError as exc:
+            self.failing = str(exc)
+            self._held_back(str(exc), None)
+            return
+        if credentials.tokens:
+            self.failing = None
+        owned = self._leases.owned()
+        if not owned:
+            self.held.clear()
+            self._held_back("this process holds no slot of the token pool", None)
+        elif credentials.tokens:
+            self._sync_static(credentials.tokens, owned)
+        elif credentials.key_id is not None and credentials.api_key is not None:
+            await self._sync_minted(credentials.key_id, credentials.api_key, owned)
+        if self.held:
+            self.waiting = None
+            self.changed.set()
+
+    def _sync_static(self, tokens: tuple[Secret, ...], owned: frozenset[int]) -> None:
+        """Slot ``p`` of ``P`` holds tokens ``p, p + P, …``; with fewer tokens than slots, token
+        ``i`` is shared by the slots ``i, i + T, …``, each holding an equal part of its rate."""
+        self._tokens = tokens
+        count, slots = len(tokens), self._leases.slots
+        shares: dict[int, float] = {}
+        for p in owned:
+            if count >= slots:
+                for i in range(p, count, slots):
+                    shares[i] = 1.0
+            else:
+                i = p % count
+                shares[i] = shares.get(i, 0.0) + 1.0 / len(range(i, slots, count))
+        for i in [i for i in self.held if i not in shares]:
+            del self.held[i]
+        for i, share in shares.items():
+            held = self.held.get(i)
+            if held is not None and held.token != tokens[i]:
+                held = None  # rotated: another token, whose history is not the old one's
+            if held is None or held.share < share - 1e-9:
+                self.held[i] = Held(i, tokens[i], self._pace(held, share), share)
+            elif held.share != share:
+                held.pace.slots = self._slots(share, held.pace.slots)
+                held.share = share
+
+    async def _sync_minted(self, key_id: str, api_key: Secret, owned: frozenset[int]) -> None:
+        assert self._minter is not None, "a key pair needs a Minter"
+        account, now = self.account, self._wall()
+        mintable = sorted(p for p in owned if p < MAX_MINTS)
+        per_slot = max(1, MAX_MINTS // min(self._leases.slots, MAX_MINTS))
+        for p in [p for p in self.held if p not in mintable]:
+            del self.held[p]
+        for p in mintable:
+            held = self.held.get(p)
+            if held is not None and held.minted_at is not None:
+                if now >= held.minted_at + TOKEN_LIFETIME_S:
+                    del self.held[p]
+            elif p not in self._refused:
+                record = self._record(p)
+                alive = record.minted_at is not None and now < record.minted_at + _refresh_after()
+                if record.token is not None and alive:
+                    token = _unseal(account, p, api_key, record.token)
+                    if token is not None:
+                        pace = await self._taken_over(p, record)
+                        self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
+        due = [
+            p
+            for p, h in self.held.items()
+            if h.minted_at is not None and now >= h.minted_at + _refresh_after()
+        ]
+        empty = [p for p in mintable if p not in self.held] if self._asked else []
+        minted_any = False
+        earliest: float | None = None
+        for p in due + empty:
+            if p in empty and not self._asked:
+                break
+            record = self._record(p)
+            recent = [t for t in record.mints if now - t < MINT_WINDOW_S + _MINT_MARGIN_S]
+            allowed_at = self._next_mint
+            if len(recent) >= per_slot:
+                allowed_at = max(allowed_at, recent[-per_slot] + MINT_WINDOW_S + _MINT_MARGIN_S)
+            if now < allowed_at:
+                earliest = allowed_at if earliest is None else min(earliest, allowed_at)
+                if (p, allowed_at) not in self._held_back_seen:
+                    self._held_back_seen.add((p, allowed_at))
+                    self.mints_held_back += 1
+                continue
+            if not await self._mint(p, key_id, api_key, record, recent):
+                break  # refused or unanswered: the other slots would be too
+            minted_any = True
+            if p in empty:
+                self._asked = False
+        if not self.held and not minted_any and self._asked:
+            refused = self._refusal if now < self._next_mint else None
+            why = refused or "every slot held here spent its mint budget (10 per 30 minutes)"
+            self._held_back(why, earliest)
+
+    async def _mint(
+        self, p: int, key_id: str, api_key: Secret, record: SlotRecord, recent: list[float]
+    ) -> bool:
+        """Mint slot ``p``'s token: the mint is remembered first, the token after."""
+        assert self._minter is not None
+        account, now = self.account, self._wall()
+        kept = SlotRecord(mints=recent, token=record.token, minted_at=record.minted_at)
+        await self._leases.store(account, p, _encode(SlotRecord(
+            mints=[*recent, now], token=record.token, minted_at=record.minted_at
+        )))  # fmt: skip
+        try:
+            token = await self._minter.mint(account, key_id, api_key)
+        except AuthError as exc:
+            if exc.status is not None or not exc.reached:
+                await self._leases.store(account, p, _encode(kept))  # it cannot have minted
+            if exc.status is not None:
+                self.mints_refused += 1
+                self.mints_throttled += exc.status == 429
+                self.failing = None
+                retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
+            else:  # no answer: tried again soon, with a backoff (its sends fail meanwhile)
+                self.failing = str(exc)
+                self._failures += 1
+                base_s, cap_s = self._backoff
+                retry_s = min(cap_s, base_s * 2 ** min(self._failures - 1, 30))
+            self._next_mint = now + retry_s
+            self._refusal = str(exc)
+            self._held_back(str(exc), now + retry_s)
+            return False
+        self.mints += 1
+        self.failing, self._failures = None, 0
+        await self._leases.store(account, p, _encode(SlotRecord(
+            mints=[*recent, now], token=_seal(account, p, api_key, token), minted_at=now
+        )))  # fmt: skip
+        previous = self.held.get(p)
+        self.held[p] = Held(p, Secret(token), self._pace(previous, 1.0, seed=False), 1.0, now)
+        self._refused.discard(p)
+        _log.info("account %s: token slot %d minted a token", account, p)
+        self.changed.set()
+        return True
+
+    async def _taken_over(self, p: int, record: SlotRecord) -> Pace:
+        """The pace of a minted token this process takes over. If its last holder handed it over
+        (``released_at``), its history goes on, once the record says the slot is taken again (a
+        crash of this process then leaves the next holder assuming the worst). Otherwise whoever
+        held it may have used its whole window (``Slots.seeded``)."""
+        if record.released_at is None or self._rpm is None:
+            return self._pace(None, 1.0)
+        taken = SlotRecord(mints=record.mints, token=record.token, minted_at=record.minted_at)
+        await self._leases.store(self.account, p, _encode(taken))
+        loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
+        history = deque(loop_now - (wall_now - t) for t in sorted(record.sent))
+        return Pace(Slots.per_minute(self._rpm, history))
+
+    def release(self, gone: frozenset[int]) -> list[tuple[int, bytes]]:
+        """The records to write for the minted tokens of slots this process lets go: each with
+        its history, so that the next holder goes on at the token's pace without waiting."""
+        loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
+        out = []
+        for p in sorted(gone):
+            held = self.held.pop(p, None)
+            if held is None or held.minted_at is None or held.pace.slots is None:
+                continue
+            record = self._record(p)
+            sent = [wall_now - (loop_now - t) for t in held.pace.slots.sent]
+            released = SlotRecord(
+                mints=record.mints,
+                token=record.token,
+                minted_at=record.minted_at,
+                released_at=wall_now,
+                sent=sent,
+            )
+            out.append((p, _encode(released)))
+        return out
+
+    def _record(self, p: int) -> SlotRecord:
+        raw = self._leases.record(self.account, p)
+        if raw is None:
+            return SlotRecord()
+        try:
+            return _records.decode(raw)
+        except msgspec.DecodeError:
+            return SlotRecord()
+
+    def _slots(self, share: float, previous: Slots | None) -> Slots | None:
+        if self._rpm is None:
+            return None
+        return Slots.per_minute(self._rpm * share, previous.sent if previous is not None else None)
+
+    def _pace(self, previous: Held | None, share: float, *, seed: bool = True) -> Pace:
+        """A pace for a token this process starts to use: its own history kept (the slot's, for a
+        minted token), and, for a token someone else may have used until now, a full window
+        assumed (``Slots.seeded``)."""
+        slots = self._slots(share, previous.pace.slots if previous is not None else None)
+        if slots is not None and seed:
+            slots = slots.seeded(asyncio.get_running_loop().time())
+        return Pace(slots)
+
+    def _held_back(self, why: str, next_at: float | None) -> None:
+        """No token to send on: say why, at most once a minute, with the next attempt's time."""
+        when = "" if next_at is None else f"; next attempt at {_iso(next_at)}"
+        self.waiting = why + when
+        now = time.monotonic()
+        if not self.held and now - self._logged_at >= _HELD_BACK_LOG_S:
+            self._logged_at = now
+            _log.warning("account %s has no token to send on: %s", self.account, self.waiting)
+
+
 class TokenSource(Protocol):
+    """What the labels registry needs: a token, and where to report a refused one."""
+
     async def get(self, account: str) -> str: ...
 
     def invalidate(self, account: str, token: str) -> None: ...
 
 
-class StaticToken:
-    """``DCR_API_TOKEN``: one token for every account; a refusal cannot be mended by reloading."""
+class Tokens:
+    """Every account's ``TokenPool`` in this process; also a ``TokenSource``."""
 
-    def __init__(self, token: Secret) -> None:
-        self._token = token
-
-    def __repr__(self) -> str:
-        return "StaticToken(********)"
-
-    async def get(self, account: str) -> str:
-        return self._token.reveal()
-
-    def invalidate(self, account: str, token: str) -> None:
-        """Nothing to reload; the caller backs off and retries."""
-
-
-class TokenFile:
-    """``DCR_API_TOKEN_FILE``: re-read whenever the file changes and after a refusal.
-
-    Kubernetes rotates a mounted secret by swapping a symlink, so the file's identity (inode) is
-    part of what is compared, not only its modification time.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._seen: tuple[int, int, int] | None = None
-        self._token = ""
+    def __init__(
+        self,
+        source: CredentialSource,
+        *,
+        minter: Minter | None = None,
+        leases: Leases | None = None,
+        requests_per_minute: float | None = None,
+        wall: Callable[[], float] = time.time,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._source = source
+        self._minter = minter
+        self.leases: Leases = leases if leases is not None else LocalLeases(MAX_MINTS)
+        self._rpm = requests_per_minute
+        self._wall = wall
+        self._backoff = backoff
+        """Base and cap (seconds) of a token's backoff after a 429, and of mints that fail."""
+        self._rng = rng or random.Random()
+        self._pools: dict[str, TokenPool] = {}
+        self.leases.watch(self._leases_changed)
+        self.leases.on_release(self._released)
 
     def __repr__(self) -> str:
-        return f"TokenFile({self._path!r})"
+        return f"Tokens({self._source!r}, leases={self.leases!r})"
+
+    def pool(self, account: str) -> TokenPool:
+        pool = self._pools.get(account)
+        if pool is None:
+            pool = self._pools[account] = TokenPool(
+                account,
+                source=self._source,
+                minter=self._minter,
+                leases=self.leases,
+                requests_per_minute=self._rpm,
+                wall=self._wall,
+                backoff=self._backoff,
+                rng=self._rng,
+            )
+        pool.start()
+        return pool
 
     async def get(self, account: str) -> str:
-        try:
-            info = os.stat(self._path)
-            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-            if stamp != self._seen:
-                # A few bytes, read only when the file changed: not worth a thread hop.
-                with open(self._path, encoding="utf-8") as f:  # noqa: ASYNC230
-                    self._token = f.read().strip()
-                self._seen = stamp
-        except OSError as exc:
-            raise AuthError(account, f"cannot read the token file {self._path}: {exc}") from None
-        if not self._token:
-            raise AuthError(account, f"the token file {self._path} is empty")
-        return self._token
+        """Any usable token of the account's pool (unpaced: for the labels endpoint)."""
+        pool = self.pool(account)
+        while not pool.held:
+            pool.want_more()
+            pool.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.changed.wait(), _CHECK_S)
+            if not pool.held and pool.waiting is not None:
+                raise AuthError(account, pool.waiting)
+        return next(iter(pool.held.values())).token.reveal()
 
     def invalidate(self, account: str, token: str) -> None:
-        self._seen = None
+        pool = self._pools.get(account)
+        if pool is None:
+            return
+        for held in list(pool.held.values()):
+            if held.token.reveal() == token:
+                pool.refused(held, asyncio.get_running_loop().time())
+
+    @property
+    def mint_count(self) -> int:
+        """Answers from the token endpoint, refusals included (``dcr_token_refreshes_total``)."""
+        return sum(p.mints + p.mints_refused for p in self._pools.values())
+
+    def report(self) -> dict[str, PoolReport]:
+        return {account: pool.report() for account, pool in sorted(self._pools.items())}
+
+    def unready(self) -> str | None:
+        """Why this process cannot send (readiness), or None: it holds no token slot, or an
+        account it has records for has no token to send on."""
+        if not self.leases.owned():
+            return "this replica holds no slot of the token pool"
+        for account, pool in sorted(self._pools.items()):
+            if not pool.held and pool.waiting is not None:
+                return f"account {account} has no token to send on: {pool.waiting}"
+        return None
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+
+    def _leases_changed(self) -> None:
+        for pool in self._pools.values():
+            pool.let_go(self.leases.owned())
+            pool.wake()
+
+    def _released(self, gone: frozenset[int]) -> list[tuple[str, int, bytes]]:
+        """Slots this process lets go: no request goes out on their tokens from now on, and what
+        their next holders need to go on at once is returned, to be written before they get them."""
+        return [
+            (account, slot, record)
+            for account, pool in self._pools.items()
+            for slot, record in pool.release(gone)
+        ]
 
 
-class MintedTokens:
-    """``DCR_API_KEY_ID`` + ``DCR_API_KEY``: a token per account from the token endpoint, minted on
-    first use, ``REFRESH_MARGIN_S`` before expiry and after a refusal, never more than ``MAX_MINTS``
-    per ``MINT_WINDOW_S`` (past that, the current token is kept, or we wait for the window).
-    """
+class StaticToken(Tokens):
+    """Tokens from one static token (what ``DCR_API_TOKEN`` with one token makes)."""
+
+    def __init__(self, token: Secret, **options: Any) -> None:
+        super().__init__(StaticTokens((token,)), **options)
+
+
+class TokenFile(Tokens):
+    """Tokens from a token file (``DCR_API_TOKEN_FILE``)."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        super().__init__(TokenFileSource(path), **options)
+
+
+class MintedTokens(Tokens):
+    """Tokens minted from one key pair (``DCR_API_KEY_ID`` + ``DCR_API_KEY``)."""
 
     def __init__(
         self,
@@ -124,71 +919,19 @@ class MintedTokens:
         base_url: str,
         key_id: str,
         api_key: Secret,
-        lifetime_s: float = TOKEN_LIFETIME_S,
-        clock: Callable[[], float] = time.monotonic,
+        **options: Any,
     ) -> None:
-        self._session = session
-        self._base_url = base_url.rstrip("/")
-        self._key_id = key_id
-        self._api_key = api_key
-        self._lifetime_s = lifetime_s
-        self._clock = clock
-        self._tokens: dict[str, tuple[str, float]] = {}
-        """account → (token, minted at)"""
-        self._mints: dict[str, deque[float]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.mint_count = 0
-        """Tokens minted since start (a metric)."""
+        minter = Minter(session, base_url=base_url)
+        super().__init__(KeyPair(key_id, api_key), minter=minter, **options)
 
-    def __repr__(self) -> str:
-        return f"MintedTokens(base_url={self._base_url!r}, key_id={self._key_id!r})"
 
-    async def get(self, account: str) -> str:
-        held = self._tokens.get(account)
-        if held is not None and self._clock() - held[1] < self._lifetime_s - REFRESH_MARGIN_S:
-            return held[0]
-        async with self._locks.setdefault(account, asyncio.Lock()):
-            held = self._tokens.get(account)  # another task may have minted while we waited
-            now = self._clock()
-            if held is not None and now - held[1] < self._lifetime_s - REFRESH_MARGIN_S:
-                return held[0]
-            mints = self._mints.setdefault(account, deque())
-            while mints and now - mints[0] >= MINT_WINDOW_S:
-                mints.popleft()
-            if len(mints) >= MAX_MINTS:
-                if held is not None and now - held[1] < self._lifetime_s:
-                    return held[0]  # still valid: better than breaking the API's mint limit
-                await asyncio.sleep(mints[0] + MINT_WINDOW_S - now)
-                mints.popleft()
-            token = await self._mint(account)
-            mints.append(self._clock())
-            self._tokens[account] = (token, self._clock())
-            return token
+def _refresh_after() -> float:
+    return TOKEN_LIFETIME_S - REFRESH_MARGIN_S
 
-    def invalidate(self, account: str, token: str) -> None:
-        """Forget a refused token: the next ``get`` mints, or waits for the mint window."""
-        held = self._tokens.get(account)
-        if held is not None and held[0] == token:
-            del self._tokens[account]
 
-    async def _mint(self, account: str) -> str:
-        url = f"{self._base_url}/clients/{account}/token"
-        body = {"key_id": self._key_id, "api_key": self._api_key.reveal()}
-        try:
-            async with self._session.post(
-                url, json=body, headers={"X-Public-Access": "allow"}
-            ) as response:
-                payload = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthError(account, f"token endpoint unreachable: {type(exc).__name__}") from None
-        self.mint_count += 1
-        if status // 100 != 2:
-            raise AuthError(account, f"token endpoint answered {status}", status=status)
-        try:
-            token = json.loads(payload)["token"]
-        except (ValueError, KeyError, TypeError):
-            raise AuthError(account, "token endpoint answered without a token") from None
-        if not isinstance(token, str) or not token:
-            raise AuthError(account, "token endpoint answered without a token")
-        return token
+def _encode(record: SlotRecord) -> bytes:
+    return msgspec.json.encode(record)
+
+
+def _iso(wall_s: float) -> str:
+    return datetime.fromtimestamp(wall_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -21,6 +21,7 @@ from msgspec import Struct
 
 from stream.sandbox.batches import Refusal, Version, check_batch
 from stream.sandbox.faults import Outage
+from stream.sandbox.ledger import Counters
 from stream.sandbox.responses import error, json_response, throttled
 from stream.sandbox.rules import Throttled
 from stream.sandbox.state import State
@@ -126,7 +127,7 @@ class _Api:
         1. an outage in ``drop`` mode: the connection is closed unanswered;
         2. an outage in ``503`` mode: 503;
         3. no valid token for this account: 401;
-        4. over the quota: 429 (it does not count against the quota);
+        4. over the token's own quota or the account's: 429 (it counts against neither);
         5. a 429 burst, then a 5xx burst, then the random error rate;
         6. otherwise ``answer``.
 
@@ -144,7 +145,7 @@ class _Api:
                 request.transport.abort()
             return web.Response(status=503)  # never sent: the connection is gone
         call = _Call(account, version, int(state.clock.time() * 1000), state.clock.monotonic())
-        response = self._refusal(request, call, outage)
+        response = self._refusal(request, call, outage, counters)
         if response is None:
             response = await answer(request, call)
         counters.requests[str(response.status)] += 1
@@ -154,16 +155,20 @@ class _Api:
             await asyncio.sleep(delay_s)
         return response
 
-    def _refusal(self, request: web.Request, call: _Call, outage: Outage) -> web.Response | None:
-        rules, now = self._state.rules, call.received_s
+    def _refusal(
+        self, request: web.Request, call: _Call, outage: Outage, counters: Counters
+    ) -> web.Response | None:
+        rules, now, token = self._state.rules, call.received_s, _bearer(request)
         if outage == "503":
             return error(503, "service_unavailable", "the sandbox is in an injected outage")
-        if not rules.authorised(call.account, _bearer(request), now):
+        if not rules.authorised(call.account, token, now):
             return error(401, "unauthorized", "missing, unknown or expired bearer token")
-        if (over := rules.admit(call.account, now)) is not None:
-            return throttled(*over)
+        if (over := rules.admit(call.account, token, now)) is not None:
+            counters.throttled_by[over.cause] += 1
+            return throttled(over.message, over.retry_after_s)
         if (injected := self._state.faults.inject()) is not None:
             if injected.status == 429:
+                counters.throttled_by["injected"] += 1
                 return throttled(injected.message, injected.retry_after_s)
             return error(injected.status, "server_error", injected.message)
         return None
@@ -212,7 +217,8 @@ class _Api:
             return error(401, "unauthorized", "unknown key_id or wrong api_key")
         token = state.rules.mint(account, state.clock.monotonic())
         if isinstance(token, Throttled):
-            return throttled(*token)
+            state.ledger.counters(account).throttled_by[token.cause] += 1
+            return throttled(token.message, token.retry_after_s)
         return json_response(200, {"token": token, "created_at": _iso(state.clock.time())})
 
 

@@ -18,15 +18,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a local stand-in for the Dynamic Call Records API, with fault injection",
         description=(
             "Serve the API's v1 and v2 batch endpoints and its token endpoint with the documented\n"
-            "rules (500 records a request, every record checked like an event, 10 tokens per\n"
-            "30 minutes per account, a per-account request quota answered 429), plus faults to\n"
-            "inject. Prints its URL as the first line on stdout, logs JSON lines after it, and\n"
-            "runs until Ctrl-C or SIGTERM. Faults, labels and counters can be read and changed\n"
-            "while it runs under /_sandbox/ (stats, accepted, faults, labels, reset)."
+            "rules (500 records a request, every record checked like an event, 60 requests a\n"
+            "minute per token and 10 tokens per 30 minutes per account, each answered 429 past\n"
+            "it; optionally a per-account quota too), plus faults to inject. Prints its URL as\n"
+            "the first line on stdout, logs JSON lines after it, and runs until Ctrl-C or\n"
+            "SIGTERM. Faults, labels and counters can be read and changed while it runs under\n"
+            "/_sandbox/ (stats, accepted, faults, labels, reset)."
         ),
         epilog=(
             "examples:\n"
             "  dcr-stream sandbox --port 8081 --static-token dev\n"
+            "  dcr-stream sandbox --static-token t1 --static-token t2 --rate-limit-rps 10\n"
             "  dcr-stream sandbox --key-id K --api-key S --labels ACCOUNT=LABEL1,LABEL2\n"
             "  dcr-stream sandbox --error-rate 0.3 --seed 7 --latency-ms 50 --no-retry-after\n"
             '  curl -d \'{"outage": "drop", "outage_s": 30}\' localhost:8081/_sandbox/faults'
@@ -40,9 +42,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--rate-limit-rps",
         type=int,
+        metavar="N",
+        help="requests per account in any rolling second before 429 (default: no such limit)",
+    )
+    parser.add_argument(
+        "--token-rate-limit",
+        type=_limit,
+        default=60,
+        metavar="N|off",
+        help="requests per token in any rolling --token-window-s before 429 (default: 60)",
+    )
+    parser.add_argument(
+        "--token-window-s", type=float, default=60.0, metavar="S", help="(default: 60)"
+    )
+    parser.add_argument(
+        "--mint-limit",
+        type=int,
         default=10,
         metavar="N",
-        help="requests per account in any rolling second before 429 (default: 10)",
+        help="tokens minted per account in any rolling --mint-window-s before 429 (default: 10)",
+    )
+    parser.add_argument(
+        "--mint-window-s", type=float, default=1800.0, metavar="S", help="(default: 1800)"
     )
     parser.add_argument(
         "--retry-after",
@@ -58,7 +79,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="lifetime of minted tokens (default: 3600)",
     )
     parser.add_argument(
-        "--static-token", metavar="TOKEN", help="a bearer token always accepted (default: none)"
+        "--static-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a bearer token always accepted, for every account; repeatable (default: none)",
     )
     parser.add_argument("--key-id", help="key_id the token endpoint accepts (default: any)")
     parser.add_argument("--api-key", help="api_key the token endpoint accepts (default: any)")
@@ -100,9 +125,13 @@ def _handle(args: argparse.Namespace) -> int:
     try:
         config = SandboxConfig(
             rate_limit_rps=args.rate_limit_rps,
+            token_rate_limit=args.token_rate_limit,
+            token_window_s=args.token_window_s,
+            mint_limit=args.mint_limit,
+            mint_window_s=args.mint_window_s,
             retry_after=args.retry_after,
             token_lifetime_s=args.token_lifetime_s,
-            static_token=args.static_token,
+            static_tokens=tuple(args.static_token),
             key_id=args.key_id,
             api_key=args.api_key,
             labels=dict(parse_labels(text) for text in args.labels),
@@ -120,3 +149,10 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"dcr-stream sandbox: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return serve(config, host=args.host, port=args.port, log_requests=args.log_requests)
+
+
+def _limit(text: str) -> int | None:
+    """A positive whole number, or ``off``."""
+    if text == "off":
+        return None
+    return int(text)

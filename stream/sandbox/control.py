@@ -46,7 +46,7 @@ class _Control:
         self._state = state
 
     async def get_stats(self, _: web.Request) -> web.Response:
-        return json_response(200, self._state.ledger.stats())
+        return json_response(200, self._state.stats())
 
     async def get_accepted(self, request: web.Request) -> web.StreamResponse:
         """NDJSON, a batch at a time: a million records need not be decoded at once."""

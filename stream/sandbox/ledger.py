@@ -7,11 +7,13 @@ The rules never read it; tests, the demo and the benchmarks do, through ``Sandbo
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from msgspec import Struct
 
 from stream.sandbox.batches import Accepted, Batch
+from stream.sandbox.rules import TokenStats
 
 __all__ = ["AccountStats", "Counters", "Ledger", "Stats"]
 
@@ -26,6 +28,11 @@ class AccountStats(Struct, frozen=True, kw_only=True, omit_defaults=True):
     records_accepted: int
     throttled: int
     """Batch requests answered 429."""
+    throttled_by: dict[str, int] = {}
+    """429s by cause: ``token`` (its own window), ``account`` (the per-account quota),
+    ``injected`` (a 429 burst) for batch requests, and ``mint`` for refused mints."""
+    token_use: dict[str, TokenStats] = {}
+    """Per token label (``static-<i>``, ``minted-<n>``): its use, with the per-token limit on."""
 
 
 class Stats(Struct, frozen=True, kw_only=True):
@@ -41,20 +48,24 @@ class Counters:
     tokens: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
     records_accepted: int = 0
+    throttled_by: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Counters) -> None:
         self.requests.update(other.requests)
         self.tokens.update(other.tokens)
         self.labels.update(other.labels)
         self.records_accepted += other.records_accepted
+        self.throttled_by.update(other.throttled_by)
 
-    def snapshot(self) -> AccountStats:
+    def snapshot(self, token_use: dict[str, TokenStats] | None = None) -> AccountStats:
         return AccountStats(
             requests=dict(self.requests),
             tokens=dict(self.tokens),
             labels=dict(self.labels),
             records_accepted=self.records_accepted,
             throttled=self.requests["429"],
+            throttled_by=dict(self.throttled_by),
+            token_use=token_use or {},
         )
 
 
@@ -90,11 +101,15 @@ class Ledger:
         """Every accepted record (of ``account``), in arrival order."""
         return [record for batch in self.batches(account) for record in batch.records()]
 
-    def stats(self) -> Stats:
+    def stats(self, token_use: Callable[[str], dict[str, TokenStats]] | None = None) -> Stats:
+        """The counters per account and in total; ``token_use`` adds each account's tokens."""
         totals = Counters()
         for counters in self._accounts.values():
             totals.add(counters)
         return Stats(
-            accounts={name: counters.snapshot() for name, counters in self._accounts.items()},
+            accounts={
+                name: counters.snapshot(token_use(name) if token_use else None)
+                for name, counters in self._accounts.items()
+            },
             totals=totals.snapshot(),
         )

@@ -2,9 +2,10 @@
 
 Nothing here speaks HTTP or reads a clock: every question comes with the monotonic time it is
 asked at, so that one request is judged at one instant, and ``stream.sandbox.api`` turns the
-answers into responses. State is kept per account (the request quota, the mint budget, the known
-labels) and per token (its account and expiry); a limit the API applies per token belongs on
-``_Token``. Account ids arrive lower-cased, as ``stream.validation`` compares them.
+answers into responses. State is kept per account (the optional per-account quota, the mint budget,
+the known labels) and per token (its account, expiry and its own request window: the API's quota
+is 60 requests a minute per token, docs/api.md#quota). Account ids arrive lower-cased, as
+``stream.validation`` compares them.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+from msgspec import Struct
 
 from stream.sandbox.config import SandboxConfig
 
-__all__ = ["MINT_LIMIT", "MINT_WINDOW_S", "QUOTA_WINDOW_S", "Label", "Rules", "Throttled"]
+__all__ = ["QUOTA_WINDOW_S", "Cause", "Label", "Rules", "Throttled", "TokenStats"]
 
-MINT_LIMIT = 10
-MINT_WINDOW_S = 30 * 60
-"""At most ``MINT_LIMIT`` tokens per account in any ``MINT_WINDOW_S``."""
 QUOTA_WINDOW_S = 1.0
 """``SandboxConfig.rate_limit_rps`` counts an account's requests in a rolling window this long."""
 
 _log = logging.getLogger(__name__)
+
+
+Cause = Literal["account", "token", "mint", "injected"]
+"""Why a 429: the per-account quota, the per-token quota, the mint budget, or an injected burst."""
 
 
 class Throttled(NamedTuple):
@@ -36,6 +40,20 @@ class Throttled(NamedTuple):
 
     message: str
     retry_after_s: float | None
+    cause: Cause
+
+
+class TokenStats(Struct, frozen=True, kw_only=True):
+    """One token's use, as the sandbox saw it (the token itself is never shown: its label is)."""
+
+    requests: int
+    """Batch requests that carried it, admitted or not."""
+    admitted: int
+    throttled: int
+    """Answered 429 because of its own window."""
+    peak: int
+    """The most requests that carried it in any rolling window of the per-token limit (60 s by
+    default), 429s included: above the limit means a client that does not pace its tokens."""
 
 
 @dataclass(slots=True)
@@ -59,9 +77,28 @@ class Label:
 
 @dataclass(slots=True)
 class _Token:
-    account: str
+    label: str
+    """How stats name it: ``static-<i>`` or ``minted-<n>`` (the account's n-th mint)."""
+    account: str | None
+    """None: a static token, good for every account."""
     expires_at: float
     """Monotonic."""
+    admitted: deque[float] = field(default_factory=deque)
+    """Monotonic times of the requests admitted in the last per-token window."""
+    arrived: deque[float] = field(default_factory=deque)
+    """Monotonic times of every request that carried it in the last per-token window."""
+    requests: int = 0
+    admitted_total: int = 0
+    throttled: int = 0
+    peak: int = 0
+
+    def stats(self) -> TokenStats:
+        return TokenStats(
+            requests=self.requests,
+            admitted=self.admitted_total,
+            throttled=self.throttled,
+            peak=self.peak,
+        )
 
 
 class Rules:
@@ -71,6 +108,12 @@ class Rules:
     """Made at an account's first request that counts against a limit."""
     _tokens: dict[str, _Token]
     """Minted tokens; expired ones are dropped at the next mint."""
+    _static: dict[str, _Token]
+    """The static tokens (``static_token``, ``static_tokens``), good for every account."""
+    _used: dict[str, dict[str, _Token]]
+    """Per account, the tokens its batch requests carried, by label (stats outlive expiry)."""
+    _minted: dict[str, int]
+    """Per account, how many tokens were minted (names them)."""
     _labels: dict[str, frozenset[str]]
     """Known label ids per account: the dynamic, not deleted ones of ``_lists``."""
     _lists: dict[str, dict[str, Label]]
@@ -81,6 +124,12 @@ class Rules:
         self._config = config
         self._accounts = {}
         self._tokens = {}
+        self._static = {
+            token: _Token(f"static-{i}", None, float("inf"))
+            for i, token in enumerate(config.all_static_tokens)
+        }
+        self._used = {}
+        self._minted = {}
         self._labels = {}
         self._lists = {}
         for account, ids in config.labels.items():
@@ -154,22 +203,54 @@ class Rules:
         return self._labels[account]
 
     def authorised(self, account: str, token: str | None, now: float) -> bool:
-        """Whether ``token`` is the static token, or one minted for ``account`` and unexpired."""
-        if not token:
-            return False
-        static = self._config.static_token
-        if static is not None and hmac.compare_digest(token.encode(), static.encode()):
-            return True
-        minted = self._tokens.get(token)
-        return minted is not None and minted.account == account and now < minted.expires_at
+        """Whether ``token`` is a static token, or one minted for ``account`` and unexpired."""
+        return self._token(account, token, now) is not None
 
-    def admit(self, account: str, now: float) -> Throttled | None:
-        """Count one request against the account's quota, unless it is over it."""
-        rps = self._config.rate_limit_rps
-        wait_s = _admit(self._account(account).admitted, now, rps, QUOTA_WINDOW_S)
-        if wait_s is None:
+    def _token(self, account: str, token: str | None, now: float) -> _Token | None:
+        if not token:
             return None
-        return self._throttled(f"more than {rps} requests per second", wait_s)
+        for static, state in self._static.items():
+            if hmac.compare_digest(token.encode(), static.encode()):
+                return state
+        minted = self._tokens.get(token)
+        if minted is not None and minted.account == account and now < minted.expires_at:
+            return minted
+        return None
+
+    def admit(self, account: str, token: str | None, now: float) -> Throttled | None:
+        """Count one request of an authorised ``token`` against its own window and the account's
+        quota, unless it is over either (a refused request counts against neither)."""
+        config = self._config
+        state = self._token(account, token, now)
+        if state is not None and config.token_rate_limit is not None:
+            self._used.setdefault(account, {})[state.label] = state
+            state.requests += 1
+            arrived = state.arrived
+            arrived.append(now)
+            while arrived and arrived[0] <= now - config.token_window_s:
+                arrived.popleft()
+            state.peak = max(state.peak, len(arrived))
+            limit = config.token_rate_limit
+            wait_s = _admit(state.admitted, now, limit, config.token_window_s, count=False)
+            if wait_s is not None:
+                state.throttled += 1
+                window = f"{config.token_window_s:g} s"
+                return self._throttled(
+                    f"more than {limit} requests per token in {window}", wait_s, "token"
+                )
+        rps = config.rate_limit_rps
+        if rps is not None:
+            wait_s = _admit(self._account(account).admitted, now, rps, QUOTA_WINDOW_S)
+            if wait_s is not None:
+                return self._throttled(f"more than {rps} requests per second", wait_s, "account")
+        if state is not None and config.token_rate_limit is not None:
+            state.admitted.append(now)
+            state.admitted_total += 1
+        return None
+
+    def token_stats(self, account: str) -> dict[str, TokenStats]:
+        """Per token label, how ``account``'s batch requests used it (with the per-token limit)."""
+        return {label: t.stats() for label, t in sorted(self._used.get(account, {}).items())}
 
     def key_pair_ok(self, key_id: str, api_key: str) -> bool:
         """Whether the token endpoint takes this pair: the configured one, or any when none is."""
@@ -181,13 +262,17 @@ class Rules:
 
     def mint(self, account: str, now: float) -> str | Throttled:
         """A new token for ``account``, unless the mint limit refuses it."""
-        wait_s = _admit(self._account(account).mints, now, MINT_LIMIT, MINT_WINDOW_S)
+        config = self._config
+        wait_s = _admit(self._account(account).mints, now, config.mint_limit, config.mint_window_s)
         if wait_s is not None:
-            message = f"at most {MINT_LIMIT} tokens per {MINT_WINDOW_S // 60} minutes"
-            return self._throttled(message, wait_s)
+            message = (
+                f"at most {config.mint_limit} tokens per {config.mint_window_s / 60:g} minutes"
+            )
+            return self._throttled(message, wait_s, "mint")
         self._tokens = {t: held for t, held in self._tokens.items() if now < held.expires_at}
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = _Token(account, now + self._config.token_lifetime_s)
+        self._minted[account] = n = self._minted.get(account, 0) + 1
+        self._tokens[token] = _Token(f"minted-{n}", account, now + config.token_lifetime_s)
         _log.info("token minted for account %s", account)
         return token
 
@@ -197,18 +282,22 @@ class Rules:
             state = self._accounts[account] = _Account()
         return state
 
-    def _throttled(self, message: str, wait_s: float) -> Throttled:
+    def _throttled(self, message: str, wait_s: float, cause: Cause) -> Throttled:
         # Float rounding can leave a wait of 0, and a Retry-After of 0 asks for a retry that fails.
-        return Throttled(message, max(1.0, wait_s) if self._config.retry_after else None)
+        return Throttled(message, max(1.0, wait_s) if self._config.retry_after else None, cause)
 
 
-def _admit(window: deque[float], now: float, limit: int, period_s: float) -> float | None:
-    """Count one use in a rolling window of ``period_s``; None, or the seconds until a use frees."""
+def _admit(
+    window: deque[float], now: float, limit: int, period_s: float, *, count: bool = True
+) -> float | None:
+    """Count one use in a rolling window of ``period_s`` (unless ``count`` is false: the caller
+    counts it once every other limit agreed); None, or the seconds until a use frees."""
     while window and window[0] <= now - period_s:
         window.popleft()
     if len(window) >= limit:
         return window[0] + period_s - now
-    window.append(now)
+    if count:
+        window.append(now)
     return None
 
 

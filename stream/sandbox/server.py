@@ -118,7 +118,7 @@ class Sandbox:
         return self._state.ledger.accepted(account)
 
     def stats(self) -> Stats:
-        return self._state.ledger.stats()
+        return self._state.stats()
 
     @property
     def _tokens(self) -> KeysView[str]:

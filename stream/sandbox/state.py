@@ -5,7 +5,7 @@ from __future__ import annotations
 from stream.sandbox.clock import Clock
 from stream.sandbox.config import SandboxConfig
 from stream.sandbox.faults import Injector
-from stream.sandbox.ledger import Ledger
+from stream.sandbox.ledger import Ledger, Stats
 from stream.sandbox.rules import Rules
 
 __all__ = ["State"]
@@ -34,3 +34,7 @@ class State:
         self.rules = Rules(self.config)
         self.faults = Injector(self.config.faults, seed=self.config.seed, clock=self.clock)
         self.ledger = Ledger()
+
+    def stats(self) -> Stats:
+        """The ledger's counters, with each account's token use from the rules."""
+        return self.ledger.stats(self.rules.token_stats)

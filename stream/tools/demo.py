@@ -2,9 +2,10 @@
 
 1. Start a local Kafka broker (``stream.devkafka``) and ``dcr-stream sandbox`` as a child process
    on free ports: the API is another process, as in production, so the service's event loop does
-   not share its time (and its timing) with the API's. The sandbox mints tokens, answers 429 above
-   10 requests per second per account (the API's quota), fails 2% of requests with a 5xx, and
-   knows two label ids per account.
+   not share its time (and its timing) with the API's. The sandbox has the documented limits: it
+   mints at most 10 tokens per account in 30 minutes and answers 429 to a token's 61st request in a
+   minute (the API's quota: 10 tokens, 10 requests per second per account); it fails 2% of
+   requests with a 5xx, and knows two label ids per account.
 2. Create the input topic and produce a realistic mix (``stream.tools.produce``): several
    accounts, some high-priority events, a few percent invalid events of eight kinds, and a few
    events that carry a label id no account has registered yet: the accounts' label registries do
@@ -74,7 +75,9 @@ HIGH_PRIORITY_RATIO = 0.05
 NEW_LABEL_RATIO = 0.0002
 """Few on purpose: isolating one refused record in a batch of 500 costs about 18 requests."""
 ERROR_RATE = 0.02
-RATE_LIMIT_RPS = 10
+TOKENS = 10
+TOKEN_RPM = 60
+"""The API's quota (docs/api.md#quota): 10 tokens per account, 60 requests a minute each."""
 _SEED = 2
 """The same events every run (so the same counts); the timing still varies."""
 
@@ -161,7 +164,7 @@ def _wait_for_sandbox(sandbox: _SandboxProcess, accounts: int) -> str:
     url = sandbox.wait_url()
     print(
         f"  API sandbox at {url} (pid {sandbox.pid}): {accounts} accounts, "
-        f"{RATE_LIMIT_RPS} requests/s each, {ERROR_RATE:.0%} injected 5xx",
+        f"{TOKENS} tokens x {TOKEN_RPM} requests/min each, {ERROR_RATE:.0%} injected 5xx",
         flush=True,
     )
     return url
@@ -175,7 +178,7 @@ class _SandboxProcess:
         self._proc = subprocess.Popen(
             [
                 sys.executable, "-m", "stream", "sandbox", "--port", "0",
-                "--rate-limit-rps", str(RATE_LIMIT_RPS), "--error-rate", str(ERROR_RATE),
+                "--token-rate-limit", str(TOKEN_RPM), "--error-rate", str(ERROR_RATE),
                 "--key-id", _KEY_ID, "--api-key", _API_KEY,
                 *(f"--labels={account}={labels}" for account in accounts),
             ],
@@ -189,13 +192,19 @@ class _SandboxProcess:
         self._tail: deque[str] = deque(maxlen=20)
 
     def wait_url(self) -> str:
-        """The URL it prints first; then its log is drained (and its tail kept) by a thread."""
+        """The URL it prints; then its log is drained (and its tail kept) by a thread."""
         assert self._proc.stdout is not None
-        first = self._proc.stdout.readline().decode(errors="replace").strip()
-        if not first.startswith("http"):
+        # Lines logged while it starts (its labels) may come before the URL: kept in the tail.
+        for raw in self._proc.stdout:
+            first = raw.decode(errors="replace").strip()
+            if first.startswith("http"):
+                break
             self._tail.append(first)
-            self.stop()
-            self._drain()
+            if not first.startswith("{"):  # not a log line: an error; stop it, keep the rest
+                self.stop()
+                self._drain()
+                raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
+        else:
             raise _Failed("the sandbox did not start:\n" + "\n".join(self._tail))
         threading.Thread(target=self._drain, name="sandbox-log", daemon=True).start()
         return first
@@ -325,13 +334,15 @@ class _Demo:
                 "DCR_API_BASE_URL": self.api_url,
                 "DCR_API_KEY_ID": _KEY_ID,
                 "DCR_API_KEY": _API_KEY,
-                "DCR_RATE_LIMIT_RPS": str(RATE_LIMIT_RPS),
+                "DCR_TOKEN_POOL_SIZE": str(TOKENS),
+                "DCR_TOKEN_REQUESTS_PER_MINUTE": str(TOKEN_RPM),
                 "DCR_HTTP_PORT": "0",
                 "DCR_SHUTDOWN_TIMEOUT_S": str(_SHUTDOWN_TIMEOUT_S),
             }
         )
         print(
-            f"  running the service: {RATE_LIMIT_RPS} requests/s per account, batches of up to "
+            f"  running the service: {TOKENS} tokens per account at {TOKEN_RPM} requests/min each, "
+            "batches of up to "
             "500 ...",
             flush=True,
         )
@@ -500,7 +511,8 @@ def _summarise(
     line("API requests", f"{sum(by_class.values()):,}", classes)
     ok = by_class.get("2xx", 0)
     line("mean batch size", f"{delivered / max(ok, 1):.1f}", "records per accepted request")
-    line("429 answers", f"{counts.throttled:,}", f"quota {RATE_LIMIT_RPS} requests/s per account")
+    quota = f"quota {TOKENS} tokens x {TOKEN_RPM} requests/min per account"
+    line("429 answers", f"{counts.throttled:,}", quota)
     line("retries", f"{counts.retries:,}", f"and {counts.bisections:,} bisections")
     line(
         "elapsed",
@@ -537,13 +549,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "demo",
         help="the whole service on this machine: local Kafka, the API sandbox, a summary",
         description=(
-            "Start a local Kafka broker and the API sandbox (10 requests/s per account, 2% 5xx,\n"
-            "two registered label ids per account), produce a realistic mix of call-intent events\n"
-            "(a few percent invalid, some high priority, a few with a label id the API does not\n"
-            "know yet), run the real service on them at the API's quota until every event is\n"
-            "delivered or dead-lettered and committed, register the new label and replay its\n"
-            "dead letters (unknown_label) from the dead-letter topic, then print a summary and\n"
-            "stop everything it started (also on Ctrl-C). Needs Java 17+; the first run fetches\n"
+            "Start a local Kafka broker and the API sandbox (60 requests/min per token, 10\n"
+            "tokens per account in 30 minutes, 2% 5xx, two registered label ids per account),\n"
+            "produce a realistic mix of call-intent events (a few percent invalid, some high\n"
+            "priority, a few with a label id the API does not know yet), run the real service on\n"
+            "them at the API's quota until every event is delivered or dead-lettered and\n"
+            "committed, register the new label and replay its dead letters (unknown_label) from\n"
+            "the dead-letter topic, then print a summary and stop everything it started (also on\n"
+            "Ctrl-C). Needs Java 17+; the first run fetches\n"
             "Kafka's jars with Maven. Exit status: 0 every event ended where it belongs, 1 not,\n"
             "130 interrupted."
         ),

@@ -75,7 +75,11 @@ def test_the_service_accepts_the_rendered_configuration(helm: Helm, values: Path
     env = _service_env(manifests)
     assert set(env) <= SERVICE_SETTINGS, "a name the service does not read"
     loaded = load(env)
-    assert loaded.rate_limit_rps == float(env["DCR_RATE_LIMIT_RPS"])
+    assert loaded.token_pool_size == int(env["DCR_TOKEN_POOL_SIZE"])
+    assert loaded.token_requests_per_minute == float(env["DCR_TOKEN_REQUESTS_PER_MINUTE"])
+    assert loaded.rate_limit_rps == (
+        float(env["DCR_RATE_LIMIT_RPS"]) if "DCR_RATE_LIMIT_RPS" in env else None
+    )
     assert loaded.http_port == container(manifests)["ports"][0]["containerPort"]
 
 
@@ -94,6 +98,8 @@ def test_every_setting_the_chart_owns_reaches_the_config_map(helm: Helm) -> None
         "DCR_CLIENT_ACCOUNT_ID",
         "DCR_ALLOWED_LABEL_IDS",
         "DCR_RATE_LIMIT_RPS",
+        "DCR_TOKEN_POOL_SIZE",
+        "DCR_TOKEN_REQUESTS_PER_MINUTE",
         "DCR_BATCH_MAX_RECORDS",
         "DCR_BATCH_LINGER_MS",
         "DCR_HTTP_PORT",
@@ -131,29 +137,34 @@ def test_kafka_secrets_stay_in_the_secret(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sets", "rate"),
+    "sets",
     [
-        (["replicaCount=1"], "10"),
-        (["replicaCount=2"], "5"),
-        (["replicaCount=3"], "3.333"),  # cut, never rounded up: 3 x 3.333 <= 10
-        (["replicaCount=3", "quota.totalRequestsPerSecond=2"], "0.666"),
-        (["replicaCount=3", "json:quota.totalRequestsPerSecond=0.9"], "0.3"),
-        (["replicaCount=7", "quota.totalRequestsPerSecond=300"], "42.857"),
-        (["autoscaling.hpa.enabled=true", "autoscaling.maxReplicas=6"], "1.666"),
-        (["autoscaling.keda.enabled=true", "autoscaling.maxReplicas=8"], "1.25"),
-        (["replicaCount=3", "json:quota.perReplicaRequestsPerSecond=4.5"], "4.5"),
+        ["replicaCount=1"],
+        ["replicaCount=3"],
+        ["replicaCount=10"],
+        ["autoscaling.hpa.enabled=true", "autoscaling.maxReplicas=6"],
+        ["autoscaling.keda.enabled=true", "autoscaling.maxReplicas=10"],
     ],
 )
-def test_each_replica_gets_its_share_of_the_quota(helm: Helm, sets: list[str], rate: str) -> None:
-    manifests = helm.render([MINIMAL], sets=sets)
-    assert config(manifests)["DCR_RATE_LIMIT_RPS"] == rate
-    given = dict(s.removeprefix("json:").split("=") for s in sets)
-    if "quota.perReplicaRequestsPerSecond" not in given:
-        most = (
-            only(manifests, "Deployment")["spec"].get("replicas")
-            or given["autoscaling.maxReplicas"]
-        )
-        assert float(rate) * int(most) <= float(given.get("quota.totalRequestsPerSecond", 10))
+def test_every_replica_count_renders_the_same_quota(helm: Helm, sets: list[str]) -> None:
+    """The replicas share the token pool through Kafka: no per-replica arithmetic to render."""
+    quota = {k: v for k, v in config(helm.render([MINIMAL], sets=sets)).items() if "TOKEN" in k}
+    assert quota == {"DCR_TOKEN_POOL_SIZE": "10", "DCR_TOKEN_REQUESTS_PER_MINUTE": "60"}
+    assert "DCR_RATE_LIMIT_RPS" not in config(helm.render([MINIMAL], sets=sets))
+
+
+def test_the_quota_values_reach_the_service(helm: Helm) -> None:
+    sets = [
+        "quota.tokenPoolSize=4",
+        "quota.tokenRequestsPerMinute=30",
+        "json:quota.accountRequestsPerSecond=2.5",
+        "quota.tokenTopic=dcr.slots",
+    ]
+    settings = config(helm.render([MINIMAL], sets=sets))
+    assert settings["DCR_TOKEN_POOL_SIZE"] == "4"
+    assert settings["DCR_TOKEN_REQUESTS_PER_MINUTE"] == "30"
+    assert settings["DCR_RATE_LIMIT_RPS"] == "2.5"
+    assert settings["DCR_TOKEN_TOPIC"] == "dcr.slots"
 
 
 @pytest.mark.parametrize("values", VALUES, ids=_ids(VALUES))
@@ -232,7 +243,7 @@ def test_fixed_deployments_set_replicas(helm: Helm) -> None:
     assert not kinds(manifests) & {"HorizontalPodAutoscaler", "ScaledObject"}
 
 
-def test_rollouts_never_surge_above_the_quota_share(helm: Helm) -> None:
+def test_rollouts_never_surge_above_the_token_slots(helm: Helm) -> None:
     strategy = only(helm.render([MINIMAL]), "Deployment")["spec"]["strategy"]
     assert strategy == {
         "type": "RollingUpdate",
@@ -410,8 +421,12 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
         ),
         (["extraConfig.DCR_LOG_LEVEL=DEBUG"], "extraConfig.DCR_LOG_LEVEL is set by the chart"),
         (
-            ["replicaCount=20", "json:quota.totalRequestsPerSecond=0.01"],
-            "below 0.001 requests/s per replica",
+            ["replicaCount=11"],
+            "11 replicas but quota.tokenPoolSize=10 token slots",
+        ),
+        (
+            ["autoscaling.keda.enabled=true", "quota.tokenPoolSize=3"],
+            "4 replicas but quota.tokenPoolSize=3 token slots",
         ),
     ],
 )

@@ -221,6 +221,8 @@ def service_factory(kafka: Broker, tmp_path: Path) -> Iterator[Callable[..., Ser
             "api_base_url": api_url,
             "api_token": TOKEN,
             "rate_limit_rps": "200",
+            # The sandbox here has no per-token limit: nor has the service (one static token).
+            "token_requests_per_minute": "1000000",
             "batch_linger_ms": "100",
             "commit_interval_ms": "200",
             "retry_base_ms": "50",

@@ -49,20 +49,3 @@ def test_backoff_is_jittered_capped_and_respects_retry_after() -> None:
     assert all(0 <= d <= 4.0 for d in delays)
     assert max(delays) > 2.0  # the cap is reached, not just the base
     assert backoff.delay(1, 9.0, rng) == 9.0
-
-
-def test_a_lane_halves_its_rate_on_429_and_recovers_after_a_quiet_spell() -> None:
-    from stream.quota import Lane
-
-    lane: Lane[int] = Lane(10.0)
-    lane.throttled(now=100.0)
-    lane.throttled(now=100.5)
-    assert lane.rps == 2.5
-    for _ in range(10):
-        lane.throttled(now=101.0)
-    assert lane.rps == 1.0  # never below a tenth
-    lane.accepted(now=104.0)
-    assert lane.rps == 1.0  # not yet: 5 s must pass without a 429
-    for _ in range(30):
-        lane.accepted(now=106.5)
-    assert lane.rps == 10.0

@@ -21,7 +21,9 @@ def test_defaults() -> None:
     assert config.kafka_topics == ("call-intents",)
     assert config.dlq_topic == "call-intents.dlq"
     assert config.kafka_group_id == "dcr-stream"
-    assert config.rate_limit_rps == 10
+    assert config.rate_limit_rps is None  # no cap: the tokens' paces (60 a minute each)
+    assert config.token_pool_size == 10
+    assert config.token_requests_per_minute == 60
     assert config.batch_max_records == 500
     assert config.batch_linger_ms == 1000
     assert config.http_port == 8080

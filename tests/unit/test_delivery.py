@@ -18,7 +18,7 @@ from stream.batching import Batch, Pending
 from stream.delivery import Backoff, Delivery
 from stream.events import Record
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
-from stream.tokens import MintedTokens, Secret, StaticToken, TokenFile, TokenSource
+from stream.tokens import MintedTokens, Secret, StaticToken, TokenFile, Tokens
 from stream.validation import Rejection
 from tests.support.waiting import wait_until_async
 
@@ -88,7 +88,7 @@ def engine(
     sandbox: Sandbox,
     recorder: Recorder,
     *,
-    tokens: TokenSource | None = None,
+    tokens: Tokens | None = None,
     rps: float = 1000,
     linger_s: float = 10.0,
     version: Literal["v1", "v2"] = "v2",

@@ -58,26 +58,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-DCR_RATE_LIMIT_RPS: this replica's share of the account's quota (SPEC §5). The quota is divided by
-the most replicas that can run at once (replicaCount, or maxReplicas under autoscaling) and cut down
-to three decimals, so the shares never add up to more than the quota.
-*/}}
-{{- define "dcr-stream.rateLimitRps" -}}
-{{- if not (kindIs "invalid" .Values.quota.perReplicaRequestsPerSecond) }}
-{{- printf "%g" (float64 .Values.quota.perReplicaRequestsPerSecond) }}
-{{- else }}
-{{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount (eq (include "dcr-stream.autoscaled" .) "true") }}
-{{- $share := divf (float64 .Values.quota.totalRequestsPerSecond) (float64 $replicas) }}
-{{- /* The epsilon keeps 0.3 (stored as 0.29999...) from being cut to 0.299. */}}
-{{- $millis := floor (addf (mulf $share 1000) 0.000001) }}
-{{- if le $millis 0.0 }}
-{{- fail (printf "quota.totalRequestsPerSecond=%v over %v replicas is below 0.001 requests/s per replica: raise the quota or lower the replica count" .Values.quota.totalRequestsPerSecond $replicas) }}
-{{- end }}
-{{- printf "%g" (divf $millis 1000) }}
-{{- end }}
-{{- end }}
-
-{{/*
 The service's DCR_* settings (stream/config.py), as YAML. Optional settings left empty are not
 set at all, so the service applies its own default. extraConfig may add settings the chart has no
 value for, but never replace one it has.
@@ -91,7 +71,8 @@ value for, but never replace one it has.
   "DCR_DLQ_TOPIC" (include "dcr-stream.dlqTopic" .)
   "DCR_API_BASE_URL" .Values.api.baseUrl
   "DCR_API_VERSION" .Values.api.version
-  "DCR_RATE_LIMIT_RPS" (include "dcr-stream.rateLimitRps" .)
+  "DCR_TOKEN_POOL_SIZE" (toString (int64 .Values.quota.tokenPoolSize))
+  "DCR_TOKEN_REQUESTS_PER_MINUTE" (printf "%g" (float64 .Values.quota.tokenRequestsPerMinute))
   "DCR_BATCH_MAX_RECORDS" (toString (int64 .Values.batch.maxRecords))
   "DCR_BATCH_LINGER_MS" (toString (int64 .Values.batch.lingerMs))
   "DCR_MAX_BUFFERED_RECORDS" (toString (int64 .Values.maxBufferedRecords))
@@ -101,6 +82,12 @@ value for, but never replace one it has.
 }}
 {{- with $kafka.highPriorityTopics }}
 {{- $_ := set $settings "DCR_KAFKA_HIGH_PRIORITY_TOPICS" (join "," .) }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.quota.accountRequestsPerSecond) }}
+{{- $_ := set $settings "DCR_RATE_LIMIT_RPS" (printf "%g" (float64 .Values.quota.accountRequestsPerSecond)) }}
+{{- end }}
+{{- with .Values.quota.tokenTopic }}
+{{- $_ := set $settings "DCR_TOKEN_TOPIC" . }}
 {{- end }}
 {{- with $kafka.receiptsTopic }}
 {{- $_ := set $settings "DCR_RECEIPTS_TOPIC" . }}
@@ -151,6 +138,10 @@ Deployment, which every release has.
 {{- end }}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
 {{- fail (printf "autoscaling.minReplicas (%v) is greater than autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
+{{- end }}
+{{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount (eq (include "dcr-stream.autoscaled" .) "true") }}
+{{- if gt (int $replicas) (int .Values.quota.tokenPoolSize) }}
+{{- fail (printf "%v replicas but quota.tokenPoolSize=%v token slots: a replica beyond the slots holds no token and cannot send (lower the replicas or raise the pool, at most 10)" $replicas .Values.quota.tokenPoolSize) }}
 {{- end }}
 {{- if and .Values.auth.mountTokenAsFile (ne .Values.auth.mode "token") }}
 {{- fail "auth.mountTokenAsFile needs auth.mode=token: with keyPair the service mints its own tokens" }}

@@ -1,0 +1,128 @@
+"""Why a replica waits for tokens: readiness says it, and the metrics count what pools hold and
+spend, never showing a token (docs/operations.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from stream.api import ApiClient, make_session
+from stream.batching import Pending
+from stream.delivery import Backoff, Delivery
+from stream.http import Health, http_app
+from stream.metrics import Metrics, State
+from stream.tokens import KeyPair, Minter, Secret, StaticTokens, TokenFileSource, Tokens
+from tests.support.waiting import wait_until_async
+from tests.unit.test_delivery import A, Recorder, record
+from tests.unit.test_token_pool import SomeLeases
+
+
+def state(tokens: Tokens) -> State:
+    return State(
+        buffered=lambda: 0,
+        open_records=lambda: 0,
+        paused=lambda: 0,
+        assigned=lambda: 0,
+        lag=dict,
+        last_commit=lambda: 0.0,
+        token_refreshes=lambda: tokens.mint_count,
+        rates=dict,
+        pools=tokens.report,
+        slots_held=lambda: len(tokens.leases.owned()),
+    )
+
+
+async def readyz(tokens: Tokens) -> tuple[int, str]:
+    health = Health(
+        last_poll=time.monotonic,
+        consumer_alive=lambda: True,
+        ready=lambda: True,
+        stall_s=60,
+        unready=tokens.unready,
+    )
+    async with TestClient(TestServer(http_app(Metrics(), health))) as client:
+        response = await client.get("/readyz")
+        return response.status, (await response.json())["status"]
+
+
+async def test_readiness_holds_no_slot_then_a_token_then_none() -> None:
+    leases = SomeLeases(10, set())
+    tokens = Tokens(StaticTokens([Secret("sekrit-0"), Secret("sekrit-1")]), leases=leases)
+    assert await readyz(tokens) == (503, "this replica holds no slot of the token pool")
+    leases.hold({1})
+    pool = tokens.pool(A)
+    await wait_until_async(lambda: len(pool.usable()) == 1, timeout_s=10)
+    assert await readyz(tokens) == (200, "ready")
+    await tokens.close()
+
+
+async def test_an_account_without_a_token_is_not_ready_and_says_why() -> None:
+    tokens = Tokens(TokenFileSource("/nonexistent/dcr-tokens"), leases=SomeLeases(10, {0}))
+    pool = tokens.pool(A)
+    await wait_until_async(lambda: pool.waiting is not None, timeout_s=10)
+    status, why = await readyz(tokens)
+    assert status == 503
+    assert why.startswith(f"account {A} has no token to send on: ")
+    assert "/nonexistent/dcr-tokens" in why
+    await tokens.close()
+
+
+async def test_metrics_count_tokens_slots_and_requests_never_a_token() -> None:
+    tokens = Tokens(
+        StaticTokens([Secret(f"sekrit-{i}") for i in range(3)]), leases=SomeLeases(3, {0, 2})
+    )
+    pool = tokens.pool(A)
+    await wait_until_async(lambda: len(pool.usable()) == 2, timeout_s=10)
+    now = asyncio.get_running_loop().time()
+    for held in pool.usable():
+        pool.used(held, now)
+    metrics = Metrics()
+    metrics.counts.bump(metrics.counts.throttled_by, (A, "request"))
+    metrics.watch(state(tokens))
+    text = metrics.exposition().decode()
+    assert "dcr_token_slots_held 2.0" in text
+    assert f'dcr_tokens_live{{account="{A}"}} 2.0' in text
+    assert f'dcr_token_requests_total{{account="{A}",slot="0"}} 1.0' in text
+    assert f'dcr_token_requests_total{{account="{A}",slot="2"}} 1.0' in text
+    assert f'dcr_api_throttled_by_total{{account="{A}",cause="request"}} 1.0' in text
+    assert f'dcr_api_throttled_by_total{{account="{A}",cause="mint"}} 0.0' in text
+    assert f'dcr_token_mints_refused_total{{account="{A}"}} 0.0' in text
+    assert "sekrit" not in text
+    await tokens.close()
+
+
+async def test_an_unreachable_token_endpoint_fails_sends_as_requests_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with make_session(timeout_s=2) as session:
+        tokens = Tokens(
+            KeyPair("k", Secret("sekrit-key")),
+            minter=Minter(session, base_url="http://127.0.0.1:1"),  # nothing listens there
+            leases=SomeLeases(10, {0}),
+            backoff=(0.01, 0.05),
+        )
+        recorder = Recorder()
+        client = ApiClient(session, base_url="http://127.0.0.1:1", version="v2", tokens=tokens)
+        delivery = Delivery(
+            client=client,
+            outcomes=recorder,
+            version="v2",
+            rate_limit_rps=None,
+            backoff=Backoff(base_s=0.01, cap_s=0.05),
+        )
+        delivery.submit(Pending(record(1), 1))
+        delivery.flush_open()
+        await wait_until_async(lambda: delivery.metrics.counts.retries >= 3, timeout_s=10)
+        pool = tokens.pool(A)
+        assert pool.failing is not None
+        assert "token endpoint unreachable" in pool.failing
+        assert (tokens.unready() or "").startswith(f"account {A} has no token to send on")
+        assert recorder.resolved() == 0  # nothing lost: still retried
+        await delivery.close()
+        await tokens.close()
+    retried = [r.message for r in caplog.records if r.message.startswith("request for account")]
+    assert any("token endpoint unreachable" in m for m in retried)
+    assert not any("sekrit" in r.message for r in caplog.records)
