@@ -193,6 +193,9 @@ class _Api:
         )
         if isinstance(batch, Refusal):
             return json_response(batch.status, batch.body)
+        if state.faults.outage() != "off":
+            # The outage began while the body was read: nothing is accepted during one.
+            return error(503, "service_unavailable", "the sandbox is in an injected outage")
         state.ledger.keep(batch)
         _log.debug(
             "%s batch %s for %s: %d records accepted (received_ms=%d, received_monotonic_ms=%.3f)",
