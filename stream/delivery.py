@@ -438,6 +438,8 @@ class Delivery(Generic[S]):
         if lane is None:
             assert self._realtime_rps is not None
             lane = self._realtime[account] = RealtimeLane(self._realtime_rps)
+            held = self._client.tokens.pool(account).held.values()
+            lane.capacity = max(lane.rps, lane.rps * sum(h.share for h in held))
             loop = asyncio.get_running_loop()
             lane.task = loop.create_task(self._run_realtime(account, lane))
         return lane
