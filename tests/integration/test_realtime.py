@@ -49,7 +49,7 @@ DOCUMENTED: dict[str, Any] = {
 """The sandbox with the documented per-token limits, for ``sandbox_thread``."""
 
 
-def settings(tokens: tuple[str, ...] = TOKENS, **changes: str) -> dict[str, str]:
+def settings(*, tokens: tuple[str, ...] = TOKENS, **changes: str) -> dict[str, str]:
     """The service on the account's static tokens, at their documented paces, no account cap."""
     return {
         "api_token": ",".join(tokens),
@@ -233,7 +233,7 @@ def test_5000_urgent_records_at_once_overflow_to_batches_without_429s(
     two = TOKENS[:2]
     topic, group = topic_factory(partitions=PARTITIONS), group_factory()
     sandbox = sandbox_thread(**(DOCUMENTED | {"static_tokens": two}))
-    service = service_factory(sandbox.url, topic, group, **settings(two))
+    service = service_factory(sandbox.url, topic, group, **settings(tokens=two))
     wait_until(service.joined, timeout_s=60, what="the service to join")
     events = Events(kafka)
     urgent = events.send(topic, 5_000, priority="high")
