@@ -142,7 +142,7 @@ def urgent_behind_a_backlog(
         sandbox.url,
         f"{normal},{high}",
         group,
-        **settings(kafka_high_priority_topics=high, **changes),
+        **(settings(kafka_high_priority_topics=high) | changes),
     )
     wait_until(service.joined, timeout_s=60, what="the service to join")
     events = Events(kafka)
