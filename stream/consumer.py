@@ -244,15 +244,15 @@ class ConsumerThread:
         resume it at half."""
         bound = self._bounds[high]
         mine = {tp for tp in self.assignment if (tp[0] in self._high_topics) == high}
-        kind = "high-priority" if high else "normal" if self._high_topics else "every"
+        kind = "high-priority " if high else "normal " if self._high_topics else ""
         if not self._class_paused[high] and buffered >= bound:
             self._class_paused[high] = True
             self._pause(mine)
-            _log.info("paused %d %s partitions: %d records buffered", len(mine), kind, buffered)
+            _log.info("paused %d %spartitions: %d records buffered", len(mine), kind, buffered)
         elif self._class_paused[high] and buffered <= bound // 2:
             self._class_paused[high] = False
             paused = mine & self._paused
-            _log.info("resumed %d %s partitions: %d records buffered", len(paused), kind, buffered)
+            _log.info("resumed %d %spartitions: %d records buffered", len(paused), kind, buffered)
             if paused:
                 resumed = [TopicPartition(t, p) for t, p in paused]
                 self._consumer.resume(resumed)
