@@ -162,6 +162,9 @@ def urgent_behind_a_backlog(
     for topic, partitions in ((normal, PARTITIONS), (high, 1)):
         wait_committed(kafka.bootstrap_servers, group, topic, partitions, timeout_s=DEADLINE_S)
     metrics = service.metrics()
+    paused = [e["message"] for e in service.lines() if e["message"].startswith("paused")]
+    assert paused, "backpressure never paused the backlog's partitions"
+    assert all(" normal partitions" in m for m in paused), paused
     assert still_behind > 0, "the backlog was gone before the urgent events were accepted"
     assert sandbox.accepted_count() >= BACKLOG + URGENT
     return latencies_ms(sandbox, events, urgent), paths(sandbox, urgent), metrics
