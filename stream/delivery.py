@@ -144,7 +144,7 @@ class Delivery(Generic[S]):
         # brings that deadline forward.
         was_empty = not self._batcher
         now, add, dispatch = loop.time(), self._batcher.add, self._dispatch
-        realtime = self._realtime_rps is not None
+        realtime = self._realtime_rps is not None and not self._closed
         now_ms = self._wall_ms() if realtime else 0
         soon_ms = now_ms + self._urgent_ms
         high: set[str] = set()
@@ -162,8 +162,8 @@ class Delivery(Generic[S]):
                 dispatch(full)
         if was_empty:
             self._wake.set()
-        for account in high:  # a high-priority batch leaves with the next free slot
-            self._lane(account).ready.set()
+        for account in high if not self._closed else ():
+            self._lane(account).ready.set()  # a high-priority batch leaves with the next slot
 
     def _urgent(self, item: Pending[S], now: float) -> Pending[S] | None:
         """Queue an urgent record for the single-record endpoint; if its lane is full, return it
