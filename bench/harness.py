@@ -107,8 +107,10 @@ def fill(
     for n, event in enumerate(events(count, start=start, accounts=(ACCOUNT,)), 1):
         produce(producer, topic, event.value, event.key)
         if rate is not None:
-            ahead = started + n / rate - time.monotonic()
-            poll(max(0.0, ahead))
+            # ``poll`` returns early once it served an event (a delivery report, even unreported
+            # ones): wait out the rest, or a trickle runs several times too fast.
+            while (ahead := started + n / rate - time.monotonic()) > 0:
+                poll(ahead)
         elif n % 1000 == 0:
             poll(0)
     left = producer.flush(120)
