@@ -85,6 +85,8 @@ TARGETS = (
     Target("B2 share of 429s", "B2", lambda r: r["share_429"], 0.01, False),
     Target("B2 mean batch", "B2", lambda r: r["mean_batch"], 495, True),
     Target("B3 p99 ms", "B3", lambda r: r["p99_ms"], 350, False),
+    Target("B3 urgent p99 ms", "B3", lambda r: r["urgent"]["p99_ms"], 500, False),
+    Target("B3 urgent, lane off, p99 ms", "B3", lambda r: r["urgent_batch"]["p99_ms"], 2000, False),
     Target("B4 peak RSS MiB", "B4", lambda r: r["peak_rss_mib"], 200, False),
 )
 
