@@ -85,6 +85,9 @@ each next one twice as long)."""
 _READ_IDLE_S = 10.0
 """Reading originals gives up on offsets not seen for this long (deleted by retention)."""
 
+_READ_POLL_S = 0.05
+"""The longest a read waits for the next fetched message before it looks again."""
+
 _MAX_RECEIPTS = 20_000
 """Receipts taken and not yet finished, beyond which the receipts partitions pause."""
 
@@ -262,6 +265,8 @@ class OriginalReader:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
+                # The records asked for exist: a fetch need not wait for more to arrive.
+                "fetch.wait.max.ms": 10,
             }
         )
         self._lock = asyncio.Lock()
@@ -294,7 +299,7 @@ class OriginalReader:
         open_ = set(bounds)
         idle_since = time.monotonic()
         while open_ and not self._closed and time.monotonic() - idle_since < _READ_IDLE_S:
-            for message in self._consumer.consume(500, 0.2):
+            for message in self._fetched():
                 topic, partition = message.topic() or "", message.partition() or 0
                 error = message.error()
                 if error is not None:
@@ -311,6 +316,15 @@ class OriginalReader:
                     open_.discard((topic, partition))
         self._consumer.unassign()
         return found
+
+    def _fetched(self) -> list[Message]:
+        """What has arrived, else the first message within a short wait: ``consume(n, t)`` would
+        wait for ``n`` messages or all of ``t`` (see ``stream.consumer``)."""
+        messages = self._consumer.consume(500, 0)
+        if messages:
+            return messages
+        first = self._consumer.poll(_READ_POLL_S)
+        return [] if first is None else [first, *self._consumer.consume(499, 0)]
 
 
 # -- the reconciler ------------------------------------------------------------------------------
