@@ -139,10 +139,10 @@ def test_a_status_pending_past_the_give_up_time_is_unknown_status(
     service_factory: Callable[..., Service],
 ) -> None:
     topic, group = topic_factory(partitions=1), group_factory()
-    sandbox = sandbox_thread(statuses=StatusRules(pending_s=3600, pending_prefix="919800000"))
+    sandbox = sandbox_thread(statuses=StatusRules(pending_s=3600, pending_prefix="9198000001"))
     ledger = Ledger(kafka.bootstrap_servers, topic, 1)
     ledger.produce(not_user_events(300, failing=0))
-    stuck = {i for i in ledger.valid if i.startswith("919800000")}
+    stuck = {i for i in ledger.valid if i.startswith("9198000001")}
     assert len(stuck) == 100
     service_factory(
         sandbox.url, topic, group, **{**RECONCILING, "status_delay_s": "1", "status_give_up_s": "4"}
