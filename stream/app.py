@@ -33,7 +33,7 @@ from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
-from stream.leases import KafkaLeases
+from stream.leases import KafkaLeases, Leases
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
@@ -50,7 +50,7 @@ from stream.tokens import (
 )
 from stream.validation import Rejection, Rules, validate
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "make_tokens"]
 
 _log = logging.getLogger("stream.app")
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -95,6 +95,33 @@ class ShutdownBudget:
     @property
     def drain_s(self) -> float:
         return max(0.0, self.total_s - self.close_s)
+
+
+def make_tokens(
+    config: Config, session: Any, leases: Leases | None, rng: random.Random | None = None
+) -> Tokens:
+    """Each account's token pool, from the one way to authenticate configured (``leases`` None:
+    every slot held here, for a tool such as ``dcr-stream status``)."""
+    source: CredentialSource
+    if config.api_token is not None:
+        tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+        source = StaticTokens([Secret(t) for t in tokens])
+    elif config.api_token_file is not None:
+        source = TokenFileSource(config.api_token_file)
+    elif config.api_credentials_file is not None:
+        source = CredentialsFile(config.api_credentials_file)
+    else:
+        assert config.api_key_id is not None
+        assert config.api_key is not None
+        source = KeyPair(config.api_key_id, config.api_key)
+    return Tokens(
+        source,
+        minter=Minter(session, base_url=config.api_base_url),
+        leases=leases,
+        requests_per_minute=config.token_requests_per_minute,
+        backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
+        rng=rng,
+    )
 
 
 class Pipeline:
@@ -360,28 +387,7 @@ class Pipeline:
         return max(0.0, self._stop_by - loop.time())
 
     def _tokens(self, session: Any, leases: KafkaLeases) -> Tokens:
-        """Each account's token pool, from the one way to authenticate configured."""
-        config = self.config
-        source: CredentialSource
-        if config.api_token is not None:
-            tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
-            source = StaticTokens([Secret(t) for t in tokens])
-        elif config.api_token_file is not None:
-            source = TokenFileSource(config.api_token_file)
-        elif config.api_credentials_file is not None:
-            source = CredentialsFile(config.api_credentials_file)
-        else:
-            assert config.api_key_id is not None
-            assert config.api_key is not None
-            source = KeyPair(config.api_key_id, config.api_key)
-        return Tokens(
-            source,
-            minter=Minter(session, base_url=config.api_base_url),
-            leases=leases,
-            requests_per_minute=config.token_requests_per_minute,
-            backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
-            rng=self._rng,
-        )
+        return make_tokens(self.config, session, leases, self._rng)
 
     # -- consume → validate → submit ----------------------------------------------------------
 

@@ -1,0 +1,332 @@
+"""Batch statuses without a broker: the sandbox's status endpoints on a manual clock, the client's
+``get_batch_status``, the verdicts and the matching, and ``dcr-stream status``
+(docs/design.md#reconciliation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from stream.api import ApiClient, RecordStatus, parse_batch_id
+from stream.api import StatusInfo as Info
+from stream.cli import main
+from stream.reconcile import Verdict, classify, match
+from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
+from stream.tokens import Secret, StaticToken
+from tests.support.sandbox import SandboxFactory, SandboxThread
+
+ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
+LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
+TOKEN = "static-test-token"
+HOUR_MS = 3_600_000
+BATCH = "0d3f5a4e-1c2b-4e6f-8a9b-7c6d5e4f3a2b"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def record(clock: ManualClock, receiver: str, version: str) -> dict[str, Any]:
+    now_ms = int(clock.time() * 1000)
+    numbers = ("caller", "receiver") if version == "v1" else ("caller_number", "receiver_number")
+    return {
+        numbers[0]: "918040001000",
+        numbers[1]: receiver,
+        "label_id": LABEL,
+        "starts_at": now_ms,
+        "ends_at": now_ms + HOUR_MS,
+    }
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    clock: ManualClock,
+    receivers: list[str],
+    version: str,
+) -> str:
+    """Post one batch; its batch id, as the client reads it from either version's answer."""
+    prefix = "/v2" if version == "v2" else ""
+    body = {"call_records": [record(clock, r, version) for r in receivers]}
+    async with session.post(
+        f"{sandbox.url}{prefix}/clients/{ACCOUNT}/dynamic_call_records",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as response:
+        assert response.status == 200
+        batch_id = parse_batch_id(await response.read())
+    assert batch_id is not None
+    return batch_id
+
+
+async def status(
+    session: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    batch_id: str,
+    version: str,
+    token: str = TOKEN,
+) -> tuple[int, Any]:
+    prefix = "/v2" if version == "v2" else ""
+    async with session.get(
+        f"{sandbox.url}{prefix}/clients/{ACCOUNT}/dynamic_call_records",
+        params={"batchId": batch_id},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        return response.status, msgspec.json.decode(await response.read())
+
+
+@pytest.fixture
+async def sandbox(sandbox_factory: SandboxFactory, clock: ManualClock) -> Sandbox:
+    rules = StatusRules(
+        failures=(("+9199", "not_truecaller_user"), ("9197", "push_failed")),
+        pending_s=30,
+        pending_prefix="9196",
+    )
+    return await sandbox_factory(SandboxConfig(static_token=TOKEN, statuses=rules), clock=clock)
+
+
+# -- the sandbox's endpoints ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_each_record_has_its_status_by_the_rules(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock, version: str
+) -> None:
+    receivers = ["919800000001", "919900000002", "919700000003", "919600000004"]
+    batch_id = await send(session, sandbox, clock, receivers, version)
+
+    code, body = await status(session, sandbox, batch_id, version)
+
+    assert code == 200
+    assert (body["client_account_id"], body["batch_id"]) == (ACCOUNT, batch_id)
+    number = "receiver" if version == "v1" else "receiver_number"
+    assert [entry[number] for entry in body["data"]] == receivers
+    assert [entry["status_info"]["status"] for entry in body["data"]] == [
+        "success",
+        "failed",
+        "failed",
+        "pending",
+    ]
+    assert body["data"][1]["status_info"]["message"] == REASONS["not_truecaller_user"]
+    assert len({entry["id"] for entry in body["data"]}) == 4
+    stats = sandbox.stats().accounts[ACCOUNT]
+    assert stats.statuses == {"200": 1}
+    assert stats.requests == {"200": 1}, "a status request is not a batch request"
+
+
+async def test_a_pending_record_is_final_once_its_time_is_up(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919600000001"], "v2")
+
+    clock.advance(29)
+    _, before = await status(session, sandbox, batch_id, "v2")
+    clock.advance(1)
+    _, after = await status(session, sandbox, batch_id, "v2")
+
+    assert before["data"][0]["status_info"]["status"] == "pending"
+    assert after["data"][0]["status_info"]["status"] == "success"
+
+
+async def test_unknown_batch_no_batch_id_and_bad_token(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919800000001"], "v2")
+
+    assert (await status(session, sandbox, BATCH, "v2"))[0] == 404
+    assert (await status(session, sandbox, "", "v2"))[0] == 400
+    assert (await status(session, sandbox, batch_id, "v2", token="nope"))[0] == 401
+
+
+async def test_the_rules_change_while_it_runs(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919500000001"], "v2")
+    async with session.post(
+        f"{sandbox.url}/_sandbox/statuses",
+        json={"failures": [["9195", "os_not_supported"]]},
+    ) as response:
+        assert response.status == 200
+    async with session.post(
+        f"{sandbox.url}/_sandbox/statuses", json={"failures": [["9195", "no_such_reason"]]}
+    ) as response:
+        assert response.status == 400
+
+    _, body = await status(session, sandbox, batch_id, "v2")
+
+    assert body["data"][0]["status_info"]["status"] == "failed"
+    assert sandbox.statuses.failures == (("9195", "os_not_supported"),)
+    assert sandbox.set_statuses(failures=[]).failures == ()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_the_client_reads_a_batch_status(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock, version: str
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919800000001", "919900000002"], version)
+    client = ApiClient(
+        session,
+        base_url=sandbox.url,
+        version="v2" if version == "v2" else "v1",
+        tokens=StaticToken(Secret(TOKEN)),
+    )
+
+    answer = await client.get_batch_status(ACCOUNT, batch_id, TOKEN)
+    missing = await client.get_batch_status(ACCOUNT, BATCH, TOKEN)
+
+    assert answer.status == 200
+    assert answer.batch is not None
+    verdicts = [classify(r) for r in answer.batch.data]
+    assert verdicts == [
+        Verdict("delivered", message="Record pushed successfully"),
+        Verdict("failed", "not_truecaller_user", REASONS["not_truecaller_user"]),
+    ]
+    assert (missing.status, missing.batch) == (404, None)
+
+
+# -- verdicts and matching ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("info", "verdict"),
+    [
+        (Info("success"), Verdict("delivered")),
+        (Info("pending"), Verdict("pending")),
+        (
+            Info("failed", "Receiver is not a Truecaller user"),
+            Verdict("failed", "not_truecaller_user"),
+        ),
+        (Info("failed", "OS not supported"), Verdict("failed", "os_not_supported")),
+        (
+            Info("FAILED", None, "app_version_not_supported"),
+            Verdict("failed", "app_version_not_supported"),
+        ),
+        (Info("failed", "Failed to push: device unreachable"), Verdict("failed", "push_failed")),
+        (Info("failed", "Invalid input"), Verdict("failed", "invalid_input")),
+        (Info("failed", "something else"), Verdict("failed", "unknown_status")),
+        (Info("not_truecaller_user"), Verdict("failed", "not_truecaller_user")),
+        (Info("mystery"), Verdict("pending")),
+    ],
+)
+def test_a_status_is_read_as_a_verdict(info: Info, verdict: Verdict) -> None:
+    found = classify(RecordStatus(status_info=info))
+    assert (found.status, found.code) == (verdict.status, verdict.code)
+
+
+class _Message:
+    """The part of a consumed message ``match`` reads."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self._value = json.dumps(value).encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_statuses_pair_with_their_events_by_caller_receiver_label_and_start() -> None:
+    events = [
+        _Message({"caller": "+91 80 4000 1000", "receiver": r, "label_id": LABEL, "starts_at": s})
+        for r, s in (("919800000001", 1_000), ("919800000002", 2_000), ("919800000001", 1_000))
+    ]
+
+    def entry(receiver: str, starts_at: int | str, status: str) -> RecordStatus:
+        return RecordStatus(
+            caller_number="918040001000",
+            receiver_number=receiver,
+            label_id=LABEL.upper(),
+            starts_at=starts_at,
+            status_info=Info(status),
+        )
+
+    statuses = [
+        entry("+919800000002", "1970-01-01T00:00:02Z", "failed"),
+        entry("919800000001", 1_000, "success"),
+        entry("919800000001", "1000", "pending"),
+    ]
+
+    pairs, extra = match(events, statuses)  # type: ignore[arg-type]
+
+    assert extra == 0
+    assert [s.status_info.status if s else None for _, s in pairs] == [
+        "success",
+        "failed",
+        "pending",
+    ]
+
+
+def test_unmatched_statuses_pair_in_order_and_a_missing_one_is_none() -> None:
+    events = [_Message({"receiver": f"91980000000{i}"}) for i in range(3)]
+    statuses = [RecordStatus(receiver_number="x", status_info=Info(s)) for s in ("a", "b")]
+
+    pairs, extra = match(events, statuses)  # type: ignore[arg-type]
+
+    assert [s.status_info.status if s else None for _, s in pairs] == ["a", "b", None]
+    assert extra == 0
+
+
+def test_the_v1_batch_id_is_read_from_the_message_text() -> None:
+    v1 = b'{"message": "Records Uploaded Successfully. BatchID: ' + BATCH.encode() + b'"}'
+    assert parse_batch_id(v1) == BATCH
+    assert parse_batch_id(b'{"batch_id": "' + BATCH.encode() + b'"}') == BATCH
+    assert parse_batch_id(b'{"message": "Records Uploaded Successfully."}') is None
+    assert parse_batch_id(b"not json") is None
+
+
+# -- dcr-stream status ----------------------------------------------------------------------------
+
+
+def test_the_status_command_prints_each_record(
+    sandbox_thread: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server: SandboxThread = sandbox_thread(
+        static_token=TOKEN,
+        statuses=StatusRules(failures=(("9199", "not_truecaller_user"),)),
+    )
+    clock = ManualClock()
+    body = {"call_records": [record(clock, r, "v2") for r in ("919800000001", "919900000002")]}
+    answered: list[bytes] = []
+
+    async def post() -> None:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"{server.url}/v2/clients/{ACCOUNT}/dynamic_call_records",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as response,
+        ):
+            answered.append(await response.read())
+
+    worker = threading.Thread(target=lambda: asyncio.run(post()))
+    worker.start()
+    worker.join(30)
+    batch_id = parse_batch_id(answered[0])
+    assert batch_id is not None
+    for name, value in {
+        "DCR_API_BASE_URL": server.url,
+        "DCR_API_TOKEN": TOKEN,
+        "DCR_API_VERSION": "v2",
+        "DCR_CLIENT_ACCOUNT_ID": ACCOUNT,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["status", batch_id]) == 0
+    out = capsys.readouterr().out
+    assert "\tdelivered\t" in out
+    assert "\tfailed:not_truecaller_user\tReceiver is not a Truecaller user" in out
+    assert out.rstrip().endswith("2 records: 1 delivered, 1 failed:not_truecaller_user")
+    assert main(["status", BATCH]) == 1
