@@ -338,7 +338,9 @@ class Pipeline:
         5. commit the finished prefix of every partition;
         6. close the consumer, which leaves the group; its revoke no longer waits (the drain is
            over) and commits nothing new; then leave the token slots' group, handing the slots
-           over to the other replicas (docs/design.md#scaling);
+           over to the other replicas (docs/design.md#scaling), and stop reconciling: commit the
+           receipts it finished and leave its group (what it holds is read again by the next
+           owner, docs/design.md#reconciliation);
         7. (``run``) flush the producers in what is left of the budget.
 
         The records consumed and not committed are left to the partitions' next owner, which
@@ -369,6 +371,8 @@ class Pipeline:
             _log.warning("shutting down: leaving the group took too long; exiting without it")
         if self._leases is not None:
             await self._leases.close(self._left(loop))
+        if self._reconciler is not None:
+            await self._reconciler.close(self._left(loop))
         if left:
             _log.info(
                 "shut down after %.1f s: %d records consumed and not committed are left to the "

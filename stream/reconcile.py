@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -270,6 +271,9 @@ class OriginalReader:
             }
         )
         self._lock = asyncio.Lock()
+        self._reading = threading.Lock()
+        """Held by the thread that reads: a read cancelled on the loop goes on until it sees
+        ``_closed``, and the consumer is closed only after it."""
         self._closed = False
 
     def __repr__(self) -> str:
@@ -283,12 +287,22 @@ class OriginalReader:
             found = await asyncio.to_thread(self._read, wanted)
         return [found[p] for p in wanted if p in found]
 
-    def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(Exception):
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._reading, contextlib.suppress(Exception):
             self._consumer.close()
 
     def _read(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
+        with self._reading:
+            if self._closed:
+                return {}
+            return self._read_held(wanted)
+
+    def _read_held(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
         want = set(wanted)
         bounds: dict[TopicPartitionKey, tuple[int, int]] = {}
         for topic, partition, offset in wanted:
@@ -389,6 +403,7 @@ class Reconciler:
         self._committer: asyncio.Task[None] | None = None
         self._decoder = msgspec.json.Decoder(Receipt)
         self._dlq_logged_at = 0.0
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Reconciler(topic={self.topic!r})"
@@ -416,6 +431,9 @@ class Reconciler:
     async def close(self, timeout_s: float) -> None:
         """Stop reconciling: what is unfinished is left to the next owner of its receipts (which
         reads them again), what is finished is committed, then the group is left."""
+        if self._closed:
+            return
+        self._closed = True
         if self._committer is not None:
             self._committer.cancel()
         for tasks in self._tasks.values():
@@ -427,7 +445,7 @@ class Reconciler:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._consumer.close()), timeout_s)
         if self._reader is not None:
-            self._reader.close()
+            await self._reader.close()
 
     def lag_s(self) -> float:
         """Seconds since the oldest receipt in hand was accepted (0 when none is in hand)."""
