@@ -3,6 +3,7 @@ and the sandbox's status endpoint (docs/design.md#reconciliation)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
@@ -129,6 +130,39 @@ def test_pending_statuses_are_reported_once_when_final(
     assert {found.status[i] for i in not_users} == {"not_truecaller_user"}
     assert {found.status[i] for i in ledger.valid - not_users} == {"delivered"}
     assert {i: len(letters) for i, letters in found.letters.items()} == dict.fromkeys(not_users, 1)
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
+
+
+def test_v1_batch_ids_come_from_the_message_text(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=1), group_factory()
+    sandbox = sandbox_thread(statuses=NOT_USERS)
+    ledger = Ledger(kafka.bootstrap_servers, topic, 1)
+    ledger.produce(not_user_events(1_000))
+    not_users = {i for i in ledger.valid if i.startswith(NOT_USER_PREFIX)}
+    settings = {**RECONCILING, "api_version": "v1", "reconcile": "on", "status_delay_s": "1"}
+    service = service_factory(sandbox.url, topic, group, **settings)
+    wait_until(
+        lambda: total(service.metrics(), "dcr_records_reconciled_total") >= len(ledger.valid),
+        timeout_s=RUN_TIMEOUT_S,
+        what="every record reconciled",
+    )
+    found = Outcomes.read(
+        kafka.bootstrap_servers,
+        ledger,
+        receipts=f"{topic}.receipts",
+        dlq=f"{topic}.dlq",
+        letters=len(not_users),
+    )
+    assert set(found.letters) == not_users
+    assert {found.status[i] for i in ledger.valid - not_users} == {"delivered"}
+    assert all(r["batch_id"] for r in found.receipts)
 
 
 def test_a_status_pending_past_the_give_up_time_is_unknown_status(
