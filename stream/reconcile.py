@@ -223,7 +223,8 @@ class StatusBudget:
     def __init__(self, tokens: Tokens, requests_per_minute: float) -> None:
         self._tokens = tokens
         self._rpm = requests_per_minute
-        self._slots: dict[Secret, Slots] = {}
+        self._slots: dict[Secret, tuple[float, Slots]] = {}
+        """Per token: the share of its rate this process holds, and its status slots."""
 
     def __repr__(self) -> str:
         return f"StatusBudget(requests_per_minute={self._rpm})"
@@ -241,15 +242,18 @@ class StatusBudget:
             waits = [(self._slots_of(h.token, h.share).wait_s(now), h.token) for h in held]
             wait_s, token = min(waits, key=lambda w: w[0])
             if wait_s <= 0:
-                self._slots_of(token, 1.0).take(now)
+                self._slots[token][1].take(now)
                 return token.reveal()
             await asyncio.sleep(wait_s)
 
     def _slots_of(self, token: Secret, share: float) -> Slots:
-        slots = self._slots.get(token)
-        if slots is None:
-            slots = self._slots[token] = Slots.per_minute(self._rpm * share)
-        return slots
+        """A token's status slots at ``share`` of the budget (a static token shared by more slots
+        than this process holds: docs/design.md#scaling); its history outlives a new share."""
+        known = self._slots.get(token)
+        if known is None or known[0] != share:
+            sent = known[1].sent if known is not None else None
+            known = self._slots[token] = (share, Slots.per_minute(self._rpm * share, sent))
+        return known[1]
 
 
 # -- the originals ---------------------------------------------------------------------------------

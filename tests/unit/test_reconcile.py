@@ -17,9 +17,9 @@ import pytest
 from stream.api import ApiClient, RecordStatus, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
-from stream.reconcile import Verdict, classify, match
+from stream.reconcile import StatusBudget, Verdict, classify, match
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
-from stream.tokens import Secret, StaticToken
+from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
 from tests.support.sandbox import SandboxFactory, SandboxThread
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
@@ -330,3 +330,41 @@ def test_the_status_command_prints_each_record(
     assert "\tfailed:not_truecaller_user\tReceiver is not a Truecaller user" in out
     assert out.rstrip().endswith("2 records: 1 delivered, 1 failed:not_truecaller_user")
     assert main(["status", BATCH]) == 1
+
+
+# -- the status budget ----------------------------------------------------------------------------
+
+
+async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = Tokens(StaticTokens([Secret("a"), Secret("b")]), requests_per_minute=60)
+    await tokens.get(ACCOUNT)
+    held = tokens.pool(ACCOUNT).usable()
+    assert len(held) == 2
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+
+    async def tick() -> None:
+        """Virtual time: 10 ms per turn of the loop, so a sleep ends without real waiting."""
+        while True:
+            now[0] += 0.01
+            await asyncio.sleep(0)
+
+    ticker = loop.create_task(tick())
+    budget = StatusBudget(tokens, 30)  # one status request per token every 2 s
+    started = now[0]
+    taken = []
+    try:
+        for _ in range(4):
+            token = await budget.take(ACCOUNT)
+            taken.append((token, round(now[0] - started, 1)))
+    finally:
+        ticker.cancel()
+        await tokens.close()
+
+    assert sorted(taken[:2]) == [("a", 0.0), ("b", 0.0)]
+    assert sorted(token for token, _ in taken[2:]) == ["a", "b"]
+    assert {at for _, at in taken[2:]} == {2.0}  # 0.99 of the 2 s spacing, rounded
+    assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
