@@ -6,6 +6,8 @@ Each receipt has a ``kind``:
 - ``accepted``: one per accepted request: which account, how many records, which source partitions
   and offset ranges, the HTTP status, the ``batch_id`` (v2's, or parsed from v1's message) and when
   it was sent;
+- ``single``: records accepted through the single-record endpoint, which is synchronous: final at
+  their 2xx, so never reconciled;
 - ``outcome``: the reconciler's report for the records of a batch whose status is final, one
   ``Outcome`` per record (``delivered`` or ``failed`` with its code), with its source offset;
 - ``recheck``: the records of a batch whose status was still pending, to be asked about again at
@@ -33,7 +35,7 @@ from stream.errors import ReceiptError
 
 __all__ = ["Outcome", "Range", "Receipt", "Receipts", "offset_ranges", "offsets_of"]
 
-Kind = Literal["accepted", "outcome", "recheck"]
+Kind = Literal["accepted", "single", "outcome", "recheck"]
 
 _log = logging.getLogger("stream.receipts")
 

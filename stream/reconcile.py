@@ -400,8 +400,6 @@ class Reconciler:
         """Per receipts partition, each receipt's task and its ``sent_at_ms`` (for the lag)."""
         self.finished = 0
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
-        self.last_reconciled_sent_at_ms = 0
-        """``sent_at_ms`` of the receipt whose records were reported last."""
         self._consumer: ConsumerThread | None = None
         self._reader: OriginalReader | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -491,8 +489,8 @@ class Reconciler:
                 _log.warning("reconcile: not a receipt at %s: %s", ticket, exc)
                 self._done(ticket)
                 continue
-            if receipt.kind == "outcome":
-                self._done(ticket)
+            if receipt.kind in ("outcome", "single"):
+                self._done(ticket)  # its own output, or final at its 2xx
                 continue
             if receipt.batch_id is None:
                 _log.warning(
@@ -500,7 +498,9 @@ class Reconciler:
                     receipt.records,
                     receipt.account,
                 )
-                self.counts.bump(self.counts.reconciled, ("unreconciled", "no_batch_id"))
+                self.counts.bump(
+                    self.counts.reconciled, ("unreconciled", "no_batch_id"), receipt.records
+                )
                 self._done(ticket)
                 continue
             task = self._loop.create_task(self._reconcile(ticket, receipt))
@@ -517,18 +517,23 @@ class Reconciler:
     async def _on_revoke(self, tps: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """Give up receipts partitions: their receipts in hand are dropped (the next owner reads
         them again), what is finished is committed."""
-        for tp in tps:
-            for task in self._tasks.pop(tp, {}):
-                task.cancel()
+        self._drop(tps)
         positions = self._tracker.to_commit(tps)
         self._tracker.forget(tps)
         return positions
 
     def _on_lost(self, tps: list[TopicPartitionKey]) -> None:
+        self._drop(tps)
+        self._tracker.forget(tps)
+
+    def _drop(self, tps: list[TopicPartitionKey]) -> None:
+        """Cancel the receipts in hand of these partitions; they leave the backpressure count as
+        if finished (they are no longer ours: the next owner reads them again)."""
         for tp in tps:
             for task in self._tasks.pop(tp, {}):
-                task.cancel()
-        self._tracker.forget(tps)
+                if not task.done():
+                    task.cancel()
+                    self.finished += 1
 
     async def _commit_every(self) -> None:
         while True:
@@ -574,7 +579,6 @@ class Reconciler:
             _log.exception("reconcile: batch %s failed; left for a restart", receipt.batch_id)
             return
         self._done(ticket)
-        self.last_reconciled_sent_at_ms = max(self.last_reconciled_sent_at_ms, receipt.sent_at_ms)
 
     async def _fetch(self, receipt: Receipt) -> StatusAnswer:
         """The batch's status: a 2xx answer, or after ``_FETCH_ATTEMPTS`` failures the last one
