@@ -19,6 +19,7 @@ from stream.api import StatusInfo as Info
 from stream.cli import main
 from stream.reconcile import StatusBudget, Verdict, classify, match
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
+from stream.sandbox.statuses import parse_failure
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
 from tests.support.sandbox import SandboxFactory, SandboxThread
 
@@ -368,3 +369,21 @@ async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
     assert sorted(token for token, _ in taken[2:]) == ["a", "b"]
     assert {at for _, at in taken[2:]} == {2.0}  # 0.99 of the 2 s spacing, rounded
     assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
+
+
+def test_status_rules_refuse_unknown_reasons_and_empty_prefixes() -> None:
+    assert parse_failure("push_failed=+9197") == ("+9197", "push_failed")
+    for bad in ("pushed=9197", "push_failed=", "push_failed=+"):
+        with pytest.raises(ValueError, match="REASON=PREFIX"):
+            parse_failure(bad)
+    with pytest.raises(ValueError, match="unknown reason"):
+        StatusRules(failures=(("9197", "busy"),))
+    with pytest.raises(ValueError, match="pending_s"):
+        StatusRules().changed(pending_s=-1)
+
+
+def test_the_sandbox_command_refuses_a_bad_failure_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sandbox", "--fail-prefix", "busy=9197"]) == 2
+    assert "REASON=PREFIX" in capsys.readouterr().err
