@@ -8,19 +8,25 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import msgspec
 import pytest
 
-from stream.api import ApiClient, RecordStatus, parse_batch_id
+from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
-from stream.reconcile import StatusBudget, Verdict, classify, match
+from stream.delivery import Backoff
+from stream.dlq import DeadLetterProducer
+from stream.metrics import Counts
+from stream.receipts import Receipt, Receipts, offset_ranges
+from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
 from stream.sandbox.statuses import parse_failure
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
+from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
@@ -387,3 +393,116 @@ def test_the_sandbox_command_refuses_a_bad_failure_rule(
 ) -> None:
     assert main(["sandbox", "--fail-prefix", "busy=9197"]) == 2
     assert "REASON=PREFIX" in capsys.readouterr().err
+
+
+# -- one receipt's report ------------------------------------------------------------------------
+
+
+class _Source(_Message):
+    def __init__(self, offset: int, receiver: str) -> None:
+        super().__init__({"caller": "918040001000", "receiver": receiver, "label_id": LABEL})
+        self._offset = offset
+
+    def topic(self) -> str:
+        return "intents"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _Writes:
+    """Stands in for the receipts and dead-letter producers: keeps what was written."""
+
+    def __init__(self) -> None:
+        self.receipts: list[Receipt] = []
+        self.letters: list[tuple[int, Rejection]] = []
+
+    async def send(self, item: Any, rejection: Rejection | None = None) -> None:
+        if rejection is None:
+            self.receipts.append(item)
+        else:
+            self.letters.append((item.offset(), rejection))
+
+
+def _reconciler(writes: _Writes, now_ms: list[int]) -> Reconciler:
+    client = cast(ApiClient, SimpleNamespace(tokens=StaticToken(Secret(TOKEN))))
+    return Reconciler(
+        consumer_config={},
+        admin_config={},
+        topic="intents.receipts",
+        group_id="g.reconcile",
+        client=client,
+        receipts=cast(Receipts, writes),
+        dlq=cast(DeadLetterProducer, writes),
+        delay_s=1.0,
+        give_up_s=10.0,
+        requests_per_minute=30,
+        backoff=Backoff(),
+        counts=Counts(),
+        loop=asyncio.get_running_loop(),
+        wall_ms=lambda: now_ms[0],
+    )
+
+
+async def test_final_records_are_reported_and_pending_ones_written_back() -> None:
+    writes, now_ms = _Writes(), [5_000]
+    reconciler = _reconciler(writes, now_ms)
+    sources = [_Source(7, "919800000001"), _Source(8, "919900000002"), _Source(9, "919600000003")]
+
+    def entry(receiver: str, info: Info) -> RecordStatus:
+        return RecordStatus(
+            caller_number="918040001000",
+            receiver_number=receiver,
+            label_id=LABEL,
+            starts_at=0,
+            status_info=info,
+        )
+
+    statuses = [
+        entry("919800000001", Info("success")),
+        entry("919900000002", Info("failed", REASONS["not_truecaller_user"])),
+        entry("919600000003", Info("pending")),
+    ]
+    receipt = Receipt(
+        account=ACCOUNT,
+        records=3,
+        status=200,
+        batch_id=BATCH,
+        sent_at_ms=0,
+        sources=offset_ranges(("intents", 0, o) for o in (7, 8, 9)),
+    )
+    answer = StatusAnswer(200, BatchStatus(data=statuses))
+
+    verdicts = reconciler._verdicts(receipt, answer, sources)  # type: ignore[arg-type]
+    await reconciler._report(receipt, verdicts)
+
+    assert [(o, r.code, r.stage) for o, r in writes.letters] == [
+        (8, "not_truecaller_user", "status")
+    ]
+    outcome, recheck = writes.receipts
+    assert outcome.kind == "outcome"
+    assert [(o.offset, o.status, o.code) for o in outcome.outcomes] == [
+        (7, "delivered", None),
+        (8, "failed", "not_truecaller_user"),
+    ]
+    assert (outcome.batch_id, outcome.records) == (BATCH, 2)
+    assert (recheck.kind, recheck.records, recheck.attempt) == ("recheck", 1, 1)
+    assert recheck.sources == offset_ranges([("intents", 0, 9)])
+    assert recheck.check_at_ms == 5_000 + 2 * 1_000  # the delay, doubled per look
+    assert reconciler.counts.reconciled == {
+        ("delivered", ""): 1,
+        ("failed", "not_truecaller_user"): 1,
+    }
+
+    now_ms[0] = 10_000  # the give-up time
+    writes.receipts.clear()
+    verdicts = reconciler._verdicts(recheck, answer, sources[2:])  # type: ignore[arg-type]
+    await reconciler._report(recheck, verdicts)
+
+    assert writes.letters[-1][0] == 9
+    assert writes.letters[-1][1].code == "unknown_status"
+    [final] = writes.receipts
+    assert [(o.offset, o.code) for o in final.outcomes] == [(9, "unknown_status")]
