@@ -9,6 +9,7 @@ never raises for an HTTP status or a transport failure: both come back as a :cla
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -21,7 +22,17 @@ import msgspec
 from stream.errors import AuthError
 from stream.tokens import Tokens
 
-__all__ = ["ApiClient", "Label", "Response", "make_session", "parse_retry_after"]
+__all__ = [
+    "ApiClient",
+    "BatchStatus",
+    "Label",
+    "RecordStatus",
+    "Response",
+    "StatusAnswer",
+    "make_session",
+    "parse_batch_id",
+    "parse_retry_after",
+]
 
 Kind = Literal["ok", "auth", "reject", "retry"]
 
@@ -59,9 +70,64 @@ class Response:
 
 class _BatchId(msgspec.Struct):
     batch_id: str | None = None
+    message: str | None = None
 
 
 _batch_id = msgspec.json.Decoder(_BatchId)
+_V1_BATCH_ID = re.compile(r"BatchID:\s*([0-9A-Za-z-]+)")
+
+
+def parse_batch_id(payload: bytes) -> str | None:
+    """The batch id of a 2xx batch answer: v2's ``batch_id``, or the id in v1's message text
+    ("Records Uploaded Successfully. BatchID: <uuid>"); None when it holds neither."""
+    try:
+        answer = _batch_id.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if answer.batch_id:
+        return answer.batch_id
+    found = _V1_BATCH_ID.search(answer.message or "")
+    return found[1] if found else None
+
+
+class StatusInfo(msgspec.Struct, frozen=True):
+    status: str = ""
+    message: str | None = None
+    reason: str | None = None
+
+
+class RecordStatus(msgspec.Struct, frozen=True):
+    """One record of a batch status (docs/api.md#batch-status): the fields it is matched on, and
+    its ``status_info``. v1 names the numbers ``caller``/``receiver``; both are read."""
+
+    id: str | int | None = None
+    caller_number: str | None = None
+    receiver_number: str | None = None
+    caller: str | None = None
+    receiver: str | None = None
+    label_id: str | None = None
+    starts_at: int | str | None = None
+    status_info: StatusInfo = StatusInfo()
+
+
+class BatchStatus(msgspec.Struct, frozen=True):
+    client_account_id: str | None = None
+    batch_id: str | None = None
+    data: list[RecordStatus] = []
+
+
+_batch_status = msgspec.json.Decoder(BatchStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """What one batch status request came to: the statuses (2xx with a readable body), or the
+    HTTP status (0: no answer), ``Retry-After`` and why, for the reconciler to retry."""
+
+    status: int
+    batch: BatchStatus | None = None
+    retry_after_s: float | None = None
+    error: str | None = None
 
 
 class Label(msgspec.Struct, frozen=True):
@@ -129,7 +195,7 @@ class ApiClient:
         return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_records"
 
     def record_url(self, account: str) -> str:
-        """The single-record (real-time) endpoint (docs/api.md#single-records)."""
+        """The single-record (real-time) endpoint (docs/api.md#single-record)."""
         return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_record"
 
     async def get_labels(self, account: str, *, page: int, limit: int) -> list[Label] | str:
@@ -172,11 +238,7 @@ class ApiClient:
                 return Response(status=0, error=str(exc)), None
         response = await self._post(self.url(account), body, token)
         if response.kind == "ok" and response.body:
-            try:
-                batch_id = _batch_id.decode(response.body).batch_id
-            except msgspec.DecodeError:
-                batch_id = None  # v1 answers without a body we need
-            response = dataclasses.replace(response, batch_id=batch_id)
+            response = dataclasses.replace(response, batch_id=parse_batch_id(response.body))
         return response, token
 
     async def post_record(self, account: str, body: bytes, token: str) -> Response:
@@ -198,3 +260,26 @@ class ApiClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Response(status=0, error=f"{type(exc).__name__}: {exc}")
         return Response(status, payload, retry_after)
+
+    async def get_batch_status(self, account: str, batch_id: str, token: str) -> StatusAnswer:
+        """The per-record statuses of one accepted batch (docs/api.md#batch-status), asked on
+        ``token``; a 401/403 invalidates the token. Never raises for an answer or its absence."""
+        headers = {"Authorization": f"Bearer {token}", "Accept": _ACCEPT}
+        try:
+            async with self._session.get(
+                self.url(account), params={"batchId": batch_id}, headers=headers
+            ) as r:
+                payload = await r.read()
+                retry_after = parse_retry_after(r.headers.get("Retry-After"))
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return StatusAnswer(0, error=f"{type(exc).__name__}: {exc}")
+        if status in (401, 403):
+            self.tokens.invalidate(account, token)
+        if status // 100 != 2:
+            text = payload[:200].decode(errors="replace")
+            return StatusAnswer(status, retry_after_s=retry_after, error=text)
+        try:
+            return StatusAnswer(status, _batch_status.decode(payload))
+        except msgspec.DecodeError as exc:
+            return StatusAnswer(status, error=f"an unexpected batch status body: {exc}")

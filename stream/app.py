@@ -30,13 +30,14 @@ from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery, api_rejection
 from stream.dlq import DeadLetterProducer
-from stream.errors import DeadLetterError
+from stream.errors import DeadLetterError, ReceiptError
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
-from stream.leases import KafkaLeases
+from stream.leases import KafkaLeases, Leases
 from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
+from stream.reconcile import Reconciler
 from stream.tokens import (
     CredentialsFile,
     CredentialSource,
@@ -49,7 +50,7 @@ from stream.tokens import (
 )
 from stream.validation import Rejection, Rules, validate
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "make_tokens"]
 
 _log = logging.getLogger("stream.app")
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -96,6 +97,33 @@ class ShutdownBudget:
         return max(0.0, self.total_s - self.close_s)
 
 
+def make_tokens(
+    config: Config, session: Any, leases: Leases | None, rng: random.Random | None = None
+) -> Tokens:
+    """Each account's token pool, from the one way to authenticate configured (``leases`` None:
+    every slot held here, for a tool such as ``dcr-stream status``)."""
+    source: CredentialSource
+    if config.api_token is not None:
+        tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+        source = StaticTokens([Secret(t) for t in tokens])
+    elif config.api_token_file is not None:
+        source = TokenFileSource(config.api_token_file)
+    elif config.api_credentials_file is not None:
+        source = CredentialsFile(config.api_credentials_file)
+    else:
+        assert config.api_key_id is not None
+        assert config.api_key is not None
+        source = KeyPair(config.api_key_id, config.api_key)
+    return Tokens(
+        source,
+        minter=Minter(session, base_url=config.api_base_url),
+        leases=leases,
+        requests_per_minute=config.token_requests_per_minute,
+        backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
+        rng=rng,
+    )
+
+
 class Pipeline:
     """One ``run`` of the service. Construct, then ``await run(stop)``; returns the exit status."""
 
@@ -134,6 +162,7 @@ class Pipeline:
         self._consumer: ConsumerThread | None = None
         self._tokens_source: Tokens | None = None
         self._leases: KafkaLeases | None = None
+        self._reconciler: Reconciler | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -198,6 +227,28 @@ class Pipeline:
         )
         if config.client_account_id is not None:
             self._labels.start([config.client_account_id])
+        if config.reconcile:
+            assert self._receipts is not None
+            assert config.receipts_topic is not None
+            self._reconciler = Reconciler(
+                consumer_config={**config.consumer_config(), "logger": _librdkafka_log},
+                admin_config=kafka_client,
+                topic=config.receipts_topic,
+                group_id=f"{config.kafka_group_id}.reconcile",
+                client=client,
+                receipts=self._receipts,
+                dlq=self._dlq,
+                delay_s=config.status_delay_s,
+                give_up_s=config.status_give_up_s,
+                requests_per_minute=config.status_requests_per_minute,
+                backoff=self._backoff,
+                counts=self.counts,
+                loop=loop,
+                wall_ms=self._wall_ms,
+                rng=self._rng,
+                like_topic=config.kafka_topics[0],
+            )
+            await self._reconciler.start()
         self._consumer = ConsumerThread(
             {**config.consumer_config(), "logger": _librdkafka_log},
             config.kafka_topics,
@@ -229,6 +280,8 @@ class Pipeline:
         finally:
             for task in (committer, stopped, *self._tasks):
                 task.cancel()
+            if self._reconciler is not None:
+                await self._reconciler.close(self._left(loop) if self._stop_by else 1.0)
             await self._labels.close()
             await self._delivery.close()
             await self._tokens_source.close()
@@ -259,6 +312,8 @@ class Pipeline:
                 slots_held=lambda: (
                     len(self._tokens_source.leases.owned()) if self._tokens_source else 0
                 ),
+                reconcile_lag=lambda: self._reconciler.lag_s() if self._reconciler else 0.0,
+                reconcile_in_hand=lambda: self._reconciler.in_hand() if self._reconciler else 0,
             )
         )
         health = Health(
@@ -289,7 +344,9 @@ class Pipeline:
         5. commit the finished prefix of every partition;
         6. close the consumer, which leaves the group; its revoke no longer waits (the drain is
            over) and commits nothing new; then leave the token slots' group, handing the slots
-           over to the other replicas (docs/design.md#scaling);
+           over to the other replicas (docs/design.md#scaling), and stop reconciling: commit the
+           receipts it finished and leave its group (what it holds is read again by the next
+           owner, docs/design.md#reconciliation);
         7. (``run``) flush the producers in what is left of the budget.
 
         The records consumed and not committed are left to the partitions' next owner, which
@@ -320,6 +377,8 @@ class Pipeline:
             _log.warning("shutting down: leaving the group took too long; exiting without it")
         if self._leases is not None:
             await self._leases.close(self._left(loop))
+        if self._reconciler is not None:
+            await self._reconciler.close(self._left(loop))
         if left:
             _log.info(
                 "shut down after %.1f s: %d records consumed and not committed are left to the "
@@ -338,28 +397,7 @@ class Pipeline:
         return max(0.0, self._stop_by - loop.time())
 
     def _tokens(self, session: Any, leases: KafkaLeases) -> Tokens:
-        """Each account's token pool, from the one way to authenticate configured."""
-        config = self.config
-        source: CredentialSource
-        if config.api_token is not None:
-            tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
-            source = StaticTokens([Secret(t) for t in tokens])
-        elif config.api_token_file is not None:
-            source = TokenFileSource(config.api_token_file)
-        elif config.api_credentials_file is not None:
-            source = CredentialsFile(config.api_credentials_file)
-        else:
-            assert config.api_key_id is not None
-            assert config.api_key is not None
-            source = KeyPair(config.api_key_id, config.api_key)
-        return Tokens(
-            source,
-            minter=Minter(session, base_url=config.api_base_url),
-            leases=leases,
-            requests_per_minute=config.token_requests_per_minute,
-            backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
-            rng=self._rng,
-        )
+        return make_tokens(self.config, session, leases, self._rng)
 
     # -- consume → validate → submit ----------------------------------------------------------
 
@@ -433,23 +471,43 @@ class Pipeline:
         self._progress.set()
 
     def delivered(self, batch: Batch[Source], response: Response) -> None:
-        self._finish([item.source.ticket for item in batch.items])
+        tickets = [item.source.ticket for item in batch.items]
         records = len(batch.items)
         delivered = self.counts.delivered
         delivered[batch.account] = delivered.get(batch.account, 0) + records
-        if self._receipts is not None:
-            self._receipts.publish(
-                Receipt(
-                    account=batch.account,
-                    records=records,
-                    status=response.status,
-                    batch_id=response.batch_id,
-                    sent_at_ms=self._wall_ms(),
-                    sources=offset_ranges(
-                        (t.tp[0], t.tp[1], t.offset) for t in (i.source.ticket for i in batch.items)
-                    ),
-                )
-            )
+        if self._receipts is None:
+            self._finish(tickets)
+            return
+        receipt = Receipt(
+            account=batch.account,
+            records=records,
+            status=response.status,
+            batch_id=response.batch_id,
+            sent_at_ms=self._wall_ms(),
+            sources=offset_ranges((t.tp[0], t.tp[1], t.offset) for t in tickets),
+            kind="single" if batch.single else "accepted",
+        )
+        if self._reconciler is None:
+            self._finish(tickets)
+            self._receipts.publish(receipt)
+        else:
+            # The receipt is the reconciler's only memory of the batch: its records are finished
+            # (committable) once Kafka has it (docs/design.md#reconciliation).
+            self._spawn(self._write_receipt(tickets, receipt))
+
+    async def _write_receipt(self, tickets: list[Ticket], receipt: Receipt) -> None:
+        assert self._receipts is not None
+        attempt = 0
+        while True:
+            try:
+                await self._receipts.send(receipt)
+                break
+            except ReceiptError as exc:
+                attempt += 1
+                delay = self._backoff.delay(attempt, None, self._rng)
+                _log.error("%s; retry %d in %.1f s", exc, attempt, delay)
+                await asyncio.sleep(delay)
+        self._finish(tickets)
 
     async def dead_letter(
         self,

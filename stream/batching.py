@@ -68,6 +68,9 @@ class Batch(Generic[S]):
     once)."""
     probe: asyncio.Future[Response | None] | None = None
     """Set for a probe (``Delivery.probe``): it learns the answer; a refusal is its to handle."""
+    single: bool = False
+    """One record the single-record endpoint accepted (docs/design.md#real-time): final at its
+    2xx, there is no batch status to ask for."""
 
 
 @dataclass(slots=True)

@@ -2,8 +2,9 @@
 
 ``run`` is the service itself and is built here. Every other command is a tool beside it and builds
 its own parser next to its code (``add_parser``, which sets the command's ``handler``): ``kafka`` in
-``stream.devkafka.command``; ``demo``, ``produce``, ``replay`` and ``validate`` in ``stream.tools``;
-``sandbox`` in ``stream.sandbox.command``. ``main`` runs every handler under one error rule.
+``stream.devkafka.command``; ``demo``, ``produce``, ``replay``, ``status`` and ``validate`` in
+``stream.tools``; ``sandbox`` in ``stream.sandbox.command``. ``main`` runs every handler under one
+error rule.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from stream.config import load
 from stream.devkafka import command as kafka
 from stream.errors import ConfigError, DcrStreamError
 from stream.sandbox import command as sandbox
-from stream.tools import demo, produce, replay, validate
+from stream.tools import demo, produce, replay, status, validate
 from stream.tools.args import EXIT_USAGE
 
 Handler = Callable[[argparse.Namespace], int]
@@ -46,7 +47,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     parser.add_argument("--version", action="version", version=f"dcr-stream {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(commands)
-    for tool in (kafka, demo, produce, replay, validate, sandbox):
+    for tool in (kafka, demo, produce, replay, validate, sandbox, status):
         tool.add_parser(commands)
     return parser, dict(commands.choices)
 

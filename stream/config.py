@@ -27,6 +27,7 @@ __all__ = [
     "Setting",
     "client_properties",
     "default_dlq_topic",
+    "default_receipts_topic",
     "load",
     "parse_positive",
     "parse_uuid",
@@ -47,6 +48,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     kafka_secret_config: dict[str, Secret]
     dlq_topic: str
     receipts_topic: str | None
+    reconcile: bool
+    """Whether batch statuses are reconciled (``DCR_RECONCILE``, ``auto`` resolved by version)."""
+    status_delay_s: float
+    status_requests_per_minute: float
+    status_give_up_s: float
     api_base_url: str
     api_version: Literal["v1", "v2"]
     api_token: Secret | None
@@ -123,6 +129,12 @@ def client_properties(
 def default_dlq_topic(topics: Sequence[str]) -> str:
     """``DCR_DLQ_TOPIC`` when it is not set: ``<first input topic>.dlq``."""
     return f"{topics[0]}.dlq"
+
+
+def default_receipts_topic(topics: Sequence[str]) -> str:
+    """``DCR_RECEIPTS_TOPIC`` when it is not set and reconciliation is on:
+    ``<first input topic>.receipts``."""
+    return f"{topics[0]}.receipts"
 
 
 def _consumer_only(prop: str) -> bool:
@@ -267,7 +279,38 @@ SETTINGS: tuple[Setting, ...] = (
         'secret librdkafka properties, e.g. `{"sasl.password":"…"}`; never logged',
     ),
     Setting("dlq_topic", _text, None, "dead-letter topic; default `<first input topic>.dlq`"),
-    Setting("receipts_topic", _text, None, "delivery receipts topic; unset: no receipts"),
+    Setting(
+        "receipts_topic",
+        _text,
+        None,
+        "delivery receipts topic; unset: none, or `<first input topic>.receipts` when reconciling",
+    ),
+    Setting(
+        "reconcile",
+        _choice("auto", "on", "off"),
+        "auto",
+        "fetch each accepted batch's status and report every record's outcome "
+        "(docs/design.md#reconciliation); `auto`: on for `v2`, off for `v1`",
+    ),
+    Setting(
+        "status_delay_s",
+        parse_positive,
+        "60",
+        "how long after a batch was accepted its status is first fetched",
+    ),
+    Setting(
+        "status_requests_per_minute",
+        parse_positive,
+        "30",
+        "batch status requests per token in any rolling minute, apart from the batch quota",
+    ),
+    Setting(
+        "status_give_up_s",
+        parse_positive,
+        "3600",
+        "a record whose status is still pending this long after its batch was accepted is "
+        "reported `unknown_status`",
+    ),
     Setting("api_base_url", _url, None, "**required**: the API's base URL"),
     Setting("api_version", _choice("v1", "v2"), "v1", "`v1` or `v2` endpoint and body"),
     Setting(
@@ -421,6 +464,13 @@ def load(env: Mapping[str, str], toml_path: str | None = None) -> Config:
         raise ConfigError("DCR_API_BASE_URL", "is required (the API's base URL)")
     _check_auth(values)
     values["dlq_topic"] = values["dlq_topic"] or default_dlq_topic(values["kafka_topics"])
+    values["reconcile"] = values["reconcile"] == "on" or (
+        values["reconcile"] == "auto" and values["api_version"] == "v2"
+    )
+    if values["reconcile"] and values["receipts_topic"] is None:
+        values["receipts_topic"] = default_receipts_topic(values["kafka_topics"])
+    if values["receipts_topic"] in values["kafka_topics"]:
+        raise ConfigError("DCR_RECEIPTS_TOPIC", "must not be one of the input topics")
     values["token_topic"] = values["token_topic"] or f"{values['kafka_group_id']}.tokens"
     if values["token_topic"] in values["kafka_topics"]:
         raise ConfigError("DCR_TOKEN_TOPIC", "must not be one of the input topics")

@@ -518,6 +518,7 @@ class Delivery(Generic[S]):
         if kind == "ok":
             pace.accepted()
             batch = Batch(record.account, record.high_priority, [item], opened_at=urgent.at)
+            batch.single = True
             self._accepted("realtime", batch, response)
         elif kind == "reject":
             rejection = api_rejection(response.status)

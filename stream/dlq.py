@@ -6,7 +6,7 @@ A dead-letter record has the key, value and headers of the message it replaces, 
     dcr.error.code        a stable code of ``stream.validation.CODES``
     dcr.error.field       the field at fault, '' when none
     dcr.error.message     for a human
-    dcr.error.stage       decode | validate | expired | api
+    dcr.error.stage       decode | validate | expired | api | status (docs/dlq.md#status)
     dcr.source.topic      where the original was consumed
     dcr.source.partition
     dcr.source.offset

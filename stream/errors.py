@@ -4,6 +4,7 @@
     ├── ConfigError          a setting is missing or invalid (exit status 2)
     ├── AuthError            no token could be had (minting refused, token file unreadable)
     ├── DeadLetterError      Kafka did not acknowledge a dead-letter write
+    ├── ReceiptError         Kafka did not acknowledge a receipt (reconciliation needs it)
     └── BrokerError          the tools' local Kafka broker could not be fetched or started
 
 Rejected events and refused API records are not exceptions: they are ``Rejection`` values.
@@ -11,7 +12,14 @@ Rejected events and refused API records are not exceptions: they are ``Rejection
 
 from __future__ import annotations
 
-__all__ = ["AuthError", "BrokerError", "ConfigError", "DcrStreamError", "DeadLetterError"]
+__all__ = [
+    "AuthError",
+    "BrokerError",
+    "ConfigError",
+    "DcrStreamError",
+    "DeadLetterError",
+    "ReceiptError",
+]
 
 
 class DcrStreamError(Exception):
@@ -55,6 +63,15 @@ class DeadLetterError(DcrStreamError):
         self.topic = topic
         self.partition = partition
         self.offset = offset
+        self.reason = reason
+
+
+class ReceiptError(DcrStreamError):
+    """A receipt written to ``topic`` was not acknowledged."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"receipt write to {topic} failed: {reason}")
+        self.topic = topic
         self.reason = reason
 
 

@@ -63,6 +63,13 @@ class Counts:
     commit_failures: int = 0
     dlq_write_failures: int = 0
     """Dead-letter writes Kafka did not acknowledge (each is retried)."""
+    reconciled: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(final status, code) → records whose batch status was reconciled: ``delivered`` (code
+    ``""``), ``failed`` (a code of stage ``status``), ``unreconciled`` (``no_batch_id``)."""
+    status_requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(account, status class) → batch status requests."""
+    rechecks: int = 0
+    """Records whose status was still pending, written back to be asked about again."""
 
     def bump(self, table: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) -> None:
         table[key] = table.get(key, 0) + n
@@ -114,6 +121,10 @@ class State:
     """Per account, its token pool in this process."""
     slots_held: Callable[[], int] = int
     """Token slots this process holds (the same slots for every account)."""
+    reconcile_lag: Callable[[], float] = float
+    """Seconds since the oldest batch whose receipt the reconciler holds was accepted."""
+    reconcile_in_hand: Callable[[], int] = int
+    """Receipts the reconciler holds (waiting for their status time, or being reported)."""
 
 
 class Metrics:
@@ -274,6 +285,36 @@ class _Collector(Collector):
             value=s.label_held(),
         )
         yield from _pool_metrics(c, s)
+        yield from _reconcile_metrics(c, s)
+
+
+def _reconcile_metrics(c: Counts, s: State) -> Iterator[Metric]:
+    """Batch statuses (docs/design.md#reconciliation)."""
+    yield _labelled(
+        "dcr_records_reconciled",
+        "Records by final status (delivered, failed) and code, from their batch status",
+        ["status", "code"],
+        c.reconciled,
+    )
+    yield _labelled(
+        "dcr_status_requests",
+        "Batch status requests by answer",
+        ["account", "status_class"],
+        c.status_requests,
+    )
+    yield CounterMetricFamily(
+        "dcr_status_rechecks", "Records found pending, to be asked about again", c.rechecks
+    )
+    yield GaugeMetricFamily(
+        "dcr_reconcile_lag_seconds",
+        "Seconds since the oldest batch the reconciler holds was accepted (0: none held)",
+        value=s.reconcile_lag(),
+    )
+    yield GaugeMetricFamily(
+        "dcr_reconcile_receipts_in_hand",
+        "Receipts the reconciler holds, waiting for their status or being reported",
+        value=s.reconcile_in_hand(),
+    )
 
 
 def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:

@@ -1,21 +1,41 @@
-"""Delivery receipts (optional, ``DCR_RECEIPTS_TOPIC``): one message per accepted request.
+"""Delivery receipts (``DCR_RECEIPTS_TOPIC``): one message per accepted request, and, when batch
+statuses are reconciled, the records' outcomes (docs/design.md#reconciliation).
 
-A receipt says which account, how many records, which source partitions and offset ranges, the
-HTTP status, the v2 ``batch_id`` and when it was sent, so users can reconcile with Truecaller's
-batch-status endpoint. Receipts are informational: a lost receipt never holds back a commit, so
-they are produced without waiting for the acknowledgement (a failure is logged).
+Each receipt has a ``kind``:
+
+- ``accepted``: one per accepted request: which account, how many records, which source partitions
+  and offset ranges, the HTTP status, the ``batch_id`` (v2's, or parsed from v1's message) and when
+  it was sent;
+- ``single``: records accepted through the single-record endpoint, which is synchronous: final at
+  their 2xx, so never reconciled;
+- ``outcome``: the reconciler's report for the records of a batch whose status is final, one
+  ``Outcome`` per record (``delivered`` or ``failed`` with its code), with its source offset;
+- ``recheck``: the records of a batch whose status was still pending, to be asked about again at
+  ``check_at_ms`` (the reconciler's own to-do list; nobody else needs to read it).
+
+Without reconciliation receipts are informational: a lost one never holds back a commit, so
+``publish`` does not wait for the acknowledgement (a failure is logged). With it, an ``accepted``
+receipt is the reconciler's only memory of the batch, so the pipeline writes it with ``send``,
+which returns once Kafka acknowledged it, before the batch's offsets may be committed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-__all__ = ["Receipt", "Receipts"]
+from stream.errors import ReceiptError
+
+__all__ = ["Outcome", "Range", "Receipt", "Receipts", "offset_ranges", "offsets_of"]
+
+Kind = Literal["accepted", "single", "outcome", "recheck"]
 
 _log = logging.getLogger("stream.receipts")
 
@@ -25,14 +45,48 @@ class Range(msgspec.Struct, frozen=True, array_like=True):
     last: int
 
 
-class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One record's final status (an ``outcome`` receipt holds one per record)."""
+
+    topic: str
+    partition: int
+    offset: int
+    status: Literal["delivered", "failed"]
+    code: str | None = None
+    """For ``failed``: a code of stage ``status`` (docs/dlq.md#status)."""
+    message: str | None = None
+    """The API's message about the record, if any."""
+    id: str | None = None
+    """The API's id of the record, if it gave one."""
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     account: str
     records: int
     status: int
     batch_id: str | None
     sent_at_ms: int
+    """When the batch was accepted (every kind keeps the ``accepted`` receipt's)."""
     sources: dict[str, list[Range]]
-    """``topic/partition`` → offset ranges ``[first, last]`` of the records in the request."""
+    """``topic/partition`` → offset ranges ``[first, last]`` of the records in the request (of
+    ``recheck``: those still pending; of ``outcome``: those reported)."""
+    kind: Kind = "accepted"
+    outcomes: list[Outcome] = []
+    """``outcome`` only."""
+    check_at_ms: int = 0
+    """``recheck`` only: when to ask again."""
+    attempt: int = 0
+    """``recheck`` only: how many times the status was found pending."""
+
+
+def offsets_of(sources: Mapping[str, list[Range]]) -> list[tuple[str, int, int]]:
+    """Every (topic, partition, offset) the ranges cover, in order."""
+    positions: list[tuple[str, int, int]] = []
+    for key, ranges in sources.items():
+        topic, _, partition = key.rpartition("/")
+        for run in ranges:
+            positions.extend((topic, int(partition), o) for o in range(run.first, run.last + 1))
+    return positions
 
 
 def offset_ranges(positions: Iterable[tuple[str, int, int]]) -> dict[str, list[Range]]:
@@ -55,13 +109,23 @@ def offset_ranges(positions: Iterable[tuple[str, int, int]]) -> dict[str, list[R
     return ranges
 
 
+_POLL_S = 0.1
+"""The poll thread's wait (see ``stream.dlq``): it only bounds how long ``close`` waits."""
+
+
 class Receipts:
-    """Produces receipts to one topic, keyed by account."""
+    """Produces receipts to one topic, keyed by account (so an account's receipts stay in order on
+    one partition); acknowledged by every in-sync replica."""
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         self.topic = topic
-        self._producer = Producer({**config, "linger.ms": 100})
+        self._producer = Producer(
+            {**config, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
+        )
         self._encoder = msgspec.json.Encoder()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="dcr-receipts-poll", daemon=True)
+        self._thread.start()
 
     def __repr__(self) -> str:
         return f"Receipts(topic={self.topic!r})"
@@ -78,12 +142,49 @@ class Receipts:
             )
         except (BufferError, KafkaException) as exc:
             _log.warning("a receipt was not written: %s", exc)
-        self._producer.poll(0)
+
+    async def send(self, receipt: Receipt) -> None:
+        """Write a receipt; return once Kafka acknowledged it, else raise ``ReceiptError``."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[KafkaError | None] = loop.create_future()
+
+        def delivered(error: KafkaError | None, _: Message) -> None:
+            # On the poll thread; the loop may be gone if its owner gave up on the write.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, done, error)
+
+        value = self._encoder.encode(receipt)
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, key=receipt.account.encode(), value=value, on_delivery=delivered
+                )
+                break
+            except BufferError:
+                await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                raise ReceiptError(self.topic, str(exc)) from None
+        error = await done
+        if error is not None:
+            raise ReceiptError(self.topic, error.str())
 
     def close(self, timeout_s: float = 2.0) -> None:
         left = self._producer.flush(timeout_s)
         if left:
             _log.warning("%d receipts were not acknowledged before shutdown", left)
+            self._producer.purge()
+            self._producer.flush(0)
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(_POLL_S)
+
+
+def _settle(future: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
+    if not future.done():
+        future.set_result(error)
 
 
 def _logged(error: KafkaError | None, _: Message) -> None:

@@ -29,6 +29,7 @@ from stream.events import UUID_PATTERN, CallIntent, Record, Uuid
 __all__ = [
     "CODES",
     "ONLINE_CODES",
+    "STATUS_CODES",
     "Rejection",
     "Rules",
     "check_expiry",
@@ -36,7 +37,7 @@ __all__ = [
     "validate",
 ]
 
-Stage = Literal["decode", "validate", "expired", "api"]
+Stage = Literal["decode", "validate", "expired", "api", "status"]
 
 CODES: dict[str, str] = {
     # decode: the bytes are not a call-intent object
@@ -66,10 +67,29 @@ CODES: dict[str, str] = {
     "expired": "ends_at is in the past (on arrival, or just before sending)",
     # api: the API refused the record (see stream.api)
     "api_rejected": "the API answered 400/413/422 for this record alone",
+    # status: the API accepted the record, then its batch status reported it failed
+    # (stream.reconcile, docs/dlq.md#status)
+    "not_truecaller_user": "the receiver is not a Truecaller user",
+    "os_not_supported": "the receiver's phone runs an OS the API does not push to (Android only)",
+    "app_version_not_supported": "the receiver's Truecaller app is too old",
+    "push_failed": "the push to the receiver's phone failed (device unreachable)",
+    "invalid_input": "the API found the record invalid after accepting its batch",
+    "unknown_status": "no final status: a failure of no documented reason, or still pending "
+    "after DCR_STATUS_GIVE_UP_S",
 }
 
 
-ONLINE_CODES = frozenset({"unknown_label", "api_rejected"})
+STATUS_CODES = (
+    "not_truecaller_user",
+    "os_not_supported",
+    "app_version_not_supported",
+    "push_failed",
+    "invalid_input",
+    "unknown_status",
+)
+"""The codes of stage ``status``: the documented failure reasons of a record's batch status."""
+
+ONLINE_CODES = frozenset({"unknown_label", "api_rejected", *STATUS_CODES})
 """The codes only the running service gives: after validation, from the account's label registry
 (or a probe) and from the API. ``validate`` never does, nor does ``dcr-stream validate``."""
 

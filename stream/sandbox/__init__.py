@@ -21,6 +21,7 @@ goes::
     ├── rules.py      tokens and accounts: auth, expiry, quota, mint budget, labels  │
     ├── faults.py     Faults, and the outage / 429 / 5xx / latency decisions         │
     ├── batches.py    a batch body checked record by record → Batch or Refusal       ├ no aiohttp
+    ├── statuses.py   StatusRules: which accepted records fail (and why) or pend     │
     ├── ledger.py     the accepted batches and the counters behind Stats             │
     ├── config.py     SandboxConfig, parse_labels                                    │
     └── clock.py      Clock, ManualClock                                             ┘
@@ -44,9 +45,11 @@ from stream.sandbox.config import SandboxConfig, parse_labels
 from stream.sandbox.faults import Faults
 from stream.sandbox.ledger import AccountStats, Stats
 from stream.sandbox.server import Sandbox, serve
+from stream.sandbox.statuses import REASONS, StatusRules
 
 __all__ = [
     "MAX_RECORDS",
+    "REASONS",
     "Accepted",
     "AccountStats",
     "Clock",
@@ -55,6 +58,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "Stats",
+    "StatusRules",
     "parse_labels",
     "serve",
 ]

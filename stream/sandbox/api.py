@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +29,7 @@ from stream.sandbox.ledger import Counters
 from stream.sandbox.responses import error, json_response, throttled
 from stream.sandbox.rules import Throttled
 from stream.sandbox.state import State
+from stream.sandbox.statuses import record_status
 
 __all__ = ["routes"]
 
@@ -45,6 +47,7 @@ def routes(state: State) -> list[web.RouteDef]:
     return [
         *_versioned(web.post, "/clients/{account}/dynamic_call_records", api.batch),
         *_versioned(web.post, "/clients/{account}/dynamic_call_record", api.record),
+        *_versioned(web.get, "/clients/{account}/dynamic_call_records", api.status),
         web.post("/clients/{account}/token", api.token),
         web.get("/clients/{account}/labels", api.labels),
     ]
@@ -122,6 +125,51 @@ class _Api:
                 }
                 for label in labels
             ],
+        )
+
+    async def status(self, version: Version, request: web.Request) -> web.Response:
+        """A batch's per-record statuses (docs/api.md#batch-status): the same token as batches,
+        its own count (no batch quota), none of the batch faults but an outage."""
+        account = _account(request)
+        response = self._status(request, version, account)
+        self._state.ledger.counters(account).statuses[str(response.status)] += 1
+        return response
+
+    def _status(self, request: web.Request, version: Version, account: str) -> web.Response:
+        state = self._state
+        if state.faults.outage() != "off":
+            return error(503, "service_unavailable", "the sandbox is in an injected outage")
+        if not state.rules.authorised(account, _bearer(request), state.clock.monotonic()):
+            return error(401, "unauthorized", "missing, unknown or expired bearer token")
+        batch_id = request.query.get("batchId", "")
+        if not batch_id:
+            return error(400, "bad_request", "batchId is required")
+        batch = state.ledger.batch(batch_id)
+        if batch is None or batch.account != account:
+            return error(404, "not_found", f"no batch {batch_id} of client account {account}")
+        age_s = state.clock.monotonic() - batch.received_monotonic_ms / 1000
+        names = ("caller", "receiver") if version == "v1" else ("caller_number", "receiver_number")
+        data = []
+        for index, record in enumerate(batch.records()):
+            entry: dict[str, object] = {
+                "id": str(uuid.uuid5(uuid.UUID(batch.batch_id), str(index))),
+                names[0]: record.caller,
+                names[1]: record.receiver,
+                "label_id": record.label_id,
+                "starts_at": record.starts_at,
+                "ends_at": record.ends_at,
+                "status_info": record_status(state.statuses, record.receiver, age_s),
+                "created_at": _iso(batch.received_ms / 1000),
+            }
+            if record.label_name is not None:
+                entry["label_name" if version == "v1" else "dynamic_label_name"] = record.label_name
+            if record.call_reason is not None:
+                entry["call_reason" if version == "v1" else "dynamic_call_reason"] = (
+                    record.call_reason
+                )
+            data.append(entry)
+        return json_response(
+            200, {"client_account_id": account, "batch_id": batch.batch_id, "data": data}
         )
 
     async def token(self, request: web.Request) -> web.Response:
@@ -221,7 +269,11 @@ class _Api:
             batch.received_ms,
             batch.received_monotonic_ms,
         )
-        return json_response(200, {"batch_id": batch.batch_id} if call.version == "v2" else {})
+        if call.version == "v2":
+            return json_response(200, {"batch_id": batch.batch_id})
+        # v1 names its batch only in the message text (docs/api.md#batch-status).
+        message = f"Records Uploaded Successfully. BatchID: {batch.batch_id}"
+        return json_response(200, {"message": message})
 
     async def _accept_record(self, request: web.Request, call: _Call) -> web.Response:
         """One record (docs/api.md#single-records): 415 unless JSON; 400 naming the field for a

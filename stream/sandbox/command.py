@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stream.sandbox import Faults, SandboxConfig, parse_labels, serve
+from stream.sandbox import Faults, SandboxConfig, StatusRules, parse_labels, serve
+from stream.sandbox.statuses import parse_failure
 from stream.tools.args import EXIT_USAGE
 
 __all__ = ["add_parser"]
@@ -23,7 +24,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "it; optionally a per-account quota too), plus faults to inject. Prints its URL as\n"
             "the first line on stdout, logs JSON lines after it, and runs until Ctrl-C or\n"
             "SIGTERM. Faults, labels and counters can be read and changed while it runs under\n"
-            "/_sandbox/ (stats, accepted, faults, labels, reset)."
+            "/_sandbox/ (stats, accepted, faults, labels, statuses, reset). The batch status\n"
+            "endpoints report every accepted record pushed, but for the receivers named by\n"
+            "--not-user-prefix / --fail-prefix, and those still pending for --pending-s."
         ),
         epilog=(
             "examples:\n"
@@ -31,6 +34,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "  dcr-stream sandbox --static-token t1 --static-token t2 --rate-limit-rps 10\n"
             "  dcr-stream sandbox --key-id K --api-key S --labels ACCOUNT=LABEL1,LABEL2\n"
             "  dcr-stream sandbox --error-rate 0.3 --seed 7 --latency-ms 50 --no-retry-after\n"
+            "  dcr-stream sandbox --not-user-prefix +9199 --pending-s 120\n"
             '  curl -d \'{"outage": "drop", "outage_s": 30}\' localhost:8081/_sandbox/faults'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -121,6 +125,34 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--spike-ms", type=float, default=0.0, metavar="MS", help="latency spike (default: 0)"
     )
+    parser.add_argument(
+        "--not-user-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="batch status: receivers starting with it are not Truecaller users; repeatable",
+    )
+    parser.add_argument(
+        "--fail-prefix",
+        action="append",
+        default=[],
+        metavar="REASON=PREFIX",
+        help="batch status: receivers starting with PREFIX fail with REASON (not_truecaller_user, "
+        "os_not_supported, app_version_not_supported, push_failed, invalid_input); repeatable",
+    )
+    parser.add_argument(
+        "--pending-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="batch status: records stay pending this long after their batch (default: 0)",
+    )
+    parser.add_argument(
+        "--pending-prefix",
+        default="",
+        metavar="PREFIX",
+        help="only receivers starting with it stay pending (default: every record)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the random faults (default: random)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
@@ -148,6 +180,14 @@ def _handle(args: argparse.Namespace) -> int:
                 latency_ms=args.latency_ms,
                 spike_probability=args.spike_probability,
                 spike_ms=args.spike_ms,
+            ),
+            statuses=StatusRules(
+                failures=(
+                    *((p, "not_truecaller_user") for p in args.not_user_prefix),
+                    *(parse_failure(text) for text in args.fail_prefix),
+                ),
+                pending_s=args.pending_s,
+                pending_prefix=args.pending_prefix,
             ),
             seed=args.seed,
             tls_cert=args.tls_cert,

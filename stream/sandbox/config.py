@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Struct
 
 from stream.sandbox.faults import Faults
+from stream.sandbox.statuses import StatusRules
 
 __all__ = ["SandboxConfig", "parse_labels"]
 
@@ -46,6 +47,8 @@ class SandboxConfig(Struct, frozen=True, kw_only=True):
     labels: Mapping[str, frozenset[str]] = {}
     """Known label ids per account; an account not listed (or with none) accepts any label id."""
     faults: Faults = Faults()
+    statuses: StatusRules = StatusRules()
+    """Which accepted records the batch status endpoint reports failed or pending; can change."""
     seed: int | None = None
     """Seeds the random faults (error rate, latency spikes) so that a run can be repeated."""
     tls_cert: str | None = None

@@ -32,6 +32,8 @@ def routes(state: State) -> list[web.RouteDef]:
         web.get("/_sandbox/labels", control.get_labels),
         web.post("/_sandbox/labels", control.post_labels),
         web.post("/_sandbox/labels/delete", control.delete_labels),
+        web.get("/_sandbox/statuses", control.get_statuses),
+        web.post("/_sandbox/statuses", control.post_statuses),
         web.post("/_sandbox/reset", control.post_reset),
     ]
 
@@ -88,6 +90,19 @@ class _Control:
             return error(400, "bad_request", str(exc))
         known = change(body.account, body.label_ids, self._state.clock.time())
         return json_response(200, {"account": body.account.lower(), "label_ids": sorted(known)})
+
+    async def get_statuses(self, _: web.Request) -> web.Response:
+        return json_response(200, self._state.statuses)
+
+    async def post_statuses(self, request: web.Request) -> web.Response:
+        """Change the batch status rules (``StatusRules`` fields), keep the others."""
+        try:
+            changes = msgspec.json.decode(await request.read(), type=dict[str, Any])
+            self._state.statuses = self._state.statuses.changed(**changes)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            return error(400, "bad_request", str(exc))
+        _log.info("statuses set: %s", self._state.statuses)
+        return json_response(200, self._state.statuses)
 
     async def post_reset(self, _: web.Request) -> web.Response:
         self._state.reset()

@@ -25,6 +25,8 @@ class AccountStats(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Token requests by HTTP status."""
     labels: dict[str, int] = {}
     """Label list requests by HTTP status."""
+    statuses: dict[str, int] = {}
+    """Batch status requests by HTTP status."""
     records_accepted: int
     """By either endpoint."""
     throttled: int
@@ -53,6 +55,7 @@ class Counters:
     requests: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
     records_accepted: int = 0
     throttled_by: Counter[str] = field(default_factory=Counter)
     realtime: Counter[str] = field(default_factory=Counter)
@@ -63,6 +66,7 @@ class Counters:
         self.requests.update(other.requests)
         self.tokens.update(other.tokens)
         self.labels.update(other.labels)
+        self.statuses.update(other.statuses)
         self.records_accepted += other.records_accepted
         self.throttled_by.update(other.throttled_by)
         self.realtime.update(other.realtime)
@@ -73,6 +77,7 @@ class Counters:
             requests=dict(self.requests),
             tokens=dict(self.tokens),
             labels=dict(self.labels),
+            statuses=dict(self.statuses),
             records_accepted=self.records_accepted,
             throttled=self.requests["429"],
             throttled_by=dict(self.throttled_by),
@@ -88,10 +93,12 @@ class Ledger:
     _batches: list[Batch]
     """Accepted batches in arrival order."""
     _accounts: dict[str, Counters]
+    _by_id: dict[str, Batch]
 
     def __init__(self) -> None:
         self._batches = []
         self._accounts = {}
+        self._by_id = {}
 
     def counters(self, account: str) -> Counters:
         """The counters of ``account`` (lower-cased), made at its first request."""
@@ -104,14 +111,20 @@ class Ledger:
         self._batches.append(batch)
         counters = self.counters(batch.account)
         counters.records_accepted += batch.size
-        if batch.path == "realtime":
+        if batch.path == "realtime":  # no batch id: there is no status to ask for
             counters.realtime_accepted += batch.size
+        else:
+            self._by_id[batch.batch_id] = batch
 
     def batches(self, account: str | None = None) -> list[Batch]:
         """Accepted batches (of ``account``, in any case), in arrival order."""
         if account is None:
             return list(self._batches)
         return [batch for batch in self._batches if batch.account == account.lower()]
+
+    def batch(self, batch_id: str) -> Batch | None:
+        """The accepted batch of that id, if any."""
+        return self._by_id.get(batch_id)
 
     def accepted(self, account: str | None = None) -> list[Accepted]:
         """Every accepted record (of ``account``), in arrival order."""

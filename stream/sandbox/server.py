@@ -25,6 +25,7 @@ from stream.sandbox.config import SandboxConfig
 from stream.sandbox.faults import Faults
 from stream.sandbox.ledger import Stats
 from stream.sandbox.state import State
+from stream.sandbox.statuses import StatusRules
 
 __all__ = ["Sandbox", "serve"]
 
@@ -103,6 +104,16 @@ class Sandbox:
     def set_faults(self, **changes: Any) -> Faults:
         """Change the named faults, keep the others; a bad name or value raises ``ValueError``."""
         return self._state.faults.set(**changes)
+
+    @property
+    def statuses(self) -> StatusRules:
+        """The batch status rules in force."""
+        return self._state.statuses
+
+    def set_statuses(self, **changes: Any) -> StatusRules:
+        """Change the named batch status rules, keep the others; a bad one raises ``ValueError``."""
+        self._state.statuses = self._state.statuses.changed(**changes)
+        return self._state.statuses
 
     def learn_labels(self, account: str, label_ids: Iterable[str]) -> frozenset[str]:
         """Add label ids to those ``account`` knows (as if created in the console now); returns

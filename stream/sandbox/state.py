@@ -7,6 +7,7 @@ from stream.sandbox.config import SandboxConfig
 from stream.sandbox.faults import Injector
 from stream.sandbox.ledger import Ledger, Stats
 from stream.sandbox.rules import Rules
+from stream.sandbox.statuses import StatusRules
 
 __all__ = ["State"]
 
@@ -23,6 +24,7 @@ class State:
     rules: Rules
     faults: Injector
     ledger: Ledger
+    statuses: StatusRules
 
     def __init__(self, config: SandboxConfig, clock: Clock) -> None:
         self.config = config
@@ -34,6 +36,7 @@ class State:
         self.rules = Rules(self.config)
         self.faults = Injector(self.config.faults, seed=self.config.seed, clock=self.clock)
         self.ledger = Ledger()
+        self.statuses = self.config.statuses
 
     def stats(self) -> Stats:
         """The ledger's counters, with each account's token use from the rules."""

@@ -109,6 +109,10 @@ def test_every_setting_the_chart_owns_reaches_the_config_map(helm: Helm) -> None
         "DCR_SHUTDOWN_TIMEOUT_S",
         "DCR_LOG_LEVEL",
         "DCR_MAX_BUFFERED_RECORDS",
+        "DCR_RECONCILE",
+        "DCR_STATUS_DELAY_S",
+        "DCR_STATUS_REQUESTS_PER_MINUTE",
+        "DCR_STATUS_GIVE_UP_S",
     }
     loaded = load(_service_env(manifests))
     assert loaded.allowed_label_ids == {

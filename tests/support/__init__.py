@@ -12,6 +12,8 @@ Nothing here imports from a test module or from ``bench/``.
 - ``sandbox``: the API stand-in in the test's loop (``sandbox_factory``) or on a thread of its own
   (``sandbox_thread``).
 - ``service``: ``dcr-stream run`` as a process (``service_factory``), its log, port and metrics.
+- ``statuses``: events to receivers the sandbox reports failed, and the outcomes the service
+  reported for them (reconciliation; plain helpers, no fixtures).
 - ``helm``: the chart tests' helm binary and renders.
 
 The benchmarks import from here (``bench`` runs from the repository root, where ``tests`` is a

@@ -138,8 +138,14 @@ class Service(Child):
         return entries
 
     def joined(self) -> bool:
-        """It was assigned partitions (or none) by its group; fails if it has exited."""
-        return self.alive() and any(e["message"].startswith("assigned") for e in self.lines())
+        """Its input consumer was assigned partitions (or none) by its group; fails if it has
+        exited. The reconciler's consumer logs its own assignments (of the receipts topic) alike."""
+        topics = self.settings.get("kafka_topics", "call-intents").split(",")
+        return self.alive() and any(
+            message == "assigned nothing" or any(f"{t.strip()}[" in message for t in topics)
+            for message in (e["message"] for e in self.lines())
+            if message.startswith("assigned ")
+        )
 
     def signal(self, sig: int) -> None:
         if sig != signal.SIGKILL:

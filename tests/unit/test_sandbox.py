@@ -151,8 +151,10 @@ async def test_v1_batch_is_accepted_and_recorded_normalised(
         v1(clock, receiver="919800000002"),
     ]
     answer = await post(session, sandbox, records)
-    assert (answer.status, answer.body) == (200, {})
     accepted = sandbox.accepted()
+    # v1 names its batch only in the message text.
+    message = f"Records Uploaded Successfully. BatchID: {accepted[0].batch_id}"
+    assert (answer.status, answer.body) == (200, {"message": message})
     assert [r.caller for r in accepted] == ["918040001000", "918040001000"]
     assert accepted[0].label_name == "Delivery"
     assert accepted[0].call_reason == "Your order ships"

@@ -91,6 +91,7 @@ def test_asyncapi_lists_every_code_stage_and_field() -> None:
         "validate",
         "expired",
         "api",
+        "status",
     ]
     fields = items(block(block(headers, dlq.ERROR_FIELD), "enum"))
     assert fields == ["", *(f.name for f in msgspec.structs.fields(CallIntent))]

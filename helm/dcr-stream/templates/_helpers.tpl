@@ -82,6 +82,10 @@ value for, but never replace one it has.
   "DCR_HTTP_PORT" (toString (int64 .Values.httpPort))
   "DCR_SHUTDOWN_TIMEOUT_S" (toString (int64 .Values.shutdownTimeoutSeconds))
   "DCR_LOG_LEVEL" .Values.logLevel
+  "DCR_RECONCILE" .Values.reconcile.mode
+  "DCR_STATUS_DELAY_S" (printf "%g" (float64 .Values.reconcile.statusDelaySeconds))
+  "DCR_STATUS_REQUESTS_PER_MINUTE" (printf "%g" (float64 .Values.reconcile.statusRequestsPerMinute))
+  "DCR_STATUS_GIVE_UP_S" (printf "%g" (float64 .Values.reconcile.statusGiveUpSeconds))
 }}
 {{- with $kafka.highPriorityTopics }}
 {{- $_ := set $settings "DCR_KAFKA_HIGH_PRIORITY_TOPICS" (join "," .) }}

@@ -1,0 +1,726 @@
+"""After the 200: each accepted batch's status, record by record (docs/design.md#reconciliation).
+
+The batch endpoint is asynchronous: its 200 means "queued". Whether each record reached a phone is
+known later, from the batch status endpoint. The ``Reconciler`` is the service's last step, off the
+input path::
+
+    receipts topic (kind ``accepted`` / ``recheck``), group ``<DCR_KAFKA_GROUP_ID>.reconcile``
+    → wait until ``sent_at_ms + DCR_STATUS_DELAY_S`` (a recheck: until its ``check_at_ms``)
+    → fetch the batch status (its own per-token budget, ``StatusBudget``; retried with backoff)
+    → read the original events at the receipt's source offsets (``OriginalReader``)
+    → match each status to its event by (caller, receiver, label, starts_at)
+    → failed records to the DLQ (stage ``status``), then one ``outcome`` receipt for the final
+      ones, and one ``recheck`` receipt for those still pending, each acknowledged by Kafka
+    → commit the receipt's offset (the finished prefix of each receipts partition)
+
+Its memory is Kafka: a receipt is committed only after everything it led to was acknowledged, so a
+crash (``kill -9`` included) or a rebalance re-processes it (at-least-once: an outcome may be
+reported twice, never lost). A status still pending is not waited for in memory: it is written
+back as a ``recheck`` receipt and the receipt that found it is committed, so a slow batch never
+holds back the commits of the receipts after it. Its own ``outcome`` receipts are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from stream.api import ApiClient, RecordStatus, StatusAnswer
+from stream.consumer import ConsumerThread
+from stream.delivery import Backoff
+from stream.dlq import DeadLetterProducer
+from stream.errors import AuthError, DeadLetterError, ReceiptError
+from stream.metrics import Counts, status_class
+from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
+from stream.quota import Slots
+from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
+from stream.tokens import Secret, Tokens
+from stream.validation import CODES, Rejection
+
+__all__ = [
+    "OriginalReader",
+    "Reconciler",
+    "StatusBudget",
+    "Verdict",
+    "classify",
+    "match",
+]
+
+_log = logging.getLogger("stream.reconcile")
+
+Status = Literal["delivered", "failed", "pending"]
+
+_DELIVERED = frozenset({"success", "successful", "delivered", "pushed", "sent", "completed"})
+_PENDING = frozenset({"", "pending", "processing", "queued", "in_progress", "accepted", "new"})
+_FAILED = frozenset({"failed", "failure", "error", "rejected", "not_delivered", "undelivered"})
+_REASONS = (
+    # (words in the status's reason or message, code): the first that matches wins.
+    (("not a truecaller user", "not truecaller user", "non truecaller"), "not_truecaller_user"),
+    (("os not supported", "android only", "unsupported os"), "os_not_supported"),
+    (("app version",), "app_version_not_supported"),
+    (("failed to push", "push failed", "unreachable"), "push_failed"),
+    (("invalid",), "invalid_input"),
+)
+
+_FETCH_ATTEMPTS = 5
+"""Status requests tried in a row for one receipt before it is written back as a recheck."""
+
+_RECHECK_CAP_S = 300.0
+"""The longest wait between two looks at a pending status (the first waits DCR_STATUS_DELAY_S,
+each next one twice as long)."""
+
+_READ_IDLE_S = 10.0
+"""Reading originals gives up on offsets not seen for this long (deleted by retention)."""
+
+_READ_POLL_S = 0.05
+"""The longest a read waits for the next fetched message before it looks again."""
+
+_MAX_RECEIPTS = 20_000
+"""Receipts taken and not yet finished, beyond which the receipts partitions pause."""
+
+_COMMIT_INTERVAL_S = 1.0
+_RETRY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One record's status as the reconciler reads it."""
+
+    status: Status
+    code: str | None = None
+    """For ``failed``: a code of stage ``status``."""
+    message: str | None = None
+
+
+def classify(record: RecordStatus) -> Verdict:
+    """A status entry's verdict (docs/api.md#batch-status). The API documents the failure
+    reasons, not their wording: a failure is coded by the words of its reason or message, and
+    ``unknown_status`` when none fits; an unrecognised status word is a failure if its words name a
+    reason, else still pending (it ends as ``unknown_status`` after ``DCR_STATUS_GIVE_UP_S``)."""
+    info = record.status_info
+    status = info.status.strip().lower().replace(" ", "_")
+    message = info.message or info.reason
+    if status in _DELIVERED:
+        return Verdict("delivered", message=message)
+    words = " ".join(filter(None, (info.reason, info.message, info.status)))
+    words = words.lower().replace("_", " ")
+    code = next((c for keys, c in _REASONS if any(k in words for k in keys)), None)
+    if status in _FAILED:
+        return Verdict("failed", code or "unknown_status", message)
+    if status in _PENDING or code is None:
+        return Verdict("pending", message=message)
+    return Verdict("failed", code, message)
+
+
+# -- matching ------------------------------------------------------------------------------------
+
+
+class _Original(msgspec.Struct):
+    """The fields of a call intent a status is matched on (the rest is ignored)."""
+
+    caller: str = ""
+    receiver: str = ""
+    label_id: str = ""
+    starts_at: int = 0
+
+
+_original = msgspec.json.Decoder(_Original)
+
+Key = tuple[str, str, str, int]
+
+
+def _digits(number: str | None) -> str:
+    return "".join(c for c in number or "" if c.isdigit())
+
+
+def _millis(value: int | str | None) -> int:
+    """``starts_at`` as epoch milliseconds: a number (seconds if plainly so), digits, or ISO."""
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            value = int(value.strip())
+        else:
+            with contextlib.suppress(ValueError):
+                return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+            return -1
+    if value is None:
+        return -1
+    return value * 1000 if 0 < value < 100_000_000_000 else value
+
+
+def original_key(value: bytes | None) -> Key | None:
+    """The match key of an original event's value; None if it cannot be read."""
+    try:
+        event = _original.decode(value or b"")
+    except msgspec.DecodeError:
+        return None
+    return (
+        _digits(event.caller),
+        _digits(event.receiver),
+        event.label_id.strip().lower(),
+        event.starts_at,
+    )
+
+
+def status_key(record: RecordStatus) -> Key:
+    return (
+        _digits(record.caller_number or record.caller),
+        _digits(record.receiver_number or record.receiver),
+        (record.label_id or "").strip().lower(),
+        _millis(record.starts_at),
+    )
+
+
+def match(
+    originals: list[Message], statuses: list[RecordStatus]
+) -> tuple[list[tuple[Message, RecordStatus | None]], int]:
+    """Pair each original with its status by (caller, receiver, label, starts_at); equal keys pair
+    in order. What is left on both sides pairs in order too (the API lists a batch's records as
+    they were sent); an original without a status gets None (not listed yet: pending). Returns the
+    pairs and how many statuses matched no original."""
+    by_key: dict[Key, list[RecordStatus]] = {}
+    for status in statuses:
+        by_key.setdefault(status_key(status), []).append(status)
+    pairs: list[tuple[Message, RecordStatus | None]] = []
+    unmatched: list[int] = []
+    for message in originals:
+        found = by_key.get(original_key(message.value()) or ("", "", "", -1))
+        if found:
+            pairs.append((message, found.pop(0)))
+        else:
+            unmatched.append(len(pairs))
+            pairs.append((message, None))
+    left = [status for group in by_key.values() for status in group]
+    left.sort(key=statuses.index)
+    for index in unmatched:
+        if left:
+            pairs[index] = (pairs[index][0], left.pop(0))
+    return pairs, len(left)
+
+
+# -- the status budget ----------------------------------------------------------------------------
+
+
+class StatusBudget:
+    """Status requests on the account's tokens, ``DCR_STATUS_REQUESTS_PER_MINUTE`` per token, paced
+    apart from the batch quota: a status request never takes a batch request's slot
+    (docs/design.md#reconciliation). Only tokens this process holds are used, so the budget holds
+    across replicas as the batch quota does (docs/design.md#scaling)."""
+
+    def __init__(self, tokens: Tokens, requests_per_minute: float) -> None:
+        self._tokens = tokens
+        self._rpm = requests_per_minute
+        self._slots: dict[Secret, tuple[float, Slots]] = {}
+        """Per token: the share of its rate this process holds, and its status slots."""
+
+    def __repr__(self) -> str:
+        return f"StatusBudget(requests_per_minute={self._rpm})"
+
+    async def take(self, account: str) -> str:
+        """A token to ask about a batch on, once its status budget has a slot; ``AuthError`` if
+        the account has no token."""
+        loop = asyncio.get_running_loop()
+        while True:
+            held = self._tokens.pool(account).usable()
+            if not held:
+                await self._tokens.get(account)
+                continue
+            now = loop.time()
+            waits = [(self._slots_of(h.token, h.share).wait_s(now), h.token) for h in held]
+            wait_s, token = min(waits, key=lambda w: w[0])
+            if wait_s <= 0:
+                self._slots[token][1].take(now)
+                return token.reveal()
+            await asyncio.sleep(wait_s)
+
+    def _slots_of(self, token: Secret, share: float) -> Slots:
+        """A token's status slots at ``share`` of the budget (a static token shared by more slots
+        than this process holds: docs/design.md#scaling); its history outlives a new share."""
+        known = self._slots.get(token)
+        if known is None or known[0] != share:
+            sent = known[1].sent if known is not None else None
+            known = self._slots[token] = (share, Slots.per_minute(self._rpm * share, sent))
+        return known[1]
+
+
+# -- the originals ---------------------------------------------------------------------------------
+
+
+class OriginalReader:
+    """Reads input records back at given offsets: a consumer of no group's (assign and seek, never
+    a commit), one read at a time on a worker thread."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._consumer = Consumer(
+            {
+                **config,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                # The records asked for exist: a fetch need not wait for more to arrive.
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._lock = asyncio.Lock()
+        self._reading = threading.Lock()
+        """Held by the thread that reads: a read cancelled on the loop goes on until it sees
+        ``_closed``, and the consumer is closed only after it."""
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return "OriginalReader()"
+
+    async def read(self, positions: Iterable[tuple[str, int, int]]) -> list[Message]:
+        """The records at ``positions``, in the order given; any that could not be read (deleted
+        by retention) are left out."""
+        wanted = list(positions)
+        async with self._lock:
+            found = await asyncio.to_thread(self._read, wanted)
+        return [found[p] for p in wanted if p in found]
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._reading, contextlib.suppress(Exception):
+            self._consumer.close()
+
+    def _read(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
+        with self._reading:
+            if self._closed:
+                return {}
+            return self._read_held(wanted)
+
+    def _read_held(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
+        want = set(wanted)
+        bounds: dict[TopicPartitionKey, tuple[int, int]] = {}
+        for topic, partition, offset in wanted:
+            low, high = bounds.get((topic, partition), (offset, offset))
+            bounds[(topic, partition)] = (min(low, offset), max(high, offset))
+        self._consumer.assign([TopicPartition(t, p, low) for (t, p), (low, _) in bounds.items()])
+        found: dict[tuple[str, int, int], Message] = {}
+        open_ = set(bounds)
+        idle_since = time.monotonic()
+        while open_ and not self._closed and time.monotonic() - idle_since < _READ_IDLE_S:
+            for message in self._fetched():
+                topic, partition = message.topic() or "", message.partition() or 0
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        open_.discard((topic, partition))
+                    else:
+                        _log.warning("reading originals: %s", error)
+                    continue
+                idle_since = time.monotonic()
+                position = (topic, partition, message.offset() or 0)
+                if position in want:
+                    found[position] = message
+                if position[2] >= bounds[(topic, partition)][1]:
+                    open_.discard((topic, partition))
+        self._consumer.unassign()
+        return found
+
+    def _fetched(self) -> list[Message]:
+        """What has arrived, else the first message within a short wait: ``consume(n, t)`` would
+        wait for ``n`` messages or all of ``t`` (see ``stream.consumer``)."""
+        messages = self._consumer.consume(500, 0)
+        if messages:
+            return messages
+        first = self._consumer.poll(_READ_POLL_S)
+        return [] if first is None else [first, *self._consumer.consume(499, 0)]
+
+
+# -- the reconciler ------------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Consumes the receipts topic in a group of its own and reports every record's outcome
+    (see the module's docstring). ``start``, then ``close`` on the way out."""
+
+    def __init__(
+        self,
+        *,
+        consumer_config: Mapping[str, Any],
+        admin_config: Mapping[str, Any],
+        topic: str,
+        group_id: str,
+        client: ApiClient,
+        receipts: Receipts,
+        dlq: DeadLetterProducer,
+        delay_s: float,
+        give_up_s: float,
+        requests_per_minute: float,
+        backoff: Backoff,
+        counts: Counts,
+        loop: asyncio.AbstractEventLoop,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        rng: random.Random | None = None,
+        like_topic: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self._consumer_config = {
+            **consumer_config,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+        self._reader_config = {**consumer_config, "group.id": f"{group_id}.reader"}
+        self._admin_config = dict(admin_config)
+        self._client = client
+        self._receipts = receipts
+        self._dlq = dlq
+        self._delay_ms = int(delay_s * 1000)
+        self._give_up_ms = int(give_up_s * 1000)
+        self._budget = StatusBudget(client.tokens, requests_per_minute)
+        self._backoff = backoff
+        self.counts = counts
+        self._loop = loop
+        self._wall_ms = wall_ms
+        self._rng = rng or random.Random()
+        self._like_topic = like_topic
+        """A missing receipts topic is created with as many partitions as this one has."""
+        self._tracker = OffsetTracker()
+        self._tasks: dict[TopicPartitionKey, dict[asyncio.Task[None], int]] = {}
+        """Per receipts partition, each receipt's task and its ``sent_at_ms`` (for the lag)."""
+        self.finished = 0
+        """Receipts finished since start (the consumer thread reads it, for backpressure)."""
+        self._consumer: ConsumerThread | None = None
+        self._reader: OriginalReader | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._decoder = msgspec.json.Decoder(Receipt)
+        self._dlq_logged_at = 0.0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Reconciler(topic={self.topic!r})"
+
+    # -- life ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make sure the receipts topic exists, then join the group (on the consumer's thread)."""
+        await asyncio.to_thread(self._ensure_topic)
+        self._reader = OriginalReader(self._reader_config)
+        self._consumer = ConsumerThread(
+            self._consumer_config,
+            [self.topic],
+            loop=self._loop,
+            on_messages=self._on_messages,
+            on_assign=self._tracker.assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+            finished=lambda: self.finished,
+            max_buffered=_MAX_RECEIPTS,
+        )
+        self._consumer.start()
+        self._committer = self._loop.create_task(self._commit_every())
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop reconciling: what is unfinished is left to the next owner of its receipts (which
+        reads them again), what is finished is committed, then the group is left."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            self._committer.cancel()
+        for tasks in self._tasks.values():
+            for task in tasks:
+                task.cancel()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._commit(), timeout_s)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._consumer.close()), timeout_s)
+        if self._reader is not None:
+            await self._reader.close()
+
+    def lag_s(self) -> float:
+        """Seconds since the oldest receipt in hand was accepted (0 when none is in hand)."""
+        oldest = min((t for tasks in self._tasks.values() for t in tasks.values()), default=None)
+        return 0.0 if oldest is None else max(0.0, (self._wall_ms() - oldest) / 1000)
+
+    def in_hand(self) -> int:
+        return sum(len(tasks) for tasks in self._tasks.values())
+
+    def _ensure_topic(self) -> None:
+        admin = AdminClient(self._admin_config)
+        try:
+            existing = admin.list_topics(self.topic, timeout=30).topics.get(self.topic)
+            if existing is not None and existing.error is None:
+                return
+            partitions = 1
+            if self._like_topic is not None:
+                like = admin.list_topics(self._like_topic, timeout=30).topics.get(self._like_topic)
+                if like is not None and like.error is None:
+                    partitions = max(1, len(like.partitions))
+            topic = NewTopic(self.topic, num_partitions=partitions)
+            admin.create_topics([topic])[self.topic].result(30)
+            _log.info("reconcile: created %s with %d partitions", self.topic, partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                _log.warning("reconcile: cannot make sure %s exists: %s", self.topic, exc)
+
+    # -- receipts in -------------------------------------------------------------------------------
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        for message in messages:
+            topic = message.topic() or ""
+            ticket = self._tracker.receive(topic, message.partition() or 0, message.offset() or 0)
+            if ticket is None:
+                continue
+            try:
+                receipt = self._decoder.decode(message.value() or b"")
+            except msgspec.DecodeError as exc:
+                _log.warning("reconcile: not a receipt at %s: %s", ticket, exc)
+                self._done(ticket)
+                continue
+            if receipt.kind in ("outcome", "single"):
+                self._done(ticket)  # its own output, or final at its 2xx
+                continue
+            if receipt.batch_id is None:
+                _log.warning(
+                    "reconcile: a receipt of %d records of %s has no batch id; not reconciled",
+                    receipt.records,
+                    receipt.account,
+                )
+                self.counts.bump(
+                    self.counts.reconciled, ("unreconciled", "no_batch_id"), receipt.records
+                )
+                self._done(ticket)
+                continue
+            task = self._loop.create_task(self._reconcile(ticket, receipt))
+            self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
+            task.add_done_callback(functools.partial(self._untrack, ticket.tp))
+
+    def _untrack(self, tp: TopicPartitionKey, task: asyncio.Task[None]) -> None:
+        self._tasks.get(tp, {}).pop(task, None)
+
+    def _done(self, ticket: Ticket) -> None:
+        self._tracker.finish(ticket)
+        self.finished += 1
+
+    async def _on_revoke(self, tps: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Give up receipts partitions: their receipts in hand are dropped (the next owner reads
+        them again), what is finished is committed."""
+        self._drop(tps)
+        positions = self._tracker.to_commit(tps)
+        self._tracker.forget(tps)
+        return positions
+
+    def _on_lost(self, tps: list[TopicPartitionKey]) -> None:
+        self._drop(tps)
+        self._tracker.forget(tps)
+
+    def _drop(self, tps: list[TopicPartitionKey]) -> None:
+        """Cancel the receipts in hand of these partitions; they leave the backpressure count as
+        if finished (they are no longer ours: the next owner reads them again)."""
+        for tp in tps:
+            for task in self._tasks.pop(tp, {}):
+                if not task.done():
+                    task.cancel()
+                    self.finished += 1
+
+    async def _commit_every(self) -> None:
+        while True:
+            await asyncio.sleep(_COMMIT_INTERVAL_S)
+            try:
+                await self._commit()
+            except Exception:
+                _log.exception("reconcile: periodic commit failed")
+
+    async def _commit(self) -> None:
+        assert self._consumer is not None
+        positions = self._tracker.to_commit()
+        if positions:
+            self._tracker.committed(await self._consumer.commit(positions))
+
+    # -- one receipt -------------------------------------------------------------------------------
+
+    async def _reconcile(self, ticket: Ticket, receipt: Receipt) -> None:
+        """Wait, ask, match, report; finish the receipt once every write was acknowledged."""
+        try:
+            due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
+            give_up_ms = receipt.sent_at_ms + self._give_up_ms
+            wait_ms = min(due_ms, give_up_ms) - self._wall_ms()
+            if wait_ms > 0:
+                await asyncio.sleep(wait_ms / 1000)
+            answer = await self._fetch(receipt)
+            assert self._reader is not None
+            originals = await self._reader.read(offsets_of(receipt.sources))
+            if len(originals) < receipt.records:
+                _log.warning(
+                    "reconcile: batch %s: %d of its %d records could not be read back",
+                    receipt.batch_id,
+                    receipt.records - len(originals),
+                    receipt.records,
+                )
+            verdicts = self._verdicts(receipt, answer, originals)
+            await self._report(receipt, verdicts)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a state of the world: the receipt stays unfinished (never committed past)
+            # and is read again after a restart.
+            _log.exception("reconcile: batch %s failed; left for a restart", receipt.batch_id)
+            return
+        self._done(ticket)
+
+    async def _fetch(self, receipt: Receipt) -> StatusAnswer:
+        """The batch's status: a 2xx answer, or after ``_FETCH_ATTEMPTS`` failures the last one
+        (its records are then still pending: written back as a recheck)."""
+        assert receipt.batch_id is not None
+        answer = StatusAnswer(0, error="not asked")
+        for attempt in range(1, _FETCH_ATTEMPTS + 1):
+            try:
+                token = await self._budget.take(receipt.account)
+            except AuthError as exc:
+                answer = StatusAnswer(0, error=str(exc))
+            else:
+                answer = await self._client.get_batch_status(
+                    receipt.account, receipt.batch_id, token
+                )
+                klass = status_class(answer.status)
+                self.counts.bump(self.counts.status_requests, (receipt.account, klass))
+            if answer.batch is not None or answer.status == 404:
+                return answer
+            if attempt < _FETCH_ATTEMPTS:
+                delay = self._backoff.delay(attempt, answer.retry_after_s, self._rng)
+                await asyncio.sleep(delay)
+        _log.warning(
+            "reconcile: status of batch %s not had after %d attempts (%s %s); asking again later",
+            receipt.batch_id,
+            _FETCH_ATTEMPTS,
+            answer.status,
+            answer.error,
+        )
+        return answer
+
+    def _verdicts(
+        self, receipt: Receipt, answer: StatusAnswer, originals: list[Message]
+    ) -> list[tuple[Message, Verdict, str | None]]:
+        statuses = answer.batch.data if answer.batch is not None else []
+        pairs, extra = match(originals, statuses)
+        if extra:
+            _log.warning(
+                "reconcile: batch %s lists %d records not matched to its events",
+                receipt.batch_id,
+                extra,
+            )
+        given_up = self._wall_ms() >= receipt.sent_at_ms + self._give_up_ms
+        verdicts = []
+        for message, status in pairs:
+            verdict = classify(status) if status is not None else Verdict("pending")
+            if verdict.status == "pending" and given_up:
+                why = verdict.message or answer.error or "not listed in the batch status"
+                verdict = Verdict(
+                    "failed", "unknown_status", f"no final status after the give-up time: {why}"
+                )
+            record_id = None if status is None or status.id is None else str(status.id)
+            verdicts.append((message, verdict, record_id))
+        return verdicts
+
+    async def _report(
+        self, receipt: Receipt, verdicts: list[tuple[Message, Verdict, str | None]]
+    ) -> None:
+        """1. dead letters for the failed records, 2. the outcome receipt for the final ones,
+        3. a recheck receipt for the pending ones; each acknowledged before the next step."""
+        failed = [(m, v) for m, v, _ in verdicts if v.status == "failed"]
+        await asyncio.gather(*(self._dead_letter(m, v) for m, v in failed))
+        final = [(m, v, i) for m, v, i in verdicts if v.status != "pending"]
+        pending = [m for m, v, _ in verdicts if v.status == "pending"]
+        if final:
+            outcomes = [
+                Outcome(
+                    topic=m.topic() or "",
+                    partition=m.partition() or 0,
+                    offset=m.offset() or 0,
+                    status="delivered" if v.status == "delivered" else "failed",
+                    code=v.code,
+                    message=v.message,
+                    id=i,
+                )
+                for m, v, i in final
+            ]
+            await self._write(
+                msgspec.structs.replace(
+                    receipt,
+                    kind="outcome",
+                    records=len(outcomes),
+                    sources=_sources(m for m, _, _ in final),
+                    outcomes=outcomes,
+                    check_at_ms=0,
+                    attempt=0,
+                )
+            )
+            for _, verdict, _ in final:
+                key = (verdict.status, verdict.code or "")
+                self.counts.bump(self.counts.reconciled, key)
+        if pending:
+            attempt = receipt.attempt + 1
+            wait_ms = int(min(_RECHECK_CAP_S * 1000, self._delay_ms * 2**attempt))
+            check_at = min(self._wall_ms() + wait_ms, receipt.sent_at_ms + self._give_up_ms)
+            await self._write(
+                msgspec.structs.replace(
+                    receipt,
+                    kind="recheck",
+                    records=len(pending),
+                    sources=_sources(pending),
+                    outcomes=[],
+                    check_at_ms=check_at,
+                    attempt=attempt,
+                )
+            )
+            self.counts.rechecks += len(pending)
+
+    async def _dead_letter(self, message: Message, verdict: Verdict) -> None:
+        code = verdict.code or "unknown_status"
+        rejection = Rejection(
+            code=code, field=None, message=verdict.message or CODES[code], stage="status"
+        )
+        attempt = 0
+        while True:
+            try:
+                await self._dlq.send(message, rejection)
+                break
+            except DeadLetterError as exc:
+                attempt += 1
+                self.counts.dlq_write_failures += 1
+                self._log_write_failure(exc, attempt)
+                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
+        self.counts.bump(self.counts.dead_lettered, (code, "status"))
+
+    async def _write(self, receipt: Receipt) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._receipts.send(receipt)
+                return
+            except ReceiptError as exc:
+                attempt += 1
+                self._log_write_failure(exc, attempt)
+                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
+
+    def _log_write_failure(self, exc: Exception, attempt: int) -> None:
+        now = time.monotonic()
+        if now - self._dlq_logged_at >= 5.0:
+            self._dlq_logged_at = now
+            _log.error("reconcile: %s; retry %d", exc, attempt)
+
+
+def _sources(messages: Iterable[Message]) -> dict[str, list[Range]]:
+    return offset_ranges((m.topic() or "", m.partition() or 0, m.offset() or 0) for m in messages)

@@ -1,0 +1,508 @@
+"""Batch statuses without a broker: the sandbox's status endpoints on a manual clock, the client's
+``get_batch_status``, the verdicts and the matching, and ``dcr-stream status``
+(docs/design.md#reconciliation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any, cast
+
+import aiohttp
+import msgspec
+import pytest
+
+from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
+from stream.api import StatusInfo as Info
+from stream.cli import main
+from stream.delivery import Backoff
+from stream.dlq import DeadLetterProducer
+from stream.metrics import Counts
+from stream.receipts import Receipt, Receipts, offset_ranges
+from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
+from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
+from stream.sandbox.statuses import parse_failure
+from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
+from stream.validation import Rejection
+from tests.support.sandbox import SandboxFactory, SandboxThread
+
+ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
+LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
+TOKEN = "static-test-token"
+HOUR_MS = 3_600_000
+BATCH = "0d3f5a4e-1c2b-4e6f-8a9b-7c6d5e4f3a2b"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def record(clock: ManualClock, receiver: str, version: str) -> dict[str, Any]:
+    now_ms = int(clock.time() * 1000)
+    numbers = ("caller", "receiver") if version == "v1" else ("caller_number", "receiver_number")
+    return {
+        numbers[0]: "918040001000",
+        numbers[1]: receiver,
+        "label_id": LABEL,
+        "starts_at": now_ms,
+        "ends_at": now_ms + HOUR_MS,
+    }
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    clock: ManualClock,
+    receivers: list[str],
+    version: str,
+) -> str:
+    """Post one batch; its batch id, as the client reads it from either version's answer."""
+    prefix = "/v2" if version == "v2" else ""
+    body = {"call_records": [record(clock, r, version) for r in receivers]}
+    async with session.post(
+        f"{sandbox.url}{prefix}/clients/{ACCOUNT}/dynamic_call_records",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as response:
+        assert response.status == 200
+        batch_id = parse_batch_id(await response.read())
+    assert batch_id is not None
+    return batch_id
+
+
+async def status(
+    session: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    batch_id: str,
+    version: str,
+    token: str = TOKEN,
+) -> tuple[int, Any]:
+    prefix = "/v2" if version == "v2" else ""
+    async with session.get(
+        f"{sandbox.url}{prefix}/clients/{ACCOUNT}/dynamic_call_records",
+        params={"batchId": batch_id},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        return response.status, msgspec.json.decode(await response.read())
+
+
+@pytest.fixture
+async def sandbox(sandbox_factory: SandboxFactory, clock: ManualClock) -> Sandbox:
+    rules = StatusRules(
+        failures=(("+9199", "not_truecaller_user"), ("9197", "push_failed")),
+        pending_s=30,
+        pending_prefix="9196",
+    )
+    return await sandbox_factory(SandboxConfig(static_token=TOKEN, statuses=rules), clock=clock)
+
+
+# -- the sandbox's endpoints ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_each_record_has_its_status_by_the_rules(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock, version: str
+) -> None:
+    receivers = ["919800000001", "919900000002", "919700000003", "919600000004"]
+    batch_id = await send(session, sandbox, clock, receivers, version)
+
+    code, body = await status(session, sandbox, batch_id, version)
+
+    assert code == 200
+    assert (body["client_account_id"], body["batch_id"]) == (ACCOUNT, batch_id)
+    number = "receiver" if version == "v1" else "receiver_number"
+    assert [entry[number] for entry in body["data"]] == receivers
+    assert [entry["status_info"]["status"] for entry in body["data"]] == [
+        "success",
+        "failed",
+        "failed",
+        "pending",
+    ]
+    assert body["data"][1]["status_info"]["message"] == REASONS["not_truecaller_user"]
+    assert len({entry["id"] for entry in body["data"]}) == 4
+    stats = sandbox.stats().accounts[ACCOUNT]
+    assert stats.statuses == {"200": 1}
+    assert stats.requests == {"200": 1}, "a status request is not a batch request"
+
+
+async def test_a_pending_record_is_final_once_its_time_is_up(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919600000001"], "v2")
+
+    clock.advance(29)
+    _, before = await status(session, sandbox, batch_id, "v2")
+    clock.advance(1)
+    _, after = await status(session, sandbox, batch_id, "v2")
+
+    assert before["data"][0]["status_info"]["status"] == "pending"
+    assert after["data"][0]["status_info"]["status"] == "success"
+
+
+async def test_unknown_batch_no_batch_id_and_bad_token(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919800000001"], "v2")
+
+    assert (await status(session, sandbox, BATCH, "v2"))[0] == 404
+    assert (await status(session, sandbox, "", "v2"))[0] == 400
+    assert (await status(session, sandbox, batch_id, "v2", token="nope"))[0] == 401
+
+
+async def test_the_rules_change_while_it_runs(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919500000001"], "v2")
+    async with session.post(
+        f"{sandbox.url}/_sandbox/statuses",
+        json={"failures": [["9195", "os_not_supported"]]},
+    ) as response:
+        assert response.status == 200
+    async with session.post(
+        f"{sandbox.url}/_sandbox/statuses", json={"failures": [["9195", "no_such_reason"]]}
+    ) as response:
+        assert response.status == 400
+
+    _, body = await status(session, sandbox, batch_id, "v2")
+
+    assert body["data"][0]["status_info"]["status"] == "failed"
+    assert sandbox.statuses.failures == (("9195", "os_not_supported"),)
+    assert sandbox.set_statuses(failures=[]).failures == ()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_the_client_reads_a_batch_status(
+    session: aiohttp.ClientSession, sandbox: Sandbox, clock: ManualClock, version: str
+) -> None:
+    batch_id = await send(session, sandbox, clock, ["919800000001", "919900000002"], version)
+    client = ApiClient(
+        session,
+        base_url=sandbox.url,
+        version="v2" if version == "v2" else "v1",
+        tokens=StaticToken(Secret(TOKEN)),
+    )
+
+    answer = await client.get_batch_status(ACCOUNT, batch_id, TOKEN)
+    missing = await client.get_batch_status(ACCOUNT, BATCH, TOKEN)
+
+    assert answer.status == 200
+    assert answer.batch is not None
+    verdicts = [classify(r) for r in answer.batch.data]
+    assert verdicts == [
+        Verdict("delivered", message="Record pushed successfully"),
+        Verdict("failed", "not_truecaller_user", REASONS["not_truecaller_user"]),
+    ]
+    assert (missing.status, missing.batch) == (404, None)
+
+
+# -- verdicts and matching ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("info", "verdict"),
+    [
+        (Info("success"), Verdict("delivered")),
+        (Info("pending"), Verdict("pending")),
+        (
+            Info("failed", "Receiver is not a Truecaller user"),
+            Verdict("failed", "not_truecaller_user"),
+        ),
+        (Info("failed", "OS not supported"), Verdict("failed", "os_not_supported")),
+        (
+            Info("FAILED", None, "app_version_not_supported"),
+            Verdict("failed", "app_version_not_supported"),
+        ),
+        (Info("failed", "Failed to push: device unreachable"), Verdict("failed", "push_failed")),
+        (Info("failed", "Invalid input"), Verdict("failed", "invalid_input")),
+        (Info("failed", "something else"), Verdict("failed", "unknown_status")),
+        (Info("not_truecaller_user"), Verdict("failed", "not_truecaller_user")),
+        (Info("mystery"), Verdict("pending")),
+    ],
+)
+def test_a_status_is_read_as_a_verdict(info: Info, verdict: Verdict) -> None:
+    found = classify(RecordStatus(status_info=info))
+    assert (found.status, found.code) == (verdict.status, verdict.code)
+
+
+class _Message:
+    """The part of a consumed message ``match`` reads."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self._value = json.dumps(value).encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_statuses_pair_with_their_events_by_caller_receiver_label_and_start() -> None:
+    events = [
+        _Message({"caller": "+91 80 4000 1000", "receiver": r, "label_id": LABEL, "starts_at": s})
+        for r, s in (("919800000001", 1_000), ("919800000002", 2_000), ("919800000001", 1_000))
+    ]
+
+    def entry(receiver: str, starts_at: int | str, status: str) -> RecordStatus:
+        return RecordStatus(
+            caller_number="918040001000",
+            receiver_number=receiver,
+            label_id=LABEL.upper(),
+            starts_at=starts_at,
+            status_info=Info(status),
+        )
+
+    statuses = [
+        entry("+919800000002", "1970-01-01T00:00:02Z", "failed"),
+        entry("919800000001", 1_000, "success"),
+        entry("919800000001", "1000", "pending"),
+    ]
+
+    pairs, extra = match(events, statuses)  # type: ignore[arg-type]
+
+    assert extra == 0
+    assert [s.status_info.status if s else None for _, s in pairs] == [
+        "success",
+        "failed",
+        "pending",
+    ]
+
+
+def test_unmatched_statuses_pair_in_order_and_a_missing_one_is_none() -> None:
+    events = [_Message({"receiver": f"91980000000{i}"}) for i in range(3)]
+    statuses = [RecordStatus(receiver_number="x", status_info=Info(s)) for s in ("a", "b")]
+
+    pairs, extra = match(events, statuses)  # type: ignore[arg-type]
+
+    assert [s.status_info.status if s else None for _, s in pairs] == ["a", "b", None]
+    assert extra == 0
+
+
+def test_the_v1_batch_id_is_read_from_the_message_text() -> None:
+    v1 = b'{"message": "Records Uploaded Successfully. BatchID: ' + BATCH.encode() + b'"}'
+    assert parse_batch_id(v1) == BATCH
+    assert parse_batch_id(b'{"batch_id": "' + BATCH.encode() + b'"}') == BATCH
+    assert parse_batch_id(b'{"message": "Records Uploaded Successfully."}') is None
+    assert parse_batch_id(b"not json") is None
+
+
+# -- dcr-stream status ----------------------------------------------------------------------------
+
+
+def test_the_status_command_prints_each_record(
+    sandbox_thread: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server: SandboxThread = sandbox_thread(
+        static_token=TOKEN,
+        statuses=StatusRules(failures=(("9199", "not_truecaller_user"),)),
+    )
+    clock = ManualClock()
+    body = {"call_records": [record(clock, r, "v2") for r in ("919800000001", "919900000002")]}
+    answered: list[bytes] = []
+
+    async def post() -> None:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"{server.url}/v2/clients/{ACCOUNT}/dynamic_call_records",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as response,
+        ):
+            answered.append(await response.read())
+
+    worker = threading.Thread(target=lambda: asyncio.run(post()))
+    worker.start()
+    worker.join(30)
+    batch_id = parse_batch_id(answered[0])
+    assert batch_id is not None
+    for name, value in {
+        "DCR_API_BASE_URL": server.url,
+        "DCR_API_TOKEN": TOKEN,
+        "DCR_API_VERSION": "v2",
+        "DCR_CLIENT_ACCOUNT_ID": ACCOUNT,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["status", batch_id]) == 0
+    out = capsys.readouterr().out
+    assert "\tdelivered\t" in out
+    assert "\tfailed:not_truecaller_user\tReceiver is not a Truecaller user" in out
+    assert out.rstrip().endswith("2 records: 1 delivered, 1 failed:not_truecaller_user")
+    assert main(["status", BATCH]) == 1
+
+
+# -- the status budget ----------------------------------------------------------------------------
+
+
+async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = Tokens(StaticTokens([Secret("a"), Secret("b")]), requests_per_minute=60)
+    await tokens.get(ACCOUNT)
+    held = tokens.pool(ACCOUNT).usable()
+    assert len(held) == 2
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+
+    async def tick() -> None:
+        """Virtual time: 10 ms per turn of the loop, so a sleep ends without real waiting."""
+        while True:
+            now[0] += 0.01
+            await asyncio.sleep(0)
+
+    ticker = loop.create_task(tick())
+    budget = StatusBudget(tokens, 30)  # one status request per token every 2 s
+    started = now[0]
+    taken = []
+    try:
+        for _ in range(4):
+            token = await budget.take(ACCOUNT)
+            taken.append((token, round(now[0] - started, 1)))
+    finally:
+        ticker.cancel()
+        await tokens.close()
+
+    assert sorted(taken[:2]) == [("a", 0.0), ("b", 0.0)]
+    assert sorted(token for token, _ in taken[2:]) == ["a", "b"]
+    assert {at for _, at in taken[2:]} == {2.0}  # 0.99 of the 2 s spacing, rounded
+    assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
+
+
+def test_status_rules_refuse_unknown_reasons_and_empty_prefixes() -> None:
+    assert parse_failure("push_failed=+9197") == ("+9197", "push_failed")
+    for bad in ("pushed=9197", "push_failed=", "push_failed=+"):
+        with pytest.raises(ValueError, match="REASON=PREFIX"):
+            parse_failure(bad)
+    with pytest.raises(ValueError, match="unknown reason"):
+        StatusRules(failures=(("9197", "busy"),))
+    with pytest.raises(ValueError, match="pending_s"):
+        StatusRules().changed(pending_s=-1)
+
+
+def test_the_sandbox_command_refuses_a_bad_failure_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sandbox", "--fail-prefix", "busy=9197"]) == 2
+    assert "REASON=PREFIX" in capsys.readouterr().err
+
+
+# -- one receipt's report ------------------------------------------------------------------------
+
+
+class _Source(_Message):
+    def __init__(self, offset: int, receiver: str) -> None:
+        super().__init__({"caller": "918040001000", "receiver": receiver, "label_id": LABEL})
+        self._offset = offset
+
+    def topic(self) -> str:
+        return "intents"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _Writes:
+    """Stands in for the receipts and dead-letter producers: keeps what was written."""
+
+    def __init__(self) -> None:
+        self.receipts: list[Receipt] = []
+        self.letters: list[tuple[int, Rejection]] = []
+
+    async def send(self, item: Any, rejection: Rejection | None = None) -> None:
+        if rejection is None:
+            self.receipts.append(item)
+        else:
+            self.letters.append((item.offset(), rejection))
+
+
+def _reconciler(writes: _Writes, now_ms: list[int]) -> Reconciler:
+    client = cast(ApiClient, SimpleNamespace(tokens=StaticToken(Secret(TOKEN))))
+    return Reconciler(
+        consumer_config={},
+        admin_config={},
+        topic="intents.receipts",
+        group_id="g.reconcile",
+        client=client,
+        receipts=cast(Receipts, writes),
+        dlq=cast(DeadLetterProducer, writes),
+        delay_s=1.0,
+        give_up_s=10.0,
+        requests_per_minute=30,
+        backoff=Backoff(),
+        counts=Counts(),
+        loop=asyncio.get_running_loop(),
+        wall_ms=lambda: now_ms[0],
+    )
+
+
+async def test_final_records_are_reported_and_pending_ones_written_back() -> None:
+    writes, now_ms = _Writes(), [5_000]
+    reconciler = _reconciler(writes, now_ms)
+    sources = [_Source(7, "919800000001"), _Source(8, "919900000002"), _Source(9, "919600000003")]
+
+    def entry(receiver: str, info: Info) -> RecordStatus:
+        return RecordStatus(
+            caller_number="918040001000",
+            receiver_number=receiver,
+            label_id=LABEL,
+            starts_at=0,
+            status_info=info,
+        )
+
+    statuses = [
+        entry("919800000001", Info("success")),
+        entry("919900000002", Info("failed", REASONS["not_truecaller_user"])),
+        entry("919600000003", Info("pending")),
+    ]
+    receipt = Receipt(
+        account=ACCOUNT,
+        records=3,
+        status=200,
+        batch_id=BATCH,
+        sent_at_ms=0,
+        sources=offset_ranges(("intents", 0, o) for o in (7, 8, 9)),
+    )
+    answer = StatusAnswer(200, BatchStatus(data=statuses))
+
+    verdicts = reconciler._verdicts(receipt, answer, sources)  # type: ignore[arg-type]
+    await reconciler._report(receipt, verdicts)
+
+    assert [(o, r.code, r.stage) for o, r in writes.letters] == [
+        (8, "not_truecaller_user", "status")
+    ]
+    outcome, recheck = writes.receipts
+    assert outcome.kind == "outcome"
+    assert [(o.offset, o.status, o.code) for o in outcome.outcomes] == [
+        (7, "delivered", None),
+        (8, "failed", "not_truecaller_user"),
+    ]
+    assert (outcome.batch_id, outcome.records) == (BATCH, 2)
+    assert (recheck.kind, recheck.records, recheck.attempt) == ("recheck", 1, 1)
+    assert recheck.sources == offset_ranges([("intents", 0, 9)])
+    assert recheck.check_at_ms == 5_000 + 2 * 1_000  # the delay, doubled per look
+    assert reconciler.counts.reconciled == {
+        ("delivered", ""): 1,
+        ("failed", "not_truecaller_user"): 1,
+    }
+
+    now_ms[0] = 10_000  # the give-up time
+    writes.receipts.clear()
+    verdicts = reconciler._verdicts(recheck, answer, sources[2:])  # type: ignore[arg-type]
+    await reconciler._report(recheck, verdicts)
+
+    assert writes.letters[-1][0] == 9
+    assert writes.letters[-1][1].code == "unknown_status"
+    [final] = writes.receipts
+    assert [(o.offset, o.code) for o in final.outcomes] == [(9, "unknown_status")]
