@@ -185,6 +185,10 @@ def test_urgent_records_take_the_single_record_endpoint_within_500_ms(
     assert latencies[-1] <= 500, latencies
     assert metrics['dcr_path_records_delivered_total{path="realtime"}'] == URGENT
     assert metrics['dcr_path_records_delivered_total{path="batch"}'] == BACKLOG
+    # v2 reconciles batch statuses; a realtime record's receipt says it is final ("single").
+    unreconciled = [v for k, v in metrics.items() if "no_batch_id" in k]
+    assert "dcr_reconcile_lag_seconds" in metrics
+    assert sum(unreconciled) == 0, unreconciled
 
 
 def test_with_the_lane_off_high_priority_batches_are_accepted_within_2_s(
