@@ -264,7 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
         "kafka_high_priority_topics",
         lambda v: frozenset(_list(v)) if v.strip() else frozenset(),
         "",
-        "input topics whose every event is high priority (docs/design.md#quota)",
+        "input topics whose every event is high priority, hence urgent; read on while the others "
+        "are paused (a fifth of `DCR_MAX_BUFFERED_RECORDS` is theirs, docs/design.md#backpressure)",
     ),
     Setting(
         "kafka_config",
