@@ -13,9 +13,10 @@ import msgspec
 import pytest
 
 from stream.api import ApiClient
-from stream.batching import Pending
+from stream.batching import Pending, Urgent
 from stream.delivery import Delivery
 from stream.events import Record
+from stream.quota import RealtimeLane
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.tokens import MintedTokens, Secret, StaticToken, Tokens
 from tests.unit.test_delivery import FAST, TOKEN, Recorder, record, session
@@ -229,3 +230,22 @@ async def test_a_full_lane_overflows_to_a_high_priority_batch_and_nothing_is_los
     batches = [batch for batch, response, _ in recorder.batches if response.batch_id is not None]
     assert batches
     assert all(batch.high_priority for batch in batches)
+
+
+def test_a_realtime_pace_per_token_and_share_and_a_second_of_room() -> None:
+    lane: RealtimeLane[int] = RealtimeLane(100)
+    token, other = object(), object()
+    pace = lane.pace(0, token, 1.0)
+    assert lane.pace(0, token, 1.0) is pace
+    assert lane.pace(0, other, 1.0) is not pace  # another token held in that slot: a fresh pace
+    half = lane.pace(0, other, 0.5)
+    assert half.slots is not None
+    assert half.slots.n == 50
+    for now in range(100):
+        assert pace.wait_s(now * 0.0083) == 0
+        pace.take(now * 0.0083)
+    assert pace.wait_s(100 * 0.0083) > 0  # 100 in any rolling 1.02 s
+    assert lane.room()
+    for n in range(100):
+        lane.put(Urgent(Pending(record(n), n), 0.0))
+    assert not lane.room()
