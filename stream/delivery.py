@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -425,11 +426,13 @@ class Delivery(Generic[S]):
             batch.attempt,
             delay,
         )
-        self._spawn(self._requeue(lane, batch, delay))
+        self._spawn(self._later(delay, functools.partial(lane.put, batch, front=True)))
 
-    async def _requeue(self, lane: Lane[S] | RealtimeLane[S], what: Any, delay: float) -> None:
+    @staticmethod
+    async def _later(delay: float, requeue: Callable[[], None]) -> None:
+        """Back to the front of its lane after a retry's backoff."""
         await asyncio.sleep(delay)
-        lane.put(what, front=True)
+        requeue()
 
     # -- the real-time lane (docs/design.md#real-time) ---------------------------------------
 
@@ -558,4 +561,4 @@ class Delivery(Generic[S]):
             urgent.attempt,
             delay,
         )
-        self._spawn(self._requeue(lane, urgent, delay))
+        self._spawn(self._later(delay, functools.partial(lane.put, urgent, front=True)))
