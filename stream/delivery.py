@@ -441,8 +441,7 @@ class Delivery(Generic[S]):
         if lane is None:
             assert self._realtime_rps is not None
             lane = self._realtime[account] = RealtimeLane(self._realtime_rps)
-            held = self._client.tokens.pool(account).held.values()
-            lane.capacity = max(lane.rps, lane.rps * sum(h.share for h in held))
+            lane.size(sum(h.share for h in self._client.tokens.pool(account).held.values()))
             loop = asyncio.get_running_loop()
             lane.task = loop.create_task(self._run_realtime(account, lane))
         return lane
@@ -479,7 +478,7 @@ class Delivery(Generic[S]):
                 pool.want_more()
                 wait_s = 1.0
             else:
-                lane.capacity = max(lane.rps, lane.rps * sum(h.share for h in usable))
+                lane.size(sum(h.share for h in usable))
                 paces = [(h, lane.pace(h.index, h, h.share)) for h in usable]
                 held, pace = min(paces, key=lambda hp: hp[1].wait_s(now))
                 wait_s = pace.wait_s(now)

@@ -219,6 +219,10 @@ class RealtimeLane(Generic[S]):
         self._paces[index] = (token, share, pace)
         return pace
 
+    def size(self, tokens: float) -> None:
+        """The tokens held now (static tokens' shares summed) set how many records may wait."""
+        self.capacity = max(self.rps, self.rps * tokens)
+
     def room(self) -> bool:
         return len(self.queue) < self.capacity
 
