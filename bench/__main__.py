@@ -85,6 +85,8 @@ TARGETS = (
     Target("B2 share of 429s", "B2", lambda r: r["share_429"], 0.01, False),
     Target("B2 mean batch", "B2", lambda r: r["mean_batch"], 495, True),
     Target("B3 p99 ms", "B3", lambda r: r["p99_ms"], 350, False),
+    Target("B3 urgent p99 ms", "B3", lambda r: r["urgent"]["p99_ms"], 500, False),
+    Target("B3 urgent, lane off, p99 ms", "B3", lambda r: r["urgent_batch"]["p99_ms"], 2000, False),
     Target("B4 peak RSS MiB", "B4", lambda r: r["peak_rss_mib"], 200, False),
 )
 
@@ -189,6 +191,13 @@ def render(document: dict[str, Any]) -> str:
             f" | p50 / p90 / **p99** / max | {b3['p50_ms']:.0f} / {b3['p90_ms']:.0f} / "
             f"**{b3['p99_ms']:.0f}** / {b3['max_ms']:.0f} ms |",
         ]
+        for name, how in (("urgent", "single-record endpoint"), ("urgent_batch", "lane off")):
+            if u := b3.get(name):
+                lines.append(
+                    f"| B3 urgent, {b3['urgent_rate_per_s']}/s behind a full batch lane ({how})"
+                    f" | p50 / **p99** / max | {u['p50_ms']:.0f} / **{u['p99_ms']:.0f}** / "
+                    f"{u['max_ms']:.0f} ms |"
+                )
     if b4 := r.get("B4"):
         lines += [
             f"| B4 ({b4['events']:,} events, API down, {b4['seconds']:.0f} s) | **peak RSS** | "

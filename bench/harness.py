@@ -84,9 +84,11 @@ def fill(
     *,
     rate: float | None = None,
     linger_ms: int | None = None,
+    start: int = 0,
 ) -> float:
     """Produce ``count`` valid events (``tests.support.events``) for ``ACCOUNT`` to ``topic``, at
-    most ``rate`` a second; return the seconds it took until Kafka acknowledged them all.
+    most ``rate`` a second; return the seconds it took until Kafka acknowledged them all. Events
+    are numbered from ``start`` (their receivers name them).
 
     Each event's ``starts_at`` is the wall clock when it is made, just before it goes to the
     producer: the produce time B3 measures latency from."""
@@ -102,11 +104,13 @@ def fill(
     producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": report})
     poll = producer.poll
     started = time.monotonic()
-    for n, event in enumerate(events(count, accounts=(ACCOUNT,)), 1):
+    for n, event in enumerate(events(count, start=start, accounts=(ACCOUNT,)), 1):
         produce(producer, topic, event.value, event.key)
         if rate is not None:
-            ahead = started + n / rate - time.monotonic()
-            poll(max(0.0, ahead))
+            # ``poll`` returns early once it served an event (a delivery report, even unreported
+            # ones): wait out the rest, or a trickle runs several times too fast.
+            while (ahead := started + n / rate - time.monotonic()) > 0:
+                poll(ahead)
         elif n % 1000 == 0:
             poll(0)
     left = producer.flush(120)

@@ -8,6 +8,7 @@ never raises for an HTTP status or a transport failure: both come back as a :cla
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import ssl
 import time
@@ -172,7 +173,7 @@ def make_session(
 
 
 class ApiClient:
-    """POSTs batch bodies for an account to the v1 or v2 endpoint."""
+    """POSTs batch bodies, and single records, for an account to the v1 or v2 endpoints."""
 
     def __init__(
         self,
@@ -192,6 +193,10 @@ class ApiClient:
 
     def url(self, account: str) -> str:
         return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_records"
+
+    def record_url(self, account: str) -> str:
+        """The single-record (real-time) endpoint (docs/api.md#single-record)."""
+        return f"{self._base}{self._prefix}/clients/{account}/dynamic_call_record"
 
     async def get_labels(self, account: str, *, page: int, limit: int) -> list[Label] | str:
         """One page of the account's labels (docs/api.md#labels), or why it could not be had.
@@ -231,20 +236,30 @@ class ApiClient:
                 token = await self.tokens.get(account)
             except AuthError as exc:
                 return Response(status=0, error=str(exc)), None
+        response = await self._post(self.url(account), body, token)
+        if response.kind == "ok" and response.body:
+            response = dataclasses.replace(response, batch_id=parse_batch_id(response.body))
+        return response, token
+
+    async def post_record(self, account: str, body: bytes, token: str) -> Response:
+        """Send one record's body to the single-record endpoint on ``token``. It answers
+        synchronously: a 2xx means the record is processed; a 400 says why it is refused."""
+        return await self._post(self.record_url(account), body, token)
+
+    async def _post(self, url: str, body: bytes, token: str) -> Response:
         headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Accept": _ACCEPT,
         }
         try:
-            async with self._session.post(self.url(account), data=body, headers=headers) as r:
+            async with self._session.post(url, data=body, headers=headers) as r:
                 payload = await r.read()
                 retry_after = parse_retry_after(r.headers.get("Retry-After"))
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return Response(status=0, error=f"{type(exc).__name__}: {exc}"), token
-        batch_id = parse_batch_id(payload) if 200 <= status < 300 and payload else None
-        return Response(status, payload, retry_after, batch_id), token
+            return Response(status=0, error=f"{type(exc).__name__}: {exc}")
+        return Response(status, payload, retry_after)
 
     async def get_batch_status(self, account: str, batch_id: str, token: str) -> StatusAnswer:
         """The per-record statuses of one accepted batch (docs/api.md#batch-status), asked on

@@ -150,6 +150,8 @@ class Pipeline:
         self.counts = self.metrics.counts
         self.finished = 0
         """Records delivered or dead-lettered since start; the consumer thread reads it."""
+        self.finished_high = 0
+        """Of those, the records of high-priority topics (their own backpressure bound)."""
         self._progress = asyncio.Event()
         """Set whenever records finish; the bounded waits for draining listen to it."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,6 +214,8 @@ class Pipeline:
             wall_ms=self._wall_ms,
             rng=self._rng,
             metrics=self.metrics,
+            realtime_rps=config.realtime_requests_per_second if config.realtime else None,
+            urgent_within_s=config.urgent_within_s,
         )
         self._labels = LabelGate(
             client,
@@ -255,6 +259,8 @@ class Pipeline:
             on_lost=self.tracker.forget,
             finished=lambda: self.finished,
             max_buffered=config.max_buffered_records,
+            high_topics=config.kafka_high_priority_topics,
+            finished_high=lambda: self.finished_high,
         )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
         http = await self._serve_http(self._consumer)
@@ -408,7 +414,7 @@ class Pipeline:
             assert topic is not None
             ticket = receive(topic, message.partition() or 0, message.offset() or 0)
             if ticket is None:  # revoked since it was fetched: the new owner reads it again
-                self._finish((None,))
+                self._finish((None,), high=topic in high_topics)
                 continue
             result = validate(
                 message.value(),
@@ -447,13 +453,20 @@ class Pipeline:
 
     # -- outcomes (called by Delivery) -----------------------------------------------------------
 
-    def _finish(self, tickets: Collection[Ticket | None]) -> None:
+    def _finish(self, tickets: Collection[Ticket | None], *, high: bool = False) -> None:
         """Records leave the pipeline (delivered, dead-lettered, or no longer ours): their offsets
-        may be committed, backpressure counts them out, and a drain waiting for them wakes up."""
-        finish = self.tracker.finish
+        may be committed, backpressure counts them out, and a drain waiting for them wakes up.
+        ``high``: a record without a ticket came from a high-priority topic."""
+        finish, high_topics = self.tracker.finish, self._high_topics
+        finished_high = 0
         for ticket in tickets:
             if ticket is not None:
                 finish(ticket)
+                if high_topics and ticket.tp[0] in high_topics:
+                    finished_high += 1
+            elif high:
+                finished_high += 1
+        self.finished_high += finished_high
         self.finished += len(tickets)
         self._progress.set()
 
@@ -472,6 +485,7 @@ class Pipeline:
             batch_id=response.batch_id,
             sent_at_ms=self._wall_ms(),
             sources=offset_ranges((t.tp[0], t.tp[1], t.offset) for t in tickets),
+            kind="single" if batch.single else "accepted",
         )
         if self._reconciler is None:
             self._finish(tickets)

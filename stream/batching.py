@@ -18,7 +18,7 @@ from stream.events import Record
 if TYPE_CHECKING:
     from stream.api import Response
 
-__all__ = ["Batch", "Batcher", "Pending", "record_size"]
+__all__ = ["Batch", "Batcher", "Pending", "Urgent", "record_size"]
 
 S = TypeVar("S")
 
@@ -68,6 +68,23 @@ class Batch(Generic[S]):
     once)."""
     probe: asyncio.Future[Response | None] | None = None
     """Set for a probe (``Delivery.probe``): it learns the answer; a refusal is its to handle."""
+    single: bool = False
+    """One record the single-record endpoint accepted (docs/design.md#real-time): final at its
+    2xx, there is no batch status to ask for."""
+
+
+@dataclass(slots=True)
+class Urgent(Generic[S]):
+    """A record on its way to the single-record endpoint (docs/design.md#real-time): one request,
+    retried like a batch."""
+
+    item: Pending[S]
+    at: float
+    """The loop's clock when it was submitted (consume to acceptance, a metric)."""
+    attempt: int = 0
+    """Transient failures so far; drives the backoff."""
+    auth_403: bool = False
+    """A 403 was already answered with a fresh token once."""
 
 
 class Batcher(Generic[S]):
@@ -111,6 +128,15 @@ class Batcher(Generic[S]):
             # so the one just opened beside a closed one cannot be full yet.
             return self._open.pop(key)
         return closed
+
+    def holds(self, account: str, high_priority: bool) -> bool:
+        """Whether a batch is open for (``account``, ``high_priority``)."""
+        return (account, high_priority) in self._open
+
+    def take(self, account: str, high_priority: bool) -> Batch[S] | None:
+        """Remove and return the open batch of (``account``, ``high_priority``), however young: a
+        high-priority batch leaves with the next free slot (docs/design.md#real-time)."""
+        return self._open.pop((account, high_priority), None)
 
     def due(self, now: float) -> list[Batch[S]]:
         """Remove and return the batches whose oldest record has waited ``linger_s``."""

@@ -69,6 +69,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     token_pool_size: int
     token_requests_per_minute: float
     token_topic: str
+    realtime: bool
+    urgent_within_s: float
+    realtime_requests_per_second: float
     batch_max_records: int
     batch_linger_ms: int
     batch_max_bytes: int
@@ -203,6 +206,17 @@ def parse_positive(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError(f"{value} must be zero or a positive number")
+    return number
+
+
+def _on_off(value: str) -> bool:
+    return _choice("on", "off")(value) == "on"
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value.strip() not in options:
@@ -250,7 +264,8 @@ SETTINGS: tuple[Setting, ...] = (
         "kafka_high_priority_topics",
         lambda v: frozenset(_list(v)) if v.strip() else frozenset(),
         "",
-        "input topics whose every event is high priority (docs/design.md#quota)",
+        "input topics whose every event is high priority, hence urgent; read on while the others "
+        "are paused (a fifth of `DCR_MAX_BUFFERED_RECORDS` is theirs, docs/design.md#backpressure)",
     ),
     Setting(
         "kafka_config",
@@ -362,6 +377,27 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "compacted topic of token slots, a partition per slot (created if missing), leased to "
         "the replicas by the group `<group>.tokens`; default `<DCR_KAFKA_GROUP_ID>.tokens`",
+    ),
+    Setting(
+        "realtime",
+        _on_off,
+        "on",
+        "`on`: urgent records go to the single-record endpoint at once (docs/design.md#real-time); "
+        "`off`: every record is batched",
+    ),
+    Setting(
+        "urgent_within_s",
+        _non_negative,
+        "60",
+        "a record whose `starts_at` is ahead by less than this is urgent (as is a high-priority "
+        "one); 0: only priority makes a record urgent",
+    ),
+    Setting(
+        "realtime_requests_per_second",
+        parse_positive,
+        "100",
+        "single-record requests per token in any rolling second (the API allows 100), a pace of "
+        "its own beside the batch pace",
     ),
     Setting("batch_max_records", _int(1, 500), "500", "records per request (the API allows 500)"),
     Setting("batch_linger_ms", _int(0), "1000", "longest wait of a record for its batch to fill"),

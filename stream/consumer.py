@@ -8,8 +8,11 @@ on this thread inside ``poll``/``consume``; a revoke asks the loop for the parti
 positions (bounded) and commits them before the partitions go.
 
 Backpressure lives here too, since only this thread may pause: when the records consumed and not yet
-finished reach ``max_buffered`` it pauses every assigned partition, keeps polling (so
-``max.poll.interval.ms`` never expires and the group keeps us), and resumes below half.
+finished reach their bound it pauses the assigned partitions, keeps polling (so
+``max.poll.interval.ms`` never expires and the group keeps us), and resumes below half. The
+high-priority topics' partitions are counted apart, against a share of the bound reserved for
+them, so a backlog of normal records never stops urgent ones from being read
+(docs/design.md#backpressure).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ LAG_INTERVAL_S = 5.0
 WAKE_TIMEOUT_S = 0.05
 """The longest a resume waits for the lookup that wakes the fetchers (see ``_wake_fetchers``)."""
 
+HIGH_SHARE = 5
+"""With high-priority topics, a fifth of ``max_buffered`` is reserved for their records and the rest
+bounds the others: the total stays within ``max_buffered`` (docs/design.md#backpressure)."""
+
 REVOKE_WAIT_S = 10.0
 """How long a revoke in a running service waits for the revoked partitions' records to finish before
 committing what is done: the rebalance waits for it, so it stays far below ``max.poll.interval.ms``
@@ -75,7 +82,11 @@ class ConsumerThread:
         on_lost: Callable[[list[TopicPartitionKey]], None],
         finished: Callable[[], int],
         max_buffered: int,
+        high_topics: frozenset[str] = frozenset(),
+        finished_high: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``finished``: records finished, of every topic; ``finished_high``: of those, the records
+        of ``high_topics``."""
         self._consumer = Consumer(config)
         self._topics = list(topics)
         self._loop = loop
@@ -84,7 +95,12 @@ class ConsumerThread:
         self._on_revoke = on_revoke
         self._on_lost = on_lost
         self._finished = finished
-        self._max_buffered = max_buffered
+        self._finished_high = finished_high
+        self._high_topics = high_topics
+        high_bound = max(1, max_buffered // HIGH_SHARE) if high_topics else 0
+        self._bounds = {False: max(1, max_buffered - high_bound), True: high_bound}
+        """Per class (high-priority topic or not): buffered records at which it pauses."""
+        self._class_paused = {False: False, True: False}
         self._commands: queue.SimpleQueue[
             tuple[Callable[[], Any], concurrent.futures.Future[Any]]
         ] = queue.SimpleQueue()
@@ -96,6 +112,8 @@ class ConsumerThread:
         """Resolves when the thread has closed the consumer (or failed)."""
         self.consumed = 0
         """Records handed to the loop since start; written by this thread only."""
+        self.consumed_high = 0
+        """Of those, the records of high-priority topics."""
         self._taken = 0
         """Records the loop has taken from the hand-over; written by the loop only."""
         self._room = threading.Event()
@@ -193,6 +211,9 @@ class ConsumerThread:
                 _log.warning("consumer: %s", error)
         if good:
             self.consumed += len(good)
+            if self._high_topics:
+                high = self._high_topics
+                self.consumed_high += sum(1 for m in good if m.topic() in high)
             self._loop.call_soon_threadsafe(self._take, good)
 
     def _wait_for_room(self) -> None:
@@ -211,18 +232,34 @@ class ConsumerThread:
     def _apply_backpressure(self) -> None:
         if self._draining:
             return
-        buffered = self.consumed - self._finished()
-        if not self._paused and buffered >= self._max_buffered:
-            self._pause(self.assignment)
-            _log.info("paused %d partitions: %d records buffered", len(self._paused), buffered)
-        elif self._paused and buffered <= self._max_buffered // 2:
-            _log.info("resumed %d partitions: %d records buffered", len(self._paused), buffered)
-            resumed = [TopicPartition(t, p) for t, p in self._paused]
-            self._consumer.resume(resumed)
-            self._wake_fetchers(resumed)
-            self._paused.clear()
-        elif self._paused and self.assignment - self._paused:
-            self._pause(self.assignment - self._paused)  # assigned while paused
+        finished_high = self._finished_high() if self._high_topics else 0
+        finished = self._finished()
+        high = self.consumed_high - finished_high
+        self._regulate(False, self.consumed - self.consumed_high - (finished - finished_high))
+        if self._high_topics:
+            self._regulate(True, high)
+
+    def _regulate(self, high: bool, buffered: int) -> None:
+        """Pause one class of partitions (high-priority topics, or the others) at its bound, and
+        resume it at half."""
+        bound = self._bounds[high]
+        mine = {tp for tp in self.assignment if (tp[0] in self._high_topics) == high}
+        kind = "high-priority " if high else "normal " if self._high_topics else ""
+        if not self._class_paused[high] and buffered >= bound:
+            self._class_paused[high] = True
+            self._pause(mine)
+            _log.info("paused %d %spartitions: %d records buffered", len(mine), kind, buffered)
+        elif self._class_paused[high] and buffered <= bound // 2:
+            self._class_paused[high] = False
+            paused = mine & self._paused
+            _log.info("resumed %d %spartitions: %d records buffered", len(paused), kind, buffered)
+            if paused:
+                resumed = [TopicPartition(t, p) for t, p in paused]
+                self._consumer.resume(resumed)
+                self._wake_fetchers(resumed)
+                self._paused -= paused
+        elif self._class_paused[high] and mine - self._paused:
+            self._pause(mine - self._paused)  # assigned while paused
 
     def _wake_fetchers(self, tps: list[TopicPartition]) -> None:
         """Make librdkafka fetch the resumed partitions now, not up to a second later.
@@ -314,12 +351,14 @@ class ConsumerThread:
         self._loop.call_soon_threadsafe(self._on_assign, keys)
         consumer.incremental_assign(partitions)
         self.assignment.update(keys)
-        if self._paused or self._draining:
-            self._pause(set(keys))
-        elif partitions:
+        paused = {
+            k for k in keys if self._draining or self._class_paused[k[0] in self._high_topics]
+        }
+        self._pause(paused)
+        if resumed := [tp for tp in partitions if (tp.topic, tp.partition) not in paused]:
             # librdkafka keeps a partition's pause across revoke (or loss) and a later assign,
             # while we forgot it with the partition: one paused then would never fetch again.
-            consumer.resume(partitions)
+            consumer.resume(resumed)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

@@ -12,12 +12,20 @@ the batch, so a high-priority batch that arrives while normal ones wait gets the
 (docs/design.md#quota). Retries and bisected halves go back to the front of their queue and take
 slots like any request. A 429 sends only its token away (it backs off); the request goes back to
 the front at once, for the next token.
+
+**Urgent records** (high priority, or ``starts_at`` less than ``urgent_within_s`` ahead) skip
+batching when the real-time lane is on (docs/design.md#real-time): each goes alone to the
+single-record endpoint, through the account's ``stream.quota.RealtimeLane`` (a per-token pace of
+its own), with the same retries, token refreshes, expiry check and dead letters as a batch. When
+that lane is full they join the account's high-priority batch, which, like every high-priority
+batch, does not linger: it leaves with the next free slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -26,11 +34,13 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import msgspec
+
 from stream.api import ApiClient, Response
-from stream.batching import Batch, Batcher, Pending
-from stream.events import encode_batch
+from stream.batching import Batch, Batcher, Pending, Urgent
+from stream.events import encode_batch, encode_record
 from stream.metrics import Metrics, status_class
-from stream.quota import Lane
+from stream.quota import Lane, Pace, RealtimeLane
 from stream.tokens import Held, TokenPool
 from stream.validation import Rejection, check_expiry
 
@@ -89,7 +99,12 @@ class Delivery(Generic[S]):
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        realtime_rps: float | None = None,
+        urgent_within_s: float = 60.0,
     ) -> None:
+        """``realtime_rps``: single-record requests per token and second
+        (``DCR_REALTIME_REQUESTS_PER_SECOND``); None turns the real-time lane off
+        (``DCR_REALTIME=off``) and every record is batched."""
         self._client = client
         self._outcomes = outcomes
         self._version = version
@@ -101,12 +116,18 @@ class Delivery(Generic[S]):
         self._wall_ms = wall_ms
         self._rng = rng or random.Random()
         self._lanes: dict[str, Lane[S]] = {}
+        self._realtime_rps = realtime_rps
+        self._urgent_ms = int(urgent_within_s * 1000)
+        self._realtime: dict[str, RealtimeLane[S]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._closed = False
         self._timer: asyncio.Task[None] | None = None
         self.metrics = metrics or Metrics()
         self._counts = self.metrics.counts
+        self._accept_s = {
+            path: self.metrics.consume_to_accept.labels(path) for path in ("batch", "realtime")
+        }
 
     # -- intake -----------------------------------------------------------------------------
 
@@ -124,12 +145,41 @@ class Delivery(Generic[S]):
         # brings that deadline forward.
         was_empty = not self._batcher
         now, add, dispatch = loop.time(), self._batcher.add, self._dispatch
+        realtime = self._realtime_rps is not None and not self._closed
+        now_ms = self._wall_ms() if realtime else 0
+        soon_ms = now_ms + self._urgent_ms
+        high: set[str] = set()
         for item in items:
+            record = item.record
+            if realtime and (record.high_priority or now_ms < record.starts_at < soon_ms):
+                overflow = self._urgent(item, now)
+                if overflow is None:
+                    continue
+                item, record = overflow, overflow.record
+            if record.high_priority:
+                high.add(record.account)
             full = add(item, now)
             if full is not None:
                 dispatch(full)
         if was_empty:
             self._wake.set()
+        for account in high if not self._closed else ():
+            self._lane(account).ready.set()  # a high-priority batch leaves with the next slot
+
+    def _urgent(self, item: Pending[S], now: float) -> Pending[S] | None:
+        """Queue an urgent record for the single-record endpoint; if its lane is full, return it
+        as a high-priority record for the batches instead (docs/design.md#real-time)."""
+        record = item.record
+        lane = self._realtime_lane(record.account)
+        if lane.room():
+            lane.put(Urgent(item, now))
+            return None
+        self._counts.realtime_overflow[record.account] = (
+            self._counts.realtime_overflow.get(record.account, 0) + 1
+        )
+        if record.high_priority:
+            return item
+        return Pending(msgspec.structs.replace(record, high_priority=True), item.source)
 
     async def probe(self, item: Pending[S]) -> Response | None:
         """Send ``item`` alone, under the quota like any batch, and return the API's answer to it:
@@ -137,8 +187,11 @@ class Delivery(Generic[S]):
         to handle: nothing is dead-lettered or bisected). Transient failures are retried first.
         None when the record expired before it went (it was dead-lettered as such)."""
         record = item.record
-        answer: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
-        self._dispatch(Batch(record.account, record.high_priority, [item], probe=answer))
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Response | None] = loop.create_future()
+        probe = Batch(record.account, record.high_priority, [item], opened_at=loop.time())
+        probe.probe = answer
+        self._dispatch(probe)
         return await answer
 
     def rates(self) -> dict[str, float]:
@@ -171,6 +224,7 @@ class Delivery(Generic[S]):
         self._closed = True
         tasks = [t for t in (self._timer, *self._tasks) if t is not None]
         tasks += [lane.task for lane in self._lanes.values() if lane.task is not None]
+        tasks += [lane.task for lane in self._realtime.values() if lane.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -205,15 +259,20 @@ class Delivery(Generic[S]):
 
     async def _run_lane(self, account: str, lane: Lane[S]) -> None:
         pool = self._client.tokens.pool(account)
+        holds = self._batcher.holds
         while True:
-            while not (lane.high or lane.normal):
+            while not (lane.high or lane.normal or holds(account, True)):
                 lane.ready.clear()
                 await lane.ready.wait()
             waited = time.monotonic()
             held = await self._take_slot(lane, pool)
             self.metrics.limiter_wait.observe(time.monotonic() - waited)
-            batch = lane.high.popleft() if lane.high else lane.normal.popleft()
-            self._spawn(self._send(lane, pool, held, batch))
+            # High first: a queued one, else the open one however young (it does not linger).
+            batch = lane.high.popleft() if lane.high else self._batcher.take(account, True)
+            if batch is None and lane.normal:
+                batch = lane.normal.popleft()
+            if batch is not None:  # else the open high batch left meanwhile (a revoke's flush)
+                self._spawn(self._send(lane, pool, held, batch))
 
     @staticmethod
     async def _take_slot(lane: Lane[S], pool: TokenPool) -> Held | None:
@@ -283,9 +342,10 @@ class Delivery(Generic[S]):
         self.metrics.latency.observe(time.monotonic() - started)
         self._counts.bump(self._counts.requests, (batch.account, status_class(response.status)))
         kind = response.kind
+        self._counts.bump(self._counts.path_requests, ("batch", status_class(response.status)))
         if kind == "ok":
             held.pace.accepted()
-            self._outcomes.delivered(batch, response)
+            self._accepted("batch", batch, response)
             if batch.probe is not None:
                 batch.probe.set_result(response)
         elif kind == "reject" and batch.probe is not None:
@@ -300,6 +360,12 @@ class Delivery(Generic[S]):
             self._throttled(lane, pool, held, batch, response)
         else:
             self._retry_later(lane, batch, response)
+
+    def _accepted(self, path: str, batch: Batch[S], response: Response) -> None:
+        paths = self._counts.path_records
+        paths[path] = paths.get(path, 0) + len(batch.items)
+        self._accept_s[path].observe(asyncio.get_running_loop().time() - batch.opened_at)
+        self._outcomes.delivered(batch, response)
 
     async def _drop_expired(self, batch: Batch[S]) -> list[Pending[S]]:
         """Dead-letter the records whose window closed while they waited (docs/events.md: checked
@@ -360,8 +426,138 @@ class Delivery(Generic[S]):
             batch.attempt,
             delay,
         )
-        self._spawn(self._requeue(lane, batch, delay))
+        self._spawn(self._later(delay, functools.partial(lane.put, batch, front=True)))
 
-    async def _requeue(self, lane: Lane[S], batch: Batch[S], delay: float) -> None:
+    @staticmethod
+    async def _later(delay: float, requeue: Callable[[], None]) -> None:
+        """Back to the front of its lane after a retry's backoff."""
         await asyncio.sleep(delay)
-        lane.put(batch, front=True)
+        requeue()
+
+    # -- the real-time lane (docs/design.md#real-time) ---------------------------------------
+
+    def _realtime_lane(self, account: str) -> RealtimeLane[S]:
+        lane = self._realtime.get(account)
+        if lane is None:
+            assert self._realtime_rps is not None
+            lane = self._realtime[account] = RealtimeLane(self._realtime_rps)
+            lane.size(sum(h.share for h in self._client.tokens.pool(account).held.values()))
+            loop = asyncio.get_running_loop()
+            lane.task = loop.create_task(self._run_realtime(account, lane))
+        return lane
+
+    async def _run_realtime(self, account: str, lane: RealtimeLane[S]) -> None:
+        """One record per request, each as soon as a token's real-time pace allows: never
+        waiting for a batch, and as many in flight as the pace lets go."""
+        pool = self._client.tokens.pool(account)
+        while True:
+            while not lane.queue:
+                lane.ready.clear()
+                await lane.ready.wait()
+            taken = await self._take_realtime_slot(lane, pool)
+            urgent = lane.queue.popleft()
+            if taken is None:  # no token can be had: the request fails without going out
+                self._retry_record_later(lane, urgent, Response(status=0, error=pool.failing))
+            else:
+                self._spawn(self._send_record(lane, pool, *taken, urgent))
+
+    @staticmethod
+    async def _take_realtime_slot(
+        lane: RealtimeLane[S], pool: TokenPool
+    ) -> tuple[Held, Pace] | None:
+        """``_take_slot`` for the single-record endpoint: the token whose real-time pace lets a
+        request go first (its batch pace is not touched). Also sets how many records may wait:
+        what the tokens held send in about a second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            usable = pool.usable()
+            if not usable and pool.failing is not None:
+                return None
+            if not usable:
+                pool.want_more()
+                wait_s = 1.0
+            else:
+                lane.size(sum(h.share for h in usable))
+                paces = [(h, lane.pace(h.index, h, h.share)) for h in usable]
+                held, pace = min(paces, key=lambda hp: hp[1].wait_s(now))
+                wait_s = pace.wait_s(now)
+                if wait_s <= 0:
+                    pace.take(now)
+                    return held, pace
+                pool.want_more()
+            pool.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.changed.wait(), wait_s)
+
+    async def _send_record(
+        self, lane: RealtimeLane[S], pool: TokenPool, held: Held, pace: Pace, urgent: Urgent[S]
+    ) -> None:
+        try:
+            await self._try_send_record(lane, pool, held, pace, urgent)
+        except Exception as exc:  # a bug must not strand a record: its offset would never commit
+            _log.exception("sending a record for account %s failed", urgent.item.record.account)
+            self._retry_record_later(lane, urgent, Response(status=0, error=type(exc).__name__))
+
+    async def _try_send_record(
+        self, lane: RealtimeLane[S], pool: TokenPool, held: Held, pace: Pace, urgent: Urgent[S]
+    ) -> None:
+        item = urgent.item
+        record = item.record
+        expired = check_expiry(record.ends_at, self._wall_ms(), "expired")
+        if expired is not None:
+            await self._outcomes.dead_letter(item, expired, None, None)
+            return
+        started = time.monotonic()
+        response = await self._client.post_record(
+            record.account, encode_record(record, self._version), held.token.reveal()
+        )
+        self.metrics.latency.observe(time.monotonic() - started)
+        counts, status = self._counts, status_class(response.status)
+        counts.bump(counts.requests, (record.account, status))
+        counts.bump(counts.path_requests, ("realtime", status))
+        kind = response.kind
+        if kind == "ok":
+            pace.accepted()
+            batch = Batch(record.account, record.high_priority, [item], opened_at=urgent.at)
+            batch.single = True
+            self._accepted("realtime", batch, response)
+        elif kind == "reject":
+            rejection = api_rejection(response.status)
+            await self._outcomes.dead_letter(item, rejection, response.status, response.body)
+        elif kind == "auth" and not (urgent.auth_403 and response.status == 403):
+            urgent.auth_403 = response.status == 403
+            pool.refused(held, asyncio.get_running_loop().time())
+            lane.put(urgent, front=True)
+        elif response.status == 429:
+            counts.retries += 1
+            counts.throttled += 1
+            counts.bump(counts.throttled_by, (record.account, "realtime"))
+            now = asyncio.get_running_loop().time()
+            backoff = (self._backoff.base_s, self._backoff.cap_s)
+            delay = pace.throttled(now, response.retry_after_s, backoff, self._rng)
+            _log.warning(
+                "record for account %s answered 429 on token %d; its real-time pace backs off "
+                "%.2f s, the record goes to the next token",
+                record.account,
+                held.index,
+                delay,
+            )
+            lane.put(urgent, front=True)
+        else:
+            self._retry_record_later(lane, urgent, response)
+
+    def _retry_record_later(
+        self, lane: RealtimeLane[S], urgent: Urgent[S], response: Response
+    ) -> None:
+        urgent.attempt += 1
+        self._counts.retries += 1
+        delay = self._backoff.delay(urgent.attempt, response.retry_after_s, self._rng)
+        _log.warning(
+            "record for account %s failed (%s); retry %d in %.2f s",
+            urgent.item.record.account,
+            response.status or response.error,
+            urgent.attempt,
+            delay,
+        )
+        self._spawn(self._later(delay, functools.partial(lane.put, urgent, front=True)))

@@ -21,6 +21,7 @@ __all__ = [
     "WireV1",
     "WireV2",
     "encode_batch",
+    "encode_record",
     "schema",
     "to_wire_v1",
     "to_wire_v2",
@@ -150,6 +151,11 @@ def encode_batch(records: Sequence[Record], version: Literal["v1", "v2"]) -> byt
     """The request body ``{"call_records": [...]}`` for one batch, in one encode."""
     to_wire = API_VERSIONS[version]
     return _encoder.encode({"call_records": [to_wire(r) for r in records]})
+
+
+def encode_record(record: Record, version: Literal["v1", "v2"]) -> bytes:
+    """The body of the single-record endpoint: one wire record, with the version's field names."""
+    return _encoder.encode(API_VERSIONS[version](record))
 
 
 def schema() -> dict[str, Any]:

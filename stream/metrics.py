@@ -24,6 +24,7 @@ __all__ = ["Counts", "Metrics", "State", "status_class"]
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 200, 300, 400, 499, 500)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_ACCEPT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -47,6 +48,12 @@ class Counts:
     """(code, stage) → records dead-lettered and acknowledged"""
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     """(account, status class) → API requests"""
+    path_requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(path, status class) → API requests, ``path`` being ``batch`` or ``realtime``."""
+    path_records: dict[str, int] = field(default_factory=dict)
+    """path → records accepted by the API through it."""
+    realtime_overflow: dict[str, int] = field(default_factory=dict)
+    """account → urgent records the real-time lane had no room for, sent in high batches."""
     retries: int = 0
     throttled: int = 0
     """Requests answered 429."""
@@ -143,6 +150,14 @@ class Metrics:
             registry=r,
         )
 
+        self.consume_to_accept = Histogram(
+            "dcr_consume_to_accept_seconds",
+            "From consume to acceptance by the API, by path (batch: a batch's oldest record)",
+            ["path"],
+            buckets=_ACCEPT_BUCKETS,
+            registry=r,
+        )
+
     def watch(self, state: State) -> None:
         self.registry.register(_Collector(self.counts, state))
 
@@ -169,6 +184,24 @@ class _Collector(Collector):
         )
         yield _labelled(
             "dcr_api_requests", "API requests by answer", ["account", "status_class"], c.requests
+        )
+        yield _labelled(
+            "dcr_path_requests",
+            "API requests by path (batch, realtime) and answer",
+            ["path", "status_class"],
+            c.path_requests,
+        )
+        yield _labelled(
+            "dcr_path_records_delivered",
+            "Records accepted by the API, by path (batch, realtime)",
+            ["path"],
+            c.path_records,
+        )
+        yield _labelled(
+            "dcr_realtime_overflow",
+            "Urgent records the real-time lane had no room for, sent in high-priority batches",
+            ["account"],
+            c.realtime_overflow,
         )
         yield CounterMetricFamily("dcr_api_retries", "Requests scheduled again", c.retries)
         yield CounterMetricFamily("dcr_api_throttled", "Requests answered 429", c.throttled)

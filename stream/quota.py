@@ -19,9 +19,9 @@ import random
 from collections import deque
 from typing import Generic, TypeVar
 
-from stream.batching import Batch
+from stream.batching import Batch, Urgent
 
-__all__ = ["Lane", "Pace", "Slots"]
+__all__ = ["Lane", "Pace", "RealtimeLane", "Slots"]
 
 S = TypeVar("S")
 
@@ -185,4 +185,50 @@ class Lane(Generic[S]):
             queue.appendleft(batch)
         else:
             queue.append(batch)
+        self.ready.set()
+
+
+class RealtimeLane(Generic[S]):
+    """One account's urgent records waiting for the single-record endpoint, and each token's pace
+    on it (docs/design.md#real-time).
+
+    That endpoint has a limit of its own, per token and per second, apart from the batch pace: each
+    token gets a second ``Pace`` here, made the first time the token is used for a record. At most
+    ``capacity`` records wait (what the tokens held can send within about a second); the rest
+    overflow to the account's high-priority batch.
+    """
+
+    def __init__(self, rps: float) -> None:
+        self.rps = rps
+        """``DCR_REALTIME_REQUESTS_PER_SECOND``: per token (a static token's share of it, when
+        several slots share one)."""
+        self.capacity = rps
+        """Records that may wait: a second's worth of the tokens last seen (one token's before)."""
+        self.queue: deque[Urgent[S]] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._paces: dict[int, tuple[object, float, Pace]] = {}
+
+    def pace(self, index: int, token: object, share: float) -> Pace:
+        """The real-time pace of the token held as ``index``: a new one when another token (or
+        another share of it) is held there now."""
+        known = self._paces.get(index)
+        if known is not None and known[0] is token and known[1] == share:
+            return known[2]
+        pace = Pace(Slots(self.rps * share))
+        self._paces[index] = (token, share, pace)
+        return pace
+
+    def size(self, tokens: float) -> None:
+        """The tokens held now (static tokens' shares summed) set how many records may wait."""
+        self.capacity = max(self.rps, self.rps * tokens)
+
+    def room(self) -> bool:
+        return len(self.queue) < self.capacity
+
+    def put(self, urgent: Urgent[S], *, front: bool = False) -> None:
+        if front:
+            self.queue.appendleft(urgent)
+        else:
+            self.queue.append(urgent)
         self.ready.set()

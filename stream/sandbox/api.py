@@ -1,6 +1,9 @@
 """The API's endpoints (docs/api.md), served by aiohttp over a ``State``; ``routes`` is their table.
 
-An endpoint that faults apply to (every one but the token endpoint) answers through
+The single-record endpoint (docs/api.md#single-records) checks its one record by the rules of a
+batch's records, under a per-token limit of its own, and the ledger keeps what it accepts as a
+batch of one on the ``realtime`` path. An endpoint that faults apply to (every one but the token
+endpoint) answers through
 ``_Api._guarded``, which runs the steps such endpoints share (outage, token, quota, injected
 failures, counting, latency) and hands the rest to the endpoint's own answer. An endpoint that
 exists with and without ``/v2`` is one line of the table, and its answer is told the version.
@@ -20,7 +23,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Struct
 
-from stream.sandbox.batches import Refusal, Version, check_batch
+from stream.sandbox.batches import Refusal, Version, check_batch, check_record
 from stream.sandbox.faults import Outage
 from stream.sandbox.ledger import Counters
 from stream.sandbox.responses import error, json_response, throttled
@@ -35,11 +38,15 @@ _PREFIXES: dict[Version, str] = {"v1": "", "v2": "/v2"}
 
 _log = logging.getLogger(__name__)
 
+_PROCESSED = {"status_info": {"status": "success", "message": "Record processed successfully"}}
+"""The single-record endpoint's answer to a record it accepted."""
+
 
 def routes(state: State) -> list[web.RouteDef]:
     api = _Api(state)
     return [
         *_versioned(web.post, "/clients/{account}/dynamic_call_records", api.batch),
+        *_versioned(web.post, "/clients/{account}/dynamic_call_record", api.record),
         *_versioned(web.get, "/clients/{account}/dynamic_call_records", api.status),
         web.post("/clients/{account}/token", api.token),
         web.get("/clients/{account}/labels", api.labels),
@@ -55,6 +62,8 @@ class _Call(NamedTuple):
     """Wall time, epoch milliseconds."""
     received_s: float
     """Monotonic: the instant the rules judged it at."""
+    realtime: bool
+    """A single-record request: its own per-token limit, its own counters."""
 
 
 _Answer = Callable[[web.Request, _Call], Awaitable[web.Response]]
@@ -71,6 +80,9 @@ class _Api:
 
     async def batch(self, version: Version, request: web.Request) -> web.StreamResponse:
         return await self._guarded(request, version, self._accept_batch)
+
+    async def record(self, version: Version, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, version, self._accept_record, realtime=True)
 
     async def labels(self, request: web.Request) -> web.Response:
         """The account's label list, a page at a time (docs/api.md#labels): the same token as
@@ -168,14 +180,15 @@ class _Api:
         return response
 
     async def _guarded(
-        self, request: web.Request, version: Version, answer: _Answer
+        self, request: web.Request, version: Version, answer: _Answer, *, realtime: bool = False
     ) -> web.StreamResponse:
         """Answer a request that faults apply to; the first of these that applies decides:
 
         1. an outage in ``drop`` mode: the connection is closed unanswered;
         2. an outage in ``503`` mode: 503;
         3. no valid token for this account: 401;
-        4. over the token's own quota or the account's: 429 (it counts against neither);
+        4. over the token's own quota or the account's: 429 (it counts against neither); a
+           single-record request: over its token's single-record limit;
         5. a 429 burst, then a 5xx burst, then the random error rate;
         6. otherwise ``answer``.
 
@@ -192,11 +205,12 @@ class _Api:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=503)  # never sent: the connection is gone
-        call = _Call(account, version, int(state.clock.time() * 1000), state.clock.monotonic())
+        now_ms, now_s = int(state.clock.time() * 1000), state.clock.monotonic()
+        call = _Call(account, version, now_ms, now_s, realtime)
         response = self._refusal(request, call, outage, counters)
         if response is None:
             response = await answer(request, call)
-        counters.requests[str(response.status)] += 1
+        (counters.realtime if realtime else counters.requests)[str(response.status)] += 1
         if response.status != 200:
             _log.debug("%s %s answered %d", request.method, request.path, response.status)
         if delay_s := state.faults.delay_s():
@@ -211,7 +225,8 @@ class _Api:
             return error(503, "service_unavailable", "the sandbox is in an injected outage")
         if not rules.authorised(call.account, token, now):
             return error(401, "unauthorized", "missing, unknown or expired bearer token")
-        if (over := rules.admit(call.account, token, now)) is not None:
+        admit = rules.admit_record if call.realtime else rules.admit
+        if (over := admit(call.account, token, now)) is not None:
             counters.throttled_by[over.cause] += 1
             return throttled(over.message, over.retry_after_s)
         if (injected := self._state.faults.inject()) is not None:
@@ -259,6 +274,29 @@ class _Api:
         # v1 names its batch only in the message text (docs/api.md#batch-status).
         message = f"Records Uploaded Successfully. BatchID: {batch.batch_id}"
         return json_response(200, {"message": message})
+
+    async def _accept_record(self, request: web.Request, call: _Call) -> web.Response:
+        """One record (docs/api.md#single-records): 415 unless JSON; 400 naming the field for a
+        record ``check_record`` refuses; else kept and 200 with the API's ``status_info``."""
+        if request.content_type != "application/json":
+            return error(415, "unsupported_media_type", "Content-Type must be application/json")
+        body = await request.read()
+        state = self._state
+        kept = check_record(
+            body,
+            account=call.account,
+            version=call.version,
+            labels=state.rules.labels.get(call.account),
+            now_ms=int(state.clock.time() * 1000),
+            received_ms=call.received_ms,
+            received_monotonic_ms=call.received_s * 1000,
+        )
+        if isinstance(kept, Refusal):
+            return json_response(kept.status, kept.body)
+        if state.faults.outage() != "off":
+            return error(503, "service_unavailable", "the sandbox is in an injected outage")
+        state.ledger.keep(kept)
+        return json_response(200, _PROCESSED)
 
     async def _mint(self, request: web.Request, account: str) -> web.Response:
         if request.headers.get("X-Public-Access", "").lower() != "allow":

@@ -1,5 +1,9 @@
 """The sandbox's batch rules: check a body as the API documents it, keep what it accepts.
 
+The single-record endpoint's body (one wire record, docs/api.md#single-records) is checked by the
+same per-record rules (``check_record``) and kept as a batch of one whose ``path`` is
+``realtime``, so the ledger tells which path each record took.
+
 A body is checked record by record, in order. Each is decoded as its version's wire record
 (``stream.events.WireV1``/``WireV2``: optional fields absent, never null), mapped to the call-intent
 shape and handed to ``stream.validation.validate``, the code that checks events on arrival, so the
@@ -24,12 +28,23 @@ from msgspec import UNSET, Struct
 from stream.events import CallIntent, WireV1, WireV2
 from stream.validation import Rejection, Rules, validate
 
-__all__ = ["MAX_RECORDS", "Accepted", "Batch", "Refusal", "Version", "check_batch"]
+__all__ = [
+    "MAX_RECORDS",
+    "Accepted",
+    "Batch",
+    "Path",
+    "Refusal",
+    "Version",
+    "check_batch",
+    "check_record",
+]
 
 MAX_RECORDS = 500
 """Records a batch request may hold (docs/api.md); more are answered 413."""
 
 Version = Literal["v1", "v2"]
+Path = Literal["batch", "realtime"]
+"""Which endpoint accepted a record: the batch endpoint or the single-record one."""
 
 
 class Accepted(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -37,7 +52,9 @@ class Accepted(Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
 
     account: str
     api_version: Version
+    path: Path
     batch_id: str
+    """Empty for a record of the single-record endpoint (it has no batch)."""
     received_ms: int
     """Wall time of arrival, epoch milliseconds: compare with the event's produce time."""
     received_monotonic_ms: float
@@ -82,12 +99,14 @@ class Batch(NamedTuple):
     size: int
     rows: bytes
     """msgpack of the records as field-less arrays."""
+    path: Path = "batch"
 
     def records(self) -> list[Accepted]:
         return [
             Accepted(
                 account=self.account,
                 api_version=self.version,
+                path=self.path,
                 batch_id=self.batch_id,
                 received_ms=self.received_ms,
                 received_monotonic_ms=self.received_monotonic_ms,
@@ -177,35 +196,15 @@ def check_batch(
     if len(records.call_records) > MAX_RECORDS:
         count = len(records.call_records)
         return _refuse(413, "call_records", f"{count} records; at most {MAX_RECORDS} a request")
-    wire = _WIRE[version]
-    rules = Rules(
-        default_account=account, allowed_labels={} if labels is None else {account: labels}
-    )
+    rules = _rules(account, labels)
     rows: list[_Row] = []
     for index, raw in enumerate(records.call_records):
         where = f"call_records[{index}]"
-        try:
-            intent = wire.to_intent(wire.decoder.decode(raw))
-        except msgspec.DecodeError as exc:
-            found = _FIELD_IN_ERROR.search(str(exc))
-            name = found and (found[1] or found[2])
-            return _refuse(400, f"{where}.{name}" if name else where, f"{where}: {exc}")
-        record = validate(_intent_encoder.encode(intent), rules=rules, now_ms=now_ms)
-        if isinstance(record, Rejection):
-            name = record.field and wire.names.get(record.field, record.field)
-            message = f"{where}: {record.message} ({record.code})"
-            return _refuse(400, f"{where}.{name}" if name else where, message)
-        rows.append(
-            _Row(
-                record.caller,
-                record.receiver,
-                record.label_id,
-                record.starts_at,
-                record.ends_at,
-                record.label_name,
-                record.call_reason,
-            )
-        )
+        row = _check_one(raw, _WIRE[version], rules, now_ms)
+        if isinstance(row, tuple):
+            name, message = row
+            return _refuse(400, f"{where}.{name}" if name else where, f"{where}: {message}")
+        rows.append(row)
     return Batch(
         account,
         version,
@@ -214,4 +213,66 @@ def check_batch(
         received_monotonic_ms,
         len(rows),
         _rows_encoder.encode(rows),
+    )
+
+
+def check_record(
+    body: bytes,
+    *,
+    account: str,
+    version: Version,
+    labels: frozenset[str] | None,
+    now_ms: int,
+    received_ms: int,
+    received_monotonic_ms: float,
+) -> Batch | Refusal:
+    """The body of the single-record endpoint: one wire record, by the rules of a batch's records.
+    Accepted, it is kept as a batch of one on the ``realtime`` path; refused, the 400 names the
+    field as the API does (``{"field", "message": "Request body is invalid: …", "status":
+    "error"}``)."""
+    row = _check_one(body, _WIRE[version], _rules(account, labels), now_ms)
+    if isinstance(row, tuple):
+        name, message = row
+        invalid = {"field": name or "", "message": f"Request body is invalid: {message}"}
+        return Refusal(400, {**invalid, "status": "error"})
+    return Batch(
+        account,
+        version,
+        "",
+        received_ms,
+        received_monotonic_ms,
+        1,
+        _rows_encoder.encode([row]),
+        "realtime",
+    )
+
+
+def _rules(account: str, labels: frozenset[str] | None) -> Rules:
+    return Rules(
+        default_account=account, allowed_labels={} if labels is None else {account: labels}
+    )
+
+
+def _check_one(
+    raw: bytes | msgspec.Raw, wire: _Wire, rules: Rules, now_ms: int
+) -> _Row | tuple[str | None, str]:
+    """One wire record checked as the service checks an event: its row, or the field (in the
+    version's names) and why it is refused."""
+    try:
+        intent = wire.to_intent(wire.decoder.decode(raw))
+    except msgspec.DecodeError as exc:
+        found = _FIELD_IN_ERROR.search(str(exc))
+        return (found and (found[1] or found[2])) or None, str(exc)
+    record = validate(_intent_encoder.encode(intent), rules=rules, now_ms=now_ms)
+    if isinstance(record, Rejection):
+        name = record.field and wire.names.get(record.field, record.field)
+        return name, f"{record.message} ({record.code})"
+    return _Row(
+        record.caller,
+        record.receiver,
+        record.label_id,
+        record.starts_at,
+        record.ends_at,
+        record.label_name,
+        record.call_reason,
     )

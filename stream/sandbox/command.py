@@ -60,6 +60,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--token-window-s", type=float, default=60.0, metavar="S", help="(default: 60)"
     )
     parser.add_argument(
+        "--record-rate-limit",
+        type=_limit,
+        default=100,
+        metavar="N|off",
+        help="single-record requests per token in any rolling second before 429 (default: 100)",
+    )
+    parser.add_argument(
         "--mint-limit",
         type=int,
         default=10,
@@ -159,6 +166,7 @@ def _handle(args: argparse.Namespace) -> int:
             rate_limit_rps=args.rate_limit_rps,
             token_rate_limit=args.token_rate_limit,
             token_window_s=args.token_window_s,
+            record_rate_limit=args.record_rate_limit,
             mint_limit=args.mint_limit,
             mint_window_s=args.mint_window_s,
             retry_after=args.retry_after,

@@ -26,6 +26,10 @@ class SandboxConfig(Struct, frozen=True, kw_only=True):
     real API allows 60 a minute; None (the default here, so that a test with one static token is
     not held to it) turns the limit off. ``dcr-stream sandbox`` turns it on."""
     token_window_s: float = 60.0
+    record_rate_limit: int | None = 100
+    """Per token, single-record requests admitted in any rolling ``record_window_s``; more are
+    answered 429 (the real API: 100 a second, apart from the batch quota). None: no limit."""
+    record_window_s: float = 1.0
     mint_limit: int = 10
     mint_window_s: float = 1800.0
     """At most ``mint_limit`` tokens per account in any rolling ``mint_window_s`` (the real API:
@@ -56,9 +60,11 @@ class SandboxConfig(Struct, frozen=True, kw_only=True):
             raise ValueError("rate_limit_rps must be at least 1")
         if self.token_rate_limit is not None and self.token_rate_limit < 1:
             raise ValueError("token_rate_limit must be at least 1")
+        if self.record_rate_limit is not None and self.record_rate_limit < 1:
+            raise ValueError("record_rate_limit must be at least 1")
         if self.mint_limit < 1:
             raise ValueError("mint_limit must be at least 1")
-        for name in ("token_window_s", "mint_window_s"):
+        for name in ("token_window_s", "record_window_s", "mint_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.token_lifetime_s <= 0:

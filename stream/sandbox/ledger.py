@@ -28,11 +28,17 @@ class AccountStats(Struct, frozen=True, kw_only=True, omit_defaults=True):
     statuses: dict[str, int] = {}
     """Batch status requests by HTTP status."""
     records_accepted: int
+    """By either endpoint."""
     throttled: int
     """Batch requests answered 429."""
+    realtime_requests: dict[str, int] = {}
+    """Single-record requests by HTTP status."""
+    realtime_accepted: int = 0
+    """Records accepted by the single-record endpoint (included in ``records_accepted``)."""
     throttled_by: dict[str, int] = {}
     """429s by cause: ``token`` (its own window), ``account`` (the per-account quota),
-    ``injected`` (a 429 burst) for batch requests, and ``mint`` for refused mints."""
+    ``injected`` (a 429 burst) for batch requests, ``realtime`` (a token's single-record window),
+    and ``mint`` for refused mints."""
     token_use: dict[str, TokenStats] = {}
     """Per token label (``static-<i>``, ``minted-<n>``): its use, with the per-token limit on."""
 
@@ -52,6 +58,9 @@ class Counters:
     statuses: Counter[str] = field(default_factory=Counter)
     records_accepted: int = 0
     throttled_by: Counter[str] = field(default_factory=Counter)
+    realtime: Counter[str] = field(default_factory=Counter)
+    """Single-record requests by HTTP status."""
+    realtime_accepted: int = 0
 
     def add(self, other: Counters) -> None:
         self.requests.update(other.requests)
@@ -60,6 +69,8 @@ class Counters:
         self.statuses.update(other.statuses)
         self.records_accepted += other.records_accepted
         self.throttled_by.update(other.throttled_by)
+        self.realtime.update(other.realtime)
+        self.realtime_accepted += other.realtime_accepted
 
     def snapshot(self, token_use: dict[str, TokenStats] | None = None) -> AccountStats:
         return AccountStats(
@@ -71,6 +82,8 @@ class Counters:
             throttled=self.requests["429"],
             throttled_by=dict(self.throttled_by),
             token_use=token_use or {},
+            realtime_requests=dict(self.realtime),
+            realtime_accepted=self.realtime_accepted,
         )
 
 
@@ -96,8 +109,12 @@ class Ledger:
 
     def keep(self, batch: Batch) -> None:
         self._batches.append(batch)
-        self._by_id[batch.batch_id] = batch
-        self.counters(batch.account).records_accepted += batch.size
+        counters = self.counters(batch.account)
+        counters.records_accepted += batch.size
+        if batch.path == "realtime":  # no batch id: there is no status to ask for
+            counters.realtime_accepted += batch.size
+        else:
+            self._by_id[batch.batch_id] = batch
 
     def batches(self, account: str | None = None) -> list[Batch]:
         """Accepted batches (of ``account``, in any case), in arrival order."""

@@ -4,7 +4,8 @@ Nothing here speaks HTTP or reads a clock: every question comes with the monoton
 asked at, so that one request is judged at one instant, and ``stream.sandbox.api`` turns the
 answers into responses. State is kept per account (the optional per-account quota, the mint budget,
 the known labels) and per token (its account, expiry and its own request window: the API's quota
-is 60 requests a minute per token, docs/api.md#quota). Account ids arrive lower-cased, as
+is 60 requests a minute per token, docs/api.md#quota; the single-record endpoint's is 100 a second
+per token, a window of its own). Account ids arrive lower-cased, as
 ``stream.validation`` compares them.
 """
 
@@ -31,8 +32,9 @@ QUOTA_WINDOW_S = 1.0
 _log = logging.getLogger(__name__)
 
 
-Cause = Literal["account", "token", "mint", "injected"]
-"""Why a 429: the per-account quota, the per-token quota, the mint budget, or an injected burst."""
+Cause = Literal["account", "token", "realtime", "mint", "injected"]
+"""Why a 429: the per-account quota, the per-token quota, the per-token quota of the single-record
+endpoint, the mint budget, or an injected burst."""
 
 
 class Throttled(NamedTuple):
@@ -54,6 +56,12 @@ class TokenStats(Struct, frozen=True, kw_only=True):
     peak: int
     """The most requests that carried it in any rolling window of the per-token limit (60 s by
     default), 429s included: above the limit means a client that does not pace its tokens."""
+    realtime_requests: int = 0
+    """Single-record requests that carried it, admitted or not."""
+    realtime_throttled: int = 0
+    """Of those, answered 429 because of its own single-record window."""
+    realtime_peak: int = 0
+    """The most single-record requests that carried it in any rolling ``record_window_s``."""
 
 
 @dataclass(slots=True)
@@ -91,6 +99,12 @@ class _Token:
     admitted_total: int = 0
     throttled: int = 0
     peak: int = 0
+    record_admitted: deque[float] = field(default_factory=deque)
+    """Monotonic times of the single-record requests admitted in the last ``record_window_s``."""
+    record_arrived: deque[float] = field(default_factory=deque)
+    record_requests: int = 0
+    record_throttled: int = 0
+    record_peak: int = 0
 
     def stats(self) -> TokenStats:
         return TokenStats(
@@ -98,6 +112,9 @@ class _Token:
             admitted=self.admitted_total,
             throttled=self.throttled,
             peak=self.peak,
+            realtime_requests=self.record_requests,
+            realtime_throttled=self.record_throttled,
+            realtime_peak=self.record_peak,
         )
 
 
@@ -247,6 +264,31 @@ class Rules:
             state.admitted.append(now)
             state.admitted_total += 1
         return None
+
+    def admit_record(self, account: str, token: str | None, now: float) -> Throttled | None:
+        """Count one single-record request of an authorised ``token`` against that token's own
+        single-record window (``record_rate_limit`` in ``record_window_s``), unless it is over it.
+        It counts against neither the batch quota nor the account's."""
+        config = self._config
+        state = self._token(account, token, now)
+        limit = config.record_rate_limit
+        if state is None or limit is None:
+            return None
+        self._used.setdefault(account, {})[state.label] = state
+        state.record_requests += 1
+        arrived = state.record_arrived
+        arrived.append(now)
+        while arrived and arrived[0] <= now - config.record_window_s:
+            arrived.popleft()
+        state.record_peak = max(state.record_peak, len(arrived))
+        wait_s = _admit(state.record_admitted, now, limit, config.record_window_s)
+        if wait_s is None:
+            return None
+        state.record_throttled += 1
+        window = f"{config.record_window_s:g} s"
+        return self._throttled(
+            f"more than {limit} single-record requests per token in {window}", wait_s, "realtime"
+        )
 
     def token_stats(self, account: str) -> dict[str, TokenStats]:
         """Per token label, how ``account``'s batch requests used it (with the per-token limit)."""

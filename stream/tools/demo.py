@@ -503,14 +503,23 @@ def _summarise(
     print("\nsummary")
     line("events in", f"{events_in:,}", f"{PARTITIONS} partitions, {accounts} accounts")
     line("delivered", f"{delivered:,}", f"the sandbox accepted {accepted:,}")
+    paths = counts.path_records
+    overflow = sum(counts.realtime_overflow.values())
+    line("  in batches", f"{paths.get('batch', 0):,}", "the batch endpoint")
+    line(
+        "  one by one, at once",
+        f"{paths.get('realtime', 0):,}",
+        f"urgent: the single-record endpoint; {overflow:,} more overflowed to batches",
+    )
     line("dead-lettered", f"{sum(dead.values()):,}", "stage, code:")
     for (code, stage), n in sorted(dead.items(), key=lambda item: (item[0][1], item[0][0])):
         line(f"  {stage:<9}{code}", f"{n:,}")
     line("replayed from the DLQ", f"{replayed:,}", "unknown_label, once the label was registered")
     classes = ", ".join(f"{c} {n:,}" for c, n in sorted(by_class.items()))
     line("API requests", f"{sum(by_class.values()):,}", classes)
-    ok = by_class.get("2xx", 0)
-    line("mean batch size", f"{delivered / max(ok, 1):.1f}", "records per accepted request")
+    ok = counts.path_requests.get(("batch", "2xx"), 0)
+    mean = paths.get("batch", 0) / max(ok, 1)
+    line("mean batch size", f"{mean:.1f}", "records per accepted batch request")
     quota = f"quota {TOKENS} tokens x {TOKEN_RPM} requests/min per account"
     line("429 answers", f"{counts.throttled:,}", quota)
     line("retries", f"{counts.retries:,}", f"and {counts.bisections:,} bisections")

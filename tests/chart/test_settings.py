@@ -102,6 +102,9 @@ def test_every_setting_the_chart_owns_reaches_the_config_map(helm: Helm) -> None
         "DCR_TOKEN_REQUESTS_PER_MINUTE",
         "DCR_BATCH_MAX_RECORDS",
         "DCR_BATCH_LINGER_MS",
+        "DCR_REALTIME",
+        "DCR_URGENT_WITHIN_S",
+        "DCR_REALTIME_REQUESTS_PER_SECOND",
         "DCR_HTTP_PORT",
         "DCR_SHUTDOWN_TIMEOUT_S",
         "DCR_LOG_LEVEL",
@@ -438,3 +441,20 @@ def test_inconsistent_values_fail_with_a_clear_message(
     helm: Helm, sets: list[str], message: str
 ) -> None:
     assert message in helm.render_error([MINIMAL], sets=sets)
+
+
+def test_the_realtime_values_reach_the_service(helm: Helm) -> None:
+    defaults = load(_service_env(helm.render([MINIMAL])))
+    assert (defaults.realtime, defaults.urgent_within_s) == (True, 60)
+    assert defaults.realtime_requests_per_second == 100
+    sets = [
+        "realtime.enabled=false",
+        "realtime.urgentWithinSeconds=0",
+        "json:realtime.requestsPerSecond=50.5",
+    ]
+    settings = config(helm.render([MINIMAL], sets=sets))
+    assert settings["DCR_REALTIME"] == "off"
+    assert settings["DCR_URGENT_WITHIN_S"] == "0"
+    assert settings["DCR_REALTIME_REQUESTS_PER_SECOND"] == "50.5"
+    loaded = load(_service_env(helm.render([MINIMAL], sets=sets)))
+    assert (loaded.realtime, loaded.urgent_within_s) == (False, 0)

@@ -25,6 +25,8 @@ SUMMARY_LINES = (
     "summary",
     "events in",
     "delivered",
+    "in batches",
+    "one by one, at once",
     "dead-lettered",
     "replayed from the DLQ",
     "API requests",

@@ -72,3 +72,17 @@ def test_record_size_bounds_the_encoded_size(reason: str | None) -> None:
 def test_max_records_above_the_api_limit_is_refused() -> None:
     with pytest.raises(ValueError, match=r"1\.\.500"):
         Batcher(max_records=501, linger_s=1.0, max_bytes=10**9)
+
+
+def test_an_open_batch_can_be_taken_however_young() -> None:
+    batcher: Batcher[int] = Batcher(max_records=500, linger_s=60.0, max_bytes=10**9)
+    batcher.add(Pending(record(high=True), 1), 0.0)
+    batcher.add(Pending(record(), 2), 0.0)
+    assert batcher.holds(A, True)
+    assert not batcher.holds(B, True)
+    taken = batcher.take(A, True)
+    assert taken is not None
+    assert [p.source for p in taken.items] == [1]
+    assert not batcher.holds(A, True)
+    assert batcher.take(A, True) is None
+    assert [p.source for b in batcher.drain() for p in b.items] == [2]

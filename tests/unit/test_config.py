@@ -31,6 +31,23 @@ def test_defaults() -> None:
     assert config.api_version == "v1"
     assert config.consumer_config()["enable.auto.commit"] is False
     assert config.consumer_config()["partition.assignment.strategy"] == "cooperative-sticky"
+    assert (config.realtime, config.urgent_within_s) == (True, 60)
+    assert config.realtime_requests_per_second == 100
+
+
+def test_the_real_time_lane_settings() -> None:
+    env = BASE | {"DCR_REALTIME": "off", "DCR_URGENT_WITHIN_S": "0"}
+    config = load(env | {"DCR_REALTIME_REQUESTS_PER_SECOND": "12.5"})
+    assert (config.realtime, config.urgent_within_s) == (False, 0)
+    assert config.realtime_requests_per_second == 12.5
+    for variable, value in [
+        ("DCR_REALTIME", "yes"),
+        ("DCR_URGENT_WITHIN_S", "-1"),
+        ("DCR_URGENT_WITHIN_S", "inf"),
+        ("DCR_REALTIME_REQUESTS_PER_SECOND", "0"),
+    ]:
+        with pytest.raises(ConfigError, match=variable):
+            load(BASE | {variable: value})
 
 
 @pytest.mark.parametrize(

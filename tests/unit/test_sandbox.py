@@ -177,6 +177,7 @@ async def test_v2_batch_returns_a_batch_id_and_is_recorded(
     assert accepted == Accepted(
         account=ACCOUNT,
         api_version="v2",
+        path="batch",
         batch_id=batch_id,
         received_ms=int(clock.time() * 1000),
         received_monotonic_ms=clock.monotonic() * 1000,

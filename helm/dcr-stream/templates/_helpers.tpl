@@ -73,6 +73,9 @@ value for, but never replace one it has.
   "DCR_API_VERSION" .Values.api.version
   "DCR_TOKEN_POOL_SIZE" (toString (int64 .Values.quota.tokenPoolSize))
   "DCR_TOKEN_REQUESTS_PER_MINUTE" (printf "%g" (float64 .Values.quota.tokenRequestsPerMinute))
+  "DCR_REALTIME" (ternary "on" "off" .Values.realtime.enabled)
+  "DCR_URGENT_WITHIN_S" (printf "%g" (float64 .Values.realtime.urgentWithinSeconds))
+  "DCR_REALTIME_REQUESTS_PER_SECOND" (printf "%g" (float64 .Values.realtime.requestsPerSecond))
   "DCR_BATCH_MAX_RECORDS" (toString (int64 .Values.batch.maxRecords))
   "DCR_BATCH_LINGER_MS" (toString (int64 .Values.batch.lingerMs))
   "DCR_MAX_BUFFERED_RECORDS" (toString (int64 .Values.maxBufferedRecords))
