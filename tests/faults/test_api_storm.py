@@ -58,7 +58,9 @@ def test_an_api_storm_loses_nothing(
     reached(0.45)
     # The outage: first half 503s, second half connections cut without an answer.
     with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
-        set_faults(outage="503", outage_s=OUTAGE_S / 2)
+        # Until the drop replaces it: a 503 outage timed to end as the drop begins would leave
+        # a gap (the test's own sleeps overrun) in which a request is accepted.
+        set_faults(outage="503", outage_s=None)
         # A request that passed the outage check just before it began may still be recorded.
         time.sleep(1)
         before = sandbox.accepted_count()
