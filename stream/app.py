@@ -18,7 +18,9 @@ import random
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from itertools import groupby
+from operator import attrgetter
+from typing import Any, cast
 
 from aiohttp import web
 from confluent_kafka import Message
@@ -31,6 +33,7 @@ from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery, api_rejection
 from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError
+from stream.events import Record
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
 from stream.leases import KafkaLeases
@@ -47,7 +50,7 @@ from stream.tokens import (
     TokenFileSource,
     Tokens,
 )
-from stream.validation import Rejection, Rules, validate
+from stream.validation import Rejection, Rules, validate_all
 
 __all__ = ["Pipeline"]
 
@@ -64,6 +67,8 @@ class Source(Struct, frozen=True, gc=False):
     ticket: Ticket
     message: Message
 
+
+_ticket_of = attrgetter("source.ticket")
 
 _UNKNOWN_LABEL = Rejection(
     code="unknown_label",
@@ -358,30 +363,41 @@ class Pipeline:
     # -- consume → validate → submit ----------------------------------------------------------
 
     def _on_messages(self, messages: list[Message]) -> None:
-        """One consumed slice, in order: the once-a-record path (see ``bench/``)."""
+        """One consumed slice, in order, a partition's run of messages at a time: the once-a-record
+        path (docs/design.md#the-hot-path, ``bench/``)."""
         assert self._delivery is not None
         assert self._labels is not None
         now_ms = self._wall_ms()
-        receive, rules, high_topics = self.tracker.receive, self._rules, self._high_topics
+        receive_run, rules, high_topics = self.tracker.receive_run, self._rules, self._high_topics
         self.counts.consumed += len(messages)
         valid: list[Pending[Source]] = []
-        for message in messages:
-            topic = message.topic()
-            assert topic is not None
-            ticket = receive(topic, message.partition() or 0, message.offset() or 0)
-            if ticket is None:  # revoked since it was fetched: the new owner reads it again
-                self._finish((None,))
+        append = valid.append
+        start = 0
+        partitions = zip(
+            map(Message.topic, messages), map(Message.partition, messages), strict=True
+        )
+        for (topic, partition), group in groupby(partitions):
+            end = start + len(list(group))
+            run = messages[start:end]
+            start = end
+            offsets = cast(list[int], list(map(Message.offset, run)))
+            claim = receive_run(cast(str, topic), partition or 0, offsets)
+            if claim is None:  # revoked since it was fetched: the new owner reads it again
+                self._finish((), unowned=len(run))
                 continue
-            result = validate(
-                message.value(),
+            results = validate_all(
+                map(Message.value, run),
                 rules=rules,
                 now_ms=now_ms,
                 high_priority_topic=topic in high_topics,
             )
-            if isinstance(result, Rejection):
-                self._spawn(self._dead_letter(Source(ticket, message), result, None, None))
-            else:
-                valid.append(Pending(result, Source(ticket, message)))
+            for index, (message, result) in enumerate(zip(run, results, strict=True)):
+                source = Source(Ticket(claim, index), message)
+                if type(result) is Record:
+                    append(Pending(result, source))
+                else:
+                    rejection = cast(Rejection, result)
+                    self._spawn(self._dead_letter(source, rejection, None, None))
         self._delivery.submit_all(self._labels.admit(valid))
 
     def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
@@ -409,18 +425,16 @@ class Pipeline:
 
     # -- outcomes (called by Delivery) -----------------------------------------------------------
 
-    def _finish(self, tickets: Collection[Ticket | None]) -> None:
-        """Records leave the pipeline (delivered, dead-lettered, or no longer ours): their offsets
-        may be committed, backpressure counts them out, and a drain waiting for them wakes up."""
-        finish = self.tracker.finish
-        for ticket in tickets:
-            if ticket is not None:
-                finish(ticket)
-        self.finished += len(tickets)
+    def _finish(self, tickets: Collection[Ticket], *, unowned: int = 0) -> None:
+        """Records leave the pipeline (delivered, dead-lettered, or, ``unowned`` of them, no longer
+        ours): their offsets may be committed, backpressure counts them out, and a drain waiting
+        for them wakes up."""
+        self.tracker.finish_all(tickets)
+        self.finished += len(tickets) + unowned
         self._progress.set()
 
     def delivered(self, batch: Batch[Source], response: Response) -> None:
-        self._finish([item.source.ticket for item in batch.items])
+        self._finish(list(map(_ticket_of, batch.items)))
         records = len(batch.items)
         delivered = self.counts.delivered
         delivered[batch.account] = delivered.get(batch.account, 0) + records
