@@ -123,11 +123,8 @@ class Delivery(Generic[S]):
         # The linger timer sleeps until the oldest open batch is due; only a first open batch
         # brings that deadline forward.
         was_empty = not self._batcher
-        now, add, dispatch = loop.time(), self._batcher.add, self._dispatch
-        for item in items:
-            full = add(item, now)
-            if full is not None:
-                dispatch(full)
+        for full in self._batcher.add_all(items, loop.time()):
+            self._dispatch(full)
         if was_empty:
             self._wake.set()
 
