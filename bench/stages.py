@@ -40,7 +40,7 @@ from stream.config import load
 from stream.delivery import Delivery
 from stream.events import encode_batch
 from stream.labels import LabelGate
-from stream.validation import check_expiry, validate_all
+from stream.validation import validate_all
 from tests.support.events import LABEL, events
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stages.json"
@@ -91,16 +91,19 @@ class _Clock:
 
 class _Sent(Delivery[Source]):
     """``Delivery`` whose full batches go out at once, synchronously, to an API that accepts them:
-    the per-record work of ``_try_send`` (expiry, encode) and the outcome, without the lanes."""
+    the per-record work of ``_try_send`` (``_drop_expired``, encode) and the outcome, without the
+    lanes."""
 
     clock: _Clock
 
     def _dispatch(self, batch: Batch[Source]) -> None:
         clock = self.clock
         started = time.perf_counter_ns()
-        now_ms = self._wall_ms()
-        batch.items = [i for i in batch.items if check_expiry(i.record.ends_at, now_ms, "expired")
-                       is None]  # fmt: skip
+        expiring = self._drop_expired(batch)
+        try:  # nothing expires here, so the coroutine never suspends
+            expiring.send(None)
+        except StopIteration as done:
+            batch.items = done.value
         encode_batch([p.record for p in batch.items], self._version)
         sent = time.perf_counter_ns()
         clock.ns["send"] += sent - started
