@@ -180,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--invalid-every", type=int, default=0, help="0: all valid (as B1)")
+    parser.add_argument("--no-gc", action="store_true", help="with the garbage collector off")
     args = parser.parse_args(argv)
     slices = messages(args.events, args.invalid_every)
     count = sum(map(len, slices))
     samples: dict[str, list[float]] = {}
     loop = asyncio.new_event_loop()
+    if args.no_gc:
+        gc.disable()
     for _ in range(args.repeat):
         gc.collect()
         started = time.process_time_ns()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -212,6 +213,9 @@ class Pipeline:
         )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
         http = await self._serve_http(self._consumer)
+        # What exists now lives as long as the process: out of the collector's full passes,
+        # which otherwise walk it all again and again (docs/design.md#the-hot-path).
+        gc.freeze()
         self._consumer.start()
         committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
         consumer_done = asyncio.wrap_future(self._consumer.done)
