@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from itertools import groupby
-from operator import attrgetter
 from typing import Any, cast
 
 from aiohttp import web
@@ -68,8 +67,6 @@ class Source(Struct, frozen=True, gc=False):
     ticket: Ticket
     message: Message
 
-
-_ticket_of = attrgetter("source.ticket")
 
 _UNKNOWN_LABEL = Rejection(
     code="unknown_label",
@@ -438,7 +435,7 @@ class Pipeline:
         self._progress.set()
 
     def delivered(self, batch: Batch[Source], response: Response) -> None:
-        self._finish(list(map(_ticket_of, batch.items)))
+        self._finish([item.source.ticket for item in batch.items])
         records = len(batch.items)
         delivered = self.counts.delivered
         delivered[batch.account] = delivered.get(batch.account, 0) + records
