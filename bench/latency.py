@@ -22,7 +22,18 @@ from typing import Any
 
 import msgspec
 
-from bench.harness import WAIT_S, fill, http_json, http_lines, median, sandbox, service, topic
+from bench.harness import (
+    ACCOUNT,
+    WAIT_S,
+    fill,
+    http_json,
+    http_lines,
+    median,
+    sandbox,
+    service,
+    topic,
+)
+from tests.support.events import LABEL
 from tests.support.kafka import Broker, delete_topics
 from tests.support.waiting import wait_until
 
@@ -46,8 +57,12 @@ _receipts = msgspec.json.Decoder(_Receipt)
 
 def run(kafka: Broker, *, seconds: float, repeat: int, logs: Path) -> dict[str, Any]:
     runs = []
-    # Latency, not the quota: one static token, no per-token limit (B2 measures the quota).
-    flags = ("--rate-limit-rps", "10", "--token-rate-limit", "off")
+    # Latency, not the quota: one static token, no per-token limit (B2 measures the quota). The
+    # account's labels are known: without them the label registry answers 404 and the first
+    # records wait ~5 s for a probe and a coalesced refresh (stream.labels.MISS_REFRESH_S).
+    flags = (
+        "--rate-limit-rps", "10", "--token-rate-limit", "off", f"--labels={ACCOUNT}={LABEL}",
+    )  # fmt: skip
     sandbox_child, url = sandbox(logs / "b3-sandbox.log", *flags)
     with sandbox_child:
         for i in range(repeat):

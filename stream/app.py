@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from itertools import groupby
+from typing import Any, cast
 
 from aiohttp import web
 from confluent_kafka import Message
@@ -31,6 +33,7 @@ from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery, api_rejection
 from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
+from stream.events import Record
 from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
 from stream.leases import KafkaLeases, Leases
@@ -48,7 +51,7 @@ from stream.tokens import (
     TokenFileSource,
     Tokens,
 )
-from stream.validation import Rejection, Rules, validate
+from stream.validation import Rejection, Rules, validate_all
 
 __all__ = ["Pipeline", "make_tokens"]
 
@@ -264,6 +267,9 @@ class Pipeline:
         )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
         http = await self._serve_http(self._consumer)
+        # What exists now lives as long as the process: out of the collector's full passes,
+        # which otherwise walk it all again and again (docs/design.md#the-hot-path).
+        gc.freeze()
         self._consumer.start()
         committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
         consumer_done = asyncio.wrap_future(self._consumer.done)
@@ -402,30 +408,41 @@ class Pipeline:
     # -- consume → validate → submit ----------------------------------------------------------
 
     def _on_messages(self, messages: list[Message]) -> None:
-        """One consumed slice, in order: the once-a-record path (see ``bench/``)."""
+        """One consumed slice, in order, a partition's run of messages at a time: the once-a-record
+        path (docs/design.md#the-hot-path, ``bench/``)."""
         assert self._delivery is not None
         assert self._labels is not None
         now_ms = self._wall_ms()
-        receive, rules, high_topics = self.tracker.receive, self._rules, self._high_topics
+        receive_run, rules, high_topics = self.tracker.receive_run, self._rules, self._high_topics
         self.counts.consumed += len(messages)
         valid: list[Pending[Source]] = []
-        for message in messages:
-            topic = message.topic()
-            assert topic is not None
-            ticket = receive(topic, message.partition() or 0, message.offset() or 0)
-            if ticket is None:  # revoked since it was fetched: the new owner reads it again
-                self._finish((None,), high=topic in high_topics)
+        append = valid.append
+        start = 0
+        partitions = zip(
+            map(Message.topic, messages), map(Message.partition, messages), strict=True
+        )
+        for (topic, partition), group in groupby(partitions):
+            end = start + len(list(group))
+            run = messages[start:end]
+            start = end
+            offsets = cast(list[int], list(map(Message.offset, run)))
+            claim = receive_run(cast(str, topic), partition or 0, offsets)
+            if claim is None:  # revoked since it was fetched: the new owner reads it again
+                self._finish((), unowned=len(run), high=topic in high_topics)
                 continue
-            result = validate(
-                message.value(),
+            results = validate_all(
+                map(Message.value, run),
                 rules=rules,
                 now_ms=now_ms,
                 high_priority_topic=topic in high_topics,
             )
-            if isinstance(result, Rejection):
-                self._spawn(self._dead_letter(Source(ticket, message), result, None, None))
-            else:
-                valid.append(Pending(result, Source(ticket, message)))
+            for index, (message, result) in enumerate(zip(run, results, strict=True)):
+                source = Source(Ticket(claim, index), message)
+                if type(result) is Record:
+                    append(Pending(result, source))
+                else:
+                    rejection = cast(Rejection, result)
+                    self._spawn(self._dead_letter(source, rejection, None, None))
         self._delivery.submit_all(self._labels.admit(valid))
 
     def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
@@ -453,21 +470,16 @@ class Pipeline:
 
     # -- outcomes (called by Delivery) -----------------------------------------------------------
 
-    def _finish(self, tickets: Collection[Ticket | None], *, high: bool = False) -> None:
-        """Records leave the pipeline (delivered, dead-lettered, or no longer ours): their offsets
-        may be committed, backpressure counts them out, and a drain waiting for them wakes up.
-        ``high``: a record without a ticket came from a high-priority topic."""
-        finish, high_topics = self.tracker.finish, self._high_topics
-        finished_high = 0
-        for ticket in tickets:
-            if ticket is not None:
-                finish(ticket)
-                if high_topics and ticket.tp[0] in high_topics:
-                    finished_high += 1
-            elif high:
-                finished_high += 1
-        self.finished_high += finished_high
-        self.finished += len(tickets)
+    def _finish(self, tickets: Collection[Ticket], *, unowned: int = 0, high: bool = False) -> None:
+        """Records leave the pipeline (delivered, dead-lettered, or, ``unowned`` of them, no longer
+        ours): their offsets may be committed, backpressure counts them out, and a drain waiting
+        for them wakes up. ``high``: the ``unowned`` came from a high-priority topic."""
+        self.tracker.finish_all(tickets)
+        self.finished += len(tickets) + unowned
+        high_topics = self._high_topics
+        if high_topics:  # backpressure counts these apart (docs/design.md#backpressure)
+            self.finished_high += sum(1 for t in tickets if t.tp[0] in high_topics)
+            self.finished_high += unowned if high else 0
         self._progress.set()
 
     def delivered(self, batch: Batch[Source], response: Response) -> None:

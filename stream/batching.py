@@ -8,6 +8,7 @@ record has waited ``linger_s`` whenever the timer it arms from :meth:`Batcher.ne
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -27,7 +28,8 @@ _RECORD_OVERHEAD = 160
 
 
 def record_size(record: Record) -> int:
-    """An upper bound of the record's bytes in a request body, without encoding it."""
+    """An upper bound of the record's bytes in a request body, without encoding it (the same sum
+    is inlined in ``Batcher.add_all``)."""
     return (
         _RECORD_OVERHEAD
         + len(record.caller)
@@ -111,27 +113,47 @@ class Batcher(Generic[S]):
 
         A record that would push its batch past ``max_bytes`` closes that batch and opens the next.
         """
-        record = item.record
-        key = (record.account, record.high_priority)
-        size = record_size(record)
-        batch = self._open.get(key)
-        closed = None
-        if batch is not None and batch.size + size > self._max_bytes:
-            closed = self._open.pop(key)
-            batch = None
-        if batch is None:
-            batch = self._open[key] = Batch(key[0], key[1], opened_at=now)
-        batch.items.append(item)
-        batch.size += size
-        if len(batch.items) >= self._max_records:
-            # ``closed`` is None here: a batch left open holds fewer than max_records >= 2 records,
-            # so the one just opened beside a closed one cannot be full yet.
-            return self._open.pop(key)
-        return closed
+        full = self.add_all((item,), now)
+        # One record completes at most one batch: a batch left open holds fewer than
+        # max_records >= 2 records, so the one opened beside a closed one cannot be full yet.
+        return full[0] if full else None
+
+    def add_all(self, items: Iterable[Pending[S]], now: float) -> list[Batch[S]]:
+        """``add`` each record, in order, in one loop (docs/design.md#the-hot-path); return the
+        batches they completed, in the order they were completed."""
+        full: list[Batch[S]] = []
+        batches, max_records, max_bytes = self._open, self._max_records, self._max_bytes
+        for item in items:
+            record = item.record
+            key = (record.account, record.high_priority)
+            # record_size(record), inline: a call per record was an eighth of the hot path.
+            size = (
+                _RECORD_OVERHEAD
+                + len(record.caller)
+                + len(record.receiver)
+                + len(record.label_id)
+                + 4 * len(record.label_name or "")
+                + 4 * len(record.call_reason or "")
+            )
+            batch = batches.get(key)
+            if batch is not None and batch.size + size > max_bytes:
+                full.append(batches.pop(key))
+                batch = None
+            if batch is None:
+                batch = batches[key] = Batch(key[0], key[1], opened_at=now)
+            batch.items.append(item)
+            batch.size += size
+            if len(batch.items) >= max_records:
+                full.append(batches.pop(key))
+        return full
 
     def holds(self, account: str, high_priority: bool) -> bool:
         """Whether a batch is open for (``account``, ``high_priority``)."""
         return (account, high_priority) in self._open
+
+    def open_high(self) -> list[str]:
+        """The accounts with an open high-priority batch."""
+        return [account for account, high in self._open if high]
 
     def take(self, account: str, high_priority: bool) -> Batch[S] | None:
         """Remove and return the open batch of (``account``, ``high_priority``), however young: a

@@ -144,27 +144,31 @@ class Delivery(Generic[S]):
         # The linger timer sleeps until the oldest open batch is due; only a first open batch
         # brings that deadline forward.
         was_empty = not self._batcher
-        now, add, dispatch = loop.time(), self._batcher.add, self._dispatch
-        realtime = self._realtime_rps is not None and not self._closed
-        now_ms = self._wall_ms() if realtime else 0
+        now = loop.time()
+        if self._realtime_rps is not None and not self._closed:
+            items = self._route_urgent(items, now)
+        for full in self._batcher.add_all(items, now):
+            self._dispatch(full)
+        if was_empty:
+            self._wake.set()
+        for account in self._batcher.open_high() if not self._closed else ():
+            self._lane(account).ready.set()  # a high-priority batch leaves with the next slot
+
+    def _route_urgent(self, items: Iterable[Pending[S]], now: float) -> list[Pending[S]]:
+        """The records to batch: the urgent ones go to the real-time lane instead, but for its
+        overflow (docs/design.md#real-time)."""
+        now_ms = self._wall_ms()
         soon_ms = now_ms + self._urgent_ms
-        high: set[str] = set()
+        batched = []
         for item in items:
             record = item.record
-            if realtime and (record.high_priority or now_ms < record.starts_at < soon_ms):
+            if record.high_priority or now_ms < record.starts_at < soon_ms:
                 overflow = self._urgent(item, now)
                 if overflow is None:
                     continue
-                item, record = overflow, overflow.record
-            if record.high_priority:
-                high.add(record.account)
-            full = add(item, now)
-            if full is not None:
-                dispatch(full)
-        if was_empty:
-            self._wake.set()
-        for account in high if not self._closed else ():
-            self._lane(account).ready.set()  # a high-priority batch leaves with the next slot
+                item = overflow
+            batched.append(item)
+        return batched
 
     def _urgent(self, item: Pending[S], now: float) -> Pending[S] | None:
         """Queue an urgent record for the single-record endpoint; if its lane is full, return it
@@ -371,6 +375,8 @@ class Delivery(Generic[S]):
         """Dead-letter the records whose window closed while they waited (docs/events.md: checked
         again just before sending); return the rest."""
         now_ms = self._wall_ms()
+        if min((item.record.ends_at for item in batch.items), default=now_ms) >= now_ms:
+            return batch.items  # none expired: one pass, no call per record
         live = []
         for item in batch.items:
             rejection = check_expiry(item.record.ends_at, now_ms, "expired")

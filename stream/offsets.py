@@ -5,41 +5,63 @@ finish out of order (batches per account, retries, bisection); the committable p
 partition is one past the last record of the longest finished prefix of what was received, in the
 order it was received (offsets need not be contiguous: compaction, transaction markers).
 
-Each assignment of a partition gets a new generation. A record carries the generation it was
-received under, so a result that arrives after the partition was revoked (or lost, or revoked and
-assigned again) is ignored instead of moving someone else's position.
+Offsets are received a run at a time: the messages of one partition that arrived together (a
+consumed slice holds a few). A :class:`Run` keeps their offsets and one byte per record, set when
+it finishes, so that the finished prefix advances with ``bytearray.find`` rather than record by
+record (docs/design.md#the-hot-path).
+
+Each assignment of a partition starts with no runs, so a result that arrives after the partition
+was revoked (or lost, or revoked and assigned again) marks a run that is no longer tracked and is
+ignored instead of moving someone else's position.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from msgspec import Struct
 
-__all__ = ["OffsetTracker", "Ticket", "TopicPartitionKey"]
+__all__ = ["OffsetTracker", "Run", "Ticket", "TopicPartitionKey"]
 
 TopicPartitionKey = tuple[str, int]
 
 
-class Ticket(Struct, frozen=True, gc=False):
-    """A received record's claim on its partition's position; one per record, hence ``gc=False``
-    (docs/design.md#the-hot-path)."""
+class Run:
+    """Records of one partition received together, in order; see the module docstring."""
 
-    tp: TopicPartitionKey
-    generation: int
-    offset: int
+    __slots__ = ("done", "head", "offsets", "tp")
+
+    def __init__(self, tp: TopicPartitionKey, offsets: list[int]) -> None:
+        self.tp = tp
+        self.offsets = offsets
+        self.done = bytearray(len(offsets))
+        """1 for each record finished."""
+        self.head = 0
+        """Records at the front that are part of the partition's finished prefix."""
+
+
+class Ticket(Struct, frozen=True, gc=False):
+    """A received record's claim on its partition's position: its run and its place in it; one
+    per record, hence ``gc=False`` (docs/design.md#the-hot-path)."""
+
+    run: Run
+    index: int
+
+    @property
+    def tp(self) -> TopicPartitionKey:
+        return self.run.tp
+
+    @property
+    def offset(self) -> int:
+        return self.run.offsets[self.index]
 
 
 @dataclass(slots=True)
 class _Partition:
-    generation: int
-    received: deque[int] = field(default_factory=deque)
-    """Offsets received and not yet part of the finished prefix, in order."""
-    finished: set[int] = field(default_factory=set)
-    """Offsets finished out of order, waiting for the ones before them."""
+    runs: deque[Run] = field(default_factory=deque)
+    """Runs received and not yet wholly part of the finished prefix, in order."""
     position: int | None = None
     """One past the finished prefix: what a commit would store; None until something finished."""
     committed: int | None = None
@@ -50,61 +72,83 @@ class _Partition:
     offered: tuple[int, int] = (-1, 0)
     """The last ``position`` that ``to_commit`` handed out, and ``prefix`` then."""
 
+    def advance(self) -> None:
+        """Move the finished prefix over the records finished at the front."""
+        runs = self.runs
+        while runs:
+            run = runs[0]
+            end = run.done.find(0, run.head)
+            if end == -1:
+                end = len(run.offsets)
+            if end > run.head:
+                self.prefix += end - run.head
+                self.position = run.offsets[end - 1] + 1
+                run.head = end
+            if end < len(run.offsets):
+                return
+            runs.popleft()
+
 
 class OffsetTracker:
     """Positions of the partitions this process owns now."""
 
     def __init__(self) -> None:
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
-        self._generations = itertools.count(1)
 
     def assign(self, tps: Iterable[TopicPartitionKey]) -> None:
         for tp in tps:
-            self._partitions[tp] = _Partition(next(self._generations))
+            self._partitions[tp] = _Partition()
 
     def forget(self, tps: Iterable[TopicPartitionKey]) -> None:
         """Drop partitions (revoked after their final commit, or lost); late results are ignored."""
         for tp in tps:
             self._partitions.pop(tp, None)
 
-    def receive(self, topic: str, partition: int, offset: int) -> Ticket | None:
-        """Note a consumed record; None if the partition is not (or no longer) ours."""
+    def receive_run(self, topic: str, partition: int, offsets: list[int]) -> Run | None:
+        """Note records of one partition consumed together (offsets in order); None if the
+        partition is not (or no longer) ours. Record ``i`` is ``Ticket(run, i)``."""
         tp = (topic, partition)
         state = self._partitions.get(tp)
         if state is None:
             return None
-        state.received.append(offset)
-        return Ticket(tp, state.generation, offset)
+        run = Run(tp, offsets)
+        state.runs.append(run)
+        return run
+
+    def receive(self, topic: str, partition: int, offset: int) -> Ticket | None:
+        """Note one consumed record; None if the partition is not (or no longer) ours."""
+        run = self.receive_run(topic, partition, [offset])
+        return None if run is None else Ticket(run, 0)
 
     def finish(self, ticket: Ticket) -> None:
-        state = self._partitions.get(ticket.tp)
-        if state is None or state.generation != ticket.generation:
-            return
-        received = state.received
-        if received and received[0] == ticket.offset:
-            received.popleft()
-            last = ticket.offset
-            finished = state.finished
-            count = 1
-            while received and received[0] in finished:
-                last = received.popleft()
-                finished.discard(last)
-                count += 1
-            state.position = last + 1
-            state.prefix += count
-        else:
-            state.finished.add(ticket.offset)
+        self.finish_all((ticket,))
+
+    def finish_all(self, tickets: Iterable[Ticket]) -> None:
+        """Records finished (in any order); each partition's prefix advances once."""
+        touched: list[Run] = []
+        last = None
+        for ticket in tickets:
+            run = ticket.run
+            run.done[ticket.index] = 1
+            if run is not last:
+                touched.append(run)
+                last = run
+        partitions = self._partitions
+        for tp in {run.tp for run in touched}:
+            state = partitions.get(tp)
+            if state is not None:
+                state.advance()
 
     def unfinished(self, tps: Iterable[TopicPartitionKey] | None = None) -> int:
         """Records received and not yet in a finished prefix (of the given partitions, or all)."""
         keys = self._partitions.keys() if tps is None else tps
-        return sum(len(s.received) for tp in keys if (s := self._partitions.get(tp)) is not None)
+        return sum(_unfinished(s) for tp in keys if (s := self._partitions.get(tp)) is not None)
 
     def uncommitted(self) -> int:
         """Records received and not yet committed: what the partitions' next owner consumes again
         if we stop now."""
         return sum(
-            len(s.received) + s.prefix - s.prefix_committed for s in self._partitions.values()
+            _unfinished(s) + s.prefix - s.prefix_committed for s in self._partitions.values()
         )
 
     def to_commit(
@@ -129,3 +173,7 @@ class OffsetTracker:
                 state.committed = position
                 if state.offered[0] == position:
                     state.prefix_committed = state.offered[1]
+
+
+def _unfinished(state: _Partition) -> int:
+    return sum(len(run.offsets) - run.head for run in state.runs)

@@ -11,13 +11,18 @@ through ``re`` on every decode, which was half the cost of a decode. Anything th
 accept is decoded again by the full ``CallIntent`` decoder, so every rejection is exactly the one
 msgspec's own checks give.
 
+The pipeline validates a consumed run of messages at a time (``validate_all``, one loop, cheapest
+checks first); ``validate`` is the same code for one value (docs/design.md#the-hot-path). The
+rules that depend on nothing but the value are remembered for the values that passed them: the
+UUIDs (with their lowercase form) and the call reasons, which a deployment repeats.
+
 Every code, its field and an example are listed in the README; ``CODES`` is the source of truth.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -35,6 +40,7 @@ __all__ = [
     "check_expiry",
     "normalise_phone",
     "validate",
+    "validate_all",
 ]
 
 Stage = Literal["decode", "validate", "expired", "api", "status"]
@@ -135,9 +141,15 @@ _MS_CEILING = 10**14
 _decoder = msgspec.json.Decoder(CallIntent)
 _UUID = re.compile(UUID_PATTERN)
 _UUID_SHAPE = Annotated[str, Meta(min_length=36, max_length=36)]
-_UUIDS_SEEN_MAX = 4096
-"""UUIDs remembered as valid; past this many the memory starts again (bounds odd producers)."""
-_uuids_seen: set[str] = set()
+_SEEN_MAX = 4096
+"""Values remembered as valid, per kind; past this many the memory starts again (bounds odd
+producers)."""
+_uuids_seen: dict[str, str] = {}
+"""UUIDs that match ``UUID_PATTERN``, each with its lowercase form (UUIDs compare lowercased)."""
+_reasons_seen: set[str] = set()
+"""Call reasons free of forbidden characters and edges (their length is msgspec's to check)."""
+_callers_seen: dict[str, str] = {}
+"""Caller numbers as written, normalised: a deployment calls from a few (receivers are unique)."""
 
 
 def _without_uuid_patterns() -> Any:
@@ -157,7 +169,7 @@ def _without_uuid_patterns() -> Any:
 
 
 _fast_decoder = msgspec.json.Decoder(_without_uuid_patterns())
-_PHONE_STRIP = str.maketrans("", "", "+ -().")
+_PHONE_STRIP = b"+ -()."
 _FORBIDDEN = frozenset("!@#$%^&*()_+/")
 _EDGES = frozenset(".,-")
 _AT_PATH = re.compile(r" - at `\$\.([A-Za-z_]+)")
@@ -167,6 +179,44 @@ def validate(
     value: bytes | None, *, rules: Rules, now_ms: int, high_priority_topic: bool = False
 ) -> Record | Rejection:
     """Decode and check one Kafka message value; the result is never an exception."""
+    return validate_all(
+        (value,), rules=rules, now_ms=now_ms, high_priority_topic=high_priority_topic
+    )[0]
+
+
+def validate_all(
+    values: Iterable[bytes | None],
+    *,
+    rules: Rules,
+    now_ms: int,
+    high_priority_topic: bool = False,
+) -> list[Record | Rejection]:
+    """``validate`` each value, in order: the usual event (ASCII, within the size limit, UUIDs
+    already seen) in this loop, any other through ``_validate_one``."""
+    results: list[Record | Rejection] = []
+    append, decode, uuids = results.append, _fast_decoder.decode, _uuids_seen
+    max_bytes, default_account = rules.max_message_bytes, rules.default_account
+    for value in values:
+        event = None
+        # isascii() is the allocation-free proof of UTF-8 (see _validate_one).
+        if value and len(value) <= max_bytes and value.isascii():
+            try:
+                event = decode(value)
+            except (msgspec.DecodeError, RecursionError):
+                event = None
+        if event is not None and event.label_id in uuids:
+            account_id = event.client_account_id
+            account = default_account if account_id is None else uuids.get(account_id)
+            if account_id is None or account is not None:
+                append(_check(event, account, rules, now_ms, high_priority_topic))
+                continue
+        append(_validate_one(value, rules, now_ms, high_priority_topic))
+    return results
+
+
+def _validate_one(
+    value: bytes | None, rules: Rules, now_ms: int, high_priority_topic: bool
+) -> Record | Rejection:
     if not value:
         return _reject("empty_message", None, "the message has no value", "decode")
     if len(value) > rules.max_message_bytes:
@@ -192,7 +242,8 @@ def validate(
     if event is not None and _known_uuid(event.label_id):
         account_id = event.client_account_id
         if account_id is None or _known_uuid(account_id):
-            return _check(event, rules, now_ms, high_priority_topic)
+            account = rules.default_account if account_id is None else _uuids_seen[account_id]
+            return _check(event, account, rules, now_ms, high_priority_topic)
     try:
         event = _decoder.decode(value)
     except msgspec.ValidationError as exc:
@@ -201,7 +252,9 @@ def validate(
         return _reject("not_json", None, f"not JSON: {exc}", "decode")
     except RecursionError:
         return _reject("not_json", None, "not JSON: nested too deeply", "decode")
-    return _check(event, rules, now_ms, high_priority_topic)
+    account_id = event.client_account_id
+    account = account_id.lower() if account_id else rules.default_account
+    return _check(event, account, rules, now_ms, high_priority_topic)
 
 
 def _known_uuid(text: str) -> bool:
@@ -210,36 +263,46 @@ def _known_uuid(text: str) -> bool:
         return True
     if _UUID.match(text) is None:
         return False
-    if len(_uuids_seen) >= _UUIDS_SEEN_MAX:
+    if len(_uuids_seen) >= _SEEN_MAX:
         _uuids_seen.clear()
-    _uuids_seen.add(text)
+    _uuids_seen[text] = text.lower()
     return True
 
 
 def normalise_phone(number: str) -> str | None:
     """Digits only once ``+``, spaces, ``-``, ``(``, ``)``, ``.`` are stripped; None unless 8-15."""
-    # Most numbers arrive as +<digits> or <digits>: slicing is cheaper than translating.
+    # Most numbers arrive as +<digits> or <digits>: slicing is cheaper than stripping.
     digits = number[1:] if number[:1] == "+" else number
-    if not (digits.isascii() and digits.isdigit()):
-        digits = number.translate(_PHONE_STRIP)
-        if not (digits.isascii() and digits.isdigit()):
-            return None
-    return digits if 8 <= len(digits) <= 15 else None
+    if digits.isdigit() and digits.isascii():
+        return digits if 8 <= len(digits) <= 15 else None
+    # Stripping leaves any other character, so a number that is not ASCII is never valid; an
+    # ASCII one is stripped as bytes, where translate() runs in C (str.translate looks up a dict).
+    if not number.isascii():
+        return None
+    stripped = number.encode().translate(None, _PHONE_STRIP)
+    if not stripped.isdigit():
+        return None
+    return stripped.decode() if 8 <= len(stripped) <= 15 else None
 
 
 def check_expiry(ends_at: int, now_ms: int, stage: Stage) -> Rejection | None:
     """The expiry rule: on arrival (stage ``validate``) and just before sending (``expired``)."""
     if ends_at < now_ms:
-        return _reject(
-            "expired", "ends_at", f"ends_at {ends_at} is {now_ms - ends_at} ms in the past", stage
-        )
+        return _expired(ends_at, now_ms, stage)
     return None
 
 
+def _expired(ends_at: int, now_ms: int, stage: Stage) -> Rejection:
+    return _reject(
+        "expired", "ends_at", f"ends_at {ends_at} is {now_ms - ends_at} ms in the past", stage
+    )
+
+
 def _check(
-    event: CallIntent, rules: Rules, now_ms: int, high_priority_topic: bool
+    event: CallIntent, account: str | None, rules: Rules, now_ms: int, high_priority_topic: bool
 ) -> Record | Rejection:
-    account = event.client_account_id.lower() if event.client_account_id else rules.default_account
+    """The rules msgspec cannot express, in the order of their codes; ``account`` is the event's
+    own, lowercased, or the default."""
     if not account:
         return _reject(
             "missing_client_account_id",
@@ -247,12 +310,24 @@ def _check(
             "client_account_id is required when DCR_CLIENT_ACCOUNT_ID is not set",
             "validate",
         )
-    caller = normalise_phone(event.caller)
-    if caller is None:
-        return _bad_phone("caller")
-    receiver = normalise_phone(event.receiver)
-    if receiver is None:
-        return _bad_phone("receiver")
+    # A number of 8-15 plain digits is its own normal form: no call needed.
+    caller = event.caller
+    if not (caller.isdigit() and caller.isascii() and 8 <= len(caller) <= 15):
+        normal = _callers_seen.get(caller)
+        if normal is None:
+            normal = normalise_phone(caller)
+            if normal is None:
+                return _bad_phone("caller")
+            if len(_callers_seen) >= _SEEN_MAX:
+                _callers_seen.clear()
+            _callers_seen[caller] = normal
+        caller = normal
+    receiver = event.receiver
+    if not (receiver.isdigit() and receiver.isascii() and 8 <= len(receiver) <= 15):
+        normal = normalise_phone(receiver)
+        if normal is None:
+            return _bad_phone("receiver")
+        receiver = normal
     allowed = rules.allowed_labels.get(account)
     if allowed is not None and event.label_id.lower() not in allowed:
         return _reject(
@@ -261,7 +336,8 @@ def _check(
             f"label_id {event.label_id} is not on the allow-list of account {account}",
             "validate",
         )
-    if event.call_reason is not None and (rejection := _check_reason(event.call_reason)):
+    reason = event.call_reason
+    if reason is not None and reason not in _reasons_seen and (rejection := _check_reason(reason)):
         return rejection
     starts_at, ends_at = event.starts_at, event.ends_at
     if not (_MS_FLOOR <= starts_at < _MS_CEILING and _MS_FLOOR <= ends_at < _MS_CEILING):
@@ -275,15 +351,15 @@ def _check(
             f"the window is {ends_at - starts_at} ms, more than 24 h",
             "validate",
         )
-    if rejection := check_expiry(ends_at, now_ms, "validate"):
-        return rejection
+    if ends_at < now_ms:
+        return _expired(ends_at, now_ms, "validate")
     return Record(
         account=account,
         caller=caller,
         receiver=receiver,
         label_id=event.label_id,
         label_name=event.label_name,
-        call_reason=event.call_reason,
+        call_reason=reason,
         starts_at=starts_at,
         ends_at=ends_at,
         high_priority=high_priority_topic or event.priority == "high",
@@ -320,6 +396,9 @@ def _check_reason(reason: str) -> Rejection | None:
                 "call_reason must not start or end with . , - or white space",
                 "validate",
             )
+    if len(_reasons_seen) >= _SEEN_MAX:
+        _reasons_seen.clear()
+    _reasons_seen.add(reason)
     return None
 
 
