@@ -47,6 +47,7 @@ from stream.validation import Rejection, check_expiry
 __all__ = ["Backoff", "Delivery", "Outcomes", "api_rejection"]
 
 S = TypeVar("S")
+T = TypeVar("T")
 _log = logging.getLogger("stream.delivery")
 
 
@@ -285,31 +286,21 @@ class Delivery(Generic[S]):
         more (minted tokens: demand decides how many are minted). None when the pool has no
         token because getting one fails (``TokenPool.failing``): the batch then fails as a
         request would, and is retried with backoff."""
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            usable = pool.usable()
-            if not usable and pool.failing is not None:
-                return None
-            if not usable:
+
+        def pick(usable: list[Held], now: float) -> tuple[float, Held]:
+            held = min(usable, key=lambda h: h.pace.wait_s(now))
+            token_wait_s = held.pace.wait_s(now)
+            cap_wait_s = lane.cap.wait_s(now) if lane.cap is not None else 0.0
+            if token_wait_s > cap_wait_s:
                 pool.want_more()
-                wait_s = 1.0
-            else:
-                held = min(usable, key=lambda h: h.pace.wait_s(now))
-                token_wait_s = held.pace.wait_s(now)
-                cap_wait_s = lane.cap.wait_s(now) if lane.cap is not None else 0.0
-                if token_wait_s > cap_wait_s:
-                    pool.want_more()
-                wait_s = max(token_wait_s, cap_wait_s)
-                if wait_s <= 0:
-                    pool.used(held, now)
-                    if lane.cap is not None:
-                        lane.cap.take(now)
-                    return held
-            # A sleep never ends early; a token that becomes usable meanwhile wakes it.
-            pool.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pool.changed.wait(), wait_s)
+            wait_s = max(token_wait_s, cap_wait_s)
+            if wait_s <= 0:
+                pool.used(held, now)
+                if lane.cap is not None:
+                    lane.cap.take(now)
+            return wait_s, held
+
+        return await _first_free(pool, pick)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -474,27 +465,19 @@ class Delivery(Generic[S]):
         """``_take_slot`` for the single-record endpoint: the token whose real-time pace lets a
         request go first (its batch pace is not touched). Also sets how many records may wait:
         what the tokens held send in about a second."""
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            usable = pool.usable()
-            if not usable and pool.failing is not None:
-                return None
-            if not usable:
-                pool.want_more()
-                wait_s = 1.0
+
+        def pick(usable: list[Held], now: float) -> tuple[float, tuple[Held, Pace]]:
+            lane.size(sum(h.share for h in usable))
+            paces = [(h, lane.pace(h.index, h, h.share)) for h in usable]
+            held, pace = min(paces, key=lambda hp: hp[1].wait_s(now))
+            wait_s = pace.wait_s(now)
+            if wait_s <= 0:
+                pace.take(now)
             else:
-                lane.size(sum(h.share for h in usable))
-                paces = [(h, lane.pace(h.index, h, h.share)) for h in usable]
-                held, pace = min(paces, key=lambda hp: hp[1].wait_s(now))
-                wait_s = pace.wait_s(now)
-                if wait_s <= 0:
-                    pace.take(now)
-                    return held, pace
                 pool.want_more()
-            pool.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pool.changed.wait(), wait_s)
+            return wait_s, (held, pace)
+
+        return await _first_free(pool, pick)
 
     async def _send_record(
         self, lane: RealtimeLane[S], pool: TokenPool, held: Held, pace: Pace, urgent: Urgent[S]
@@ -567,3 +550,28 @@ class Delivery(Generic[S]):
             delay,
         )
         self._spawn(self._later(delay, functools.partial(lane.put, urgent, front=True)))
+
+
+async def _first_free(
+    pool: TokenPool, pick: Callable[[list[Held], float], tuple[float, T]]
+) -> T | None:
+    """Wait until ``pick`` finds a free slot among the pool's usable tokens (it takes the slot and
+    returns 0, or returns how long until one frees up), and return what it picked. None when the
+    pool has no token because getting one fails (``TokenPool.failing``)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        now = loop.time()
+        usable = pool.usable()
+        if not usable and pool.failing is not None:
+            return None
+        if usable:
+            wait_s, picked = pick(usable, now)
+            if wait_s <= 0:
+                return picked
+        else:
+            pool.want_more()
+            wait_s = 1.0
+        # A sleep never ends early; a token that becomes usable meanwhile wakes it.
+        pool.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.changed.wait(), wait_s)

@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Struct
 
-from stream.sandbox.batches import Refusal, Version, check_batch, check_record
+from stream.sandbox.batches import Batch, Refusal, Version, check_batch, check_record
 from stream.sandbox.faults import Outage
 from stream.sandbox.ledger import Counters
 from stream.sandbox.responses import error, json_response, throttled
@@ -238,28 +238,9 @@ class _Api:
 
     async def _accept_batch(self, request: web.Request, call: _Call) -> web.Response:
         """415 unless JSON; 400 or 413 for a batch ``check_batch`` refuses; else kept and 200."""
-        if request.content_type != "application/json":
-            return error(415, "unsupported_media_type", "Content-Type must be application/json")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return json_response(413, {"field": "call_records", "message": exc.text, "status": 413})
-        state = self._state
-        batch = check_batch(
-            body,
-            account=call.account,
-            version=call.version,
-            labels=state.rules.labels.get(call.account),
-            now_ms=int(state.clock.time() * 1000),
-            received_ms=call.received_ms,
-            received_monotonic_ms=call.received_s * 1000,
-        )
-        if isinstance(batch, Refusal):
-            return json_response(batch.status, batch.body)
-        if state.faults.outage() != "off":
-            # The outage began while the body was read: nothing is accepted during one.
-            return error(503, "service_unavailable", "the sandbox is in an injected outage")
-        state.ledger.keep(batch)
+        batch = await self._keep(request, call, check_batch)
+        if isinstance(batch, web.Response):
+            return batch
         _log.debug(
             "%s batch %s for %s: %d records accepted (received_ms=%d, received_monotonic_ms=%.3f)",
             call.version,
@@ -278,11 +259,25 @@ class _Api:
     async def _accept_record(self, request: web.Request, call: _Call) -> web.Response:
         """One record (docs/api.md#single-records): 415 unless JSON; 400 naming the field for a
         record ``check_record`` refuses; else kept and 200 with the API's ``status_info``."""
+        kept = await self._keep(request, call, check_record)
+        if isinstance(kept, web.Response):
+            return kept
+        return json_response(200, _PROCESSED)
+
+    async def _keep(
+        self, request: web.Request, call: _Call, check: Callable[..., Batch | Refusal]
+    ) -> Batch | web.Response:
+        """Read and ``check`` a body of records, and keep it in the ledger; the answer instead
+        when it is not JSON, too large, refused, or an outage began while it was read (nothing is
+        accepted during one)."""
         if request.content_type != "application/json":
             return error(415, "unsupported_media_type", "Content-Type must be application/json")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            return json_response(413, {"field": "call_records", "message": exc.text, "status": 413})
         state = self._state
-        kept = check_record(
+        kept = check(
             body,
             account=call.account,
             version=call.version,
@@ -296,7 +291,7 @@ class _Api:
         if state.faults.outage() != "off":
             return error(503, "service_unavailable", "the sandbox is in an injected outage")
         state.ledger.keep(kept)
-        return json_response(200, _PROCESSED)
+        return kept
 
     async def _mint(self, request: web.Request, account: str) -> web.Response:
         if request.headers.get("X-Public-Access", "").lower() != "allow":
