@@ -25,17 +25,15 @@ idempotent), because the consumer commits past a dead-lettered record on the str
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-import contextlib
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaException
 
 from stream.errors import DeadLetterError
+from stream.producer import AckedProducer
 from stream.validation import Rejection
 
 __all__ = [
@@ -170,32 +168,15 @@ def _truncated(body: bytes) -> bytes:
     return text[:HTTP_BODY_MAX_BYTES].decode("utf-8", errors="ignore").encode()
 
 
-_POLL_S = 0.1
-"""The poll thread's wait: callbacks fire as soon as an event arrives; this only bounds how long
-``close`` waits for the thread to notice it should stop."""
-
-_QUEUE_FULL_WAIT_S = 0.05
-"""How long ``send`` yields when librdkafka's local queue is full before it tries again."""
-
-
 class DeadLetterProducer:
-    """Writes dead letters to one topic; ``send`` returns once Kafka has them (acks=all).
-
-    A daemon thread polls the producer, so delivery callbacks fire without the event loop's help;
-    each one resolves the future its ``send`` awaits through ``call_soon_threadsafe``.
-    """
+    """Writes dead letters to one topic; ``send`` returns once Kafka has them (acks=all)."""
 
     topic: str
     """The dead-letter topic (``DCR_DLQ_TOPIC``)."""
 
     def __init__(self, config: Mapping[str, str | int | float | bool], topic: str) -> None:
         self.topic = topic
-        # Ours win over the pass-through: the commit after a dead letter relies on them
-        # (docs/design.md#at-least-once).
-        self._producer = Producer({**config, "acks": "all", "enable.idempotence": True})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="dcr-dlq-poll", daemon=True)
-        self._thread.start()
+        self._producer = AckedProducer(config, name="dlq")
 
     def __repr__(self) -> str:
         # The config may hold SASL passwords: never show it.
@@ -215,30 +196,12 @@ class DeadLetterProducer:
         gave up (``message.timeout.ms``, default 300 s).
         """
         letter = build(message, rejection, http_status=http_status, http_body=http_body)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[KafkaError | None] = loop.create_future()
-
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            # Runs on the poll thread. It must not raise: that would end the thread. The loop may
-            # already be closed if its owner gave up on the write; then nobody is waiting.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, done, error)
-
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic,
-                    value=letter.value,
-                    key=letter.key,
-                    headers=letter.headers,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                await asyncio.sleep(_QUEUE_FULL_WAIT_S)
-            except KafkaException as exc:
-                raise self._error(message, str(exc)) from None
-        error = await done
+        try:
+            error = await self._producer.send(
+                self.topic, key=letter.key, value=letter.value, headers=letter.headers
+            )
+        except KafkaException as exc:
+            raise self._error(message, str(exc)) from None
         if error is not None:
             raise self._error(message, error.str())
 
@@ -248,16 +211,7 @@ class DeadLetterProducer:
         There is normally nothing to flush, since every ``send`` waited for its acknowledgement;
         the bound (what is left of the shutdown budget) is for a broker that stopped answering.
         """
-        if self._producer.flush(timeout_s):
-            self._producer.purge()
-            # Serve the purge's delivery reports so no ``send`` waits forever.
-            self._producer.flush(0)
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(_POLL_S)
+        self._producer.close(timeout_s)
 
     def _error(self, message: SourceMessage, reason: str) -> DeadLetterError:
         return DeadLetterError(
@@ -267,9 +221,3 @@ class DeadLetterProducer:
 
 def _number(value: int | None) -> int:
     return -1 if value is None else value
-
-
-def _settle(future: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
-    # A cancelled ``send`` leaves its future done; the write itself still happened or failed.
-    if not future.done():
-        future.set_result(error)

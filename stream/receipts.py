@@ -21,17 +21,15 @@ which returns once Kafka acknowledged it, before the batch's offsets may be comm
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from stream.errors import ReceiptError
+from stream.producer import AckedProducer
 
 __all__ = ["Outcome", "Range", "Receipt", "Receipts", "offset_ranges", "offsets_of"]
 
@@ -109,23 +107,14 @@ def offset_ranges(positions: Iterable[tuple[str, int, int]]) -> dict[str, list[R
     return ranges
 
 
-_POLL_S = 0.1
-"""The poll thread's wait (see ``stream.dlq``): it only bounds how long ``close`` waits."""
-
-
 class Receipts:
     """Produces receipts to one topic, keyed by account (so an account's receipts stay in order on
     one partition); acknowledged by every in-sync replica."""
 
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         self.topic = topic
-        self._producer = Producer(
-            {**config, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
-        )
+        self._producer = AckedProducer({**config, "linger.ms": 5}, name="receipts")
         self._encoder = msgspec.json.Encoder()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="dcr-receipts-poll", daemon=True)
-        self._thread.start()
 
     def __repr__(self) -> str:
         return f"Receipts(topic={self.topic!r})"
@@ -145,46 +134,19 @@ class Receipts:
 
     async def send(self, receipt: Receipt) -> None:
         """Write a receipt; return once Kafka acknowledged it, else raise ``ReceiptError``."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[KafkaError | None] = loop.create_future()
-
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            # On the poll thread; the loop may be gone if its owner gave up on the write.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, done, error)
-
-        value = self._encoder.encode(receipt)
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, key=receipt.account.encode(), value=value, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                await asyncio.sleep(0.05)
-            except KafkaException as exc:
-                raise ReceiptError(self.topic, str(exc)) from None
-        error = await done
+        try:
+            error = await self._producer.send(
+                self.topic, key=receipt.account.encode(), value=self._encoder.encode(receipt)
+            )
+        except KafkaException as exc:
+            raise ReceiptError(self.topic, str(exc)) from None
         if error is not None:
             raise ReceiptError(self.topic, error.str())
 
     def close(self, timeout_s: float = 2.0) -> None:
-        left = self._producer.flush(timeout_s)
+        left = self._producer.close(timeout_s)
         if left:
             _log.warning("%d receipts were not acknowledged before shutdown", left)
-            self._producer.purge()
-            self._producer.flush(0)
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(_POLL_S)
-
-
-def _settle(future: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
-    if not future.done():
-        future.set_result(error)
 
 
 def _logged(error: KafkaError | None, _: Message) -> None:
