@@ -59,16 +59,10 @@ def test_not_users_are_dead_lettered_and_the_rest_reported_delivered(
         timeout_s=RUN_TIMEOUT_S,
         what="the not-users' dead letters",
     )
-    wait_until(
-        lambda: total(service.metrics(), "dcr_records_reconciled_total") >= len(ledger.valid),
-        timeout_s=RUN_TIMEOUT_S,
-        what="every record reconciled",
-    )
+    _wait_all_reconciled(service, ledger)
     found = Outcomes.read(
         kafka.bootstrap_servers,
         ledger,
-        receipts=f"{topic}.receipts",
-        dlq=f"{topic}.dlq",
         letters=len(not_users),
     )
     assert set(found.letters) == not_users
@@ -111,18 +105,12 @@ def test_pending_statuses_are_reported_once_when_final(
     ledger.produce(not_user_events(2_000))
     not_users = {i for i in ledger.valid if i.startswith(NOT_USER_PREFIX)}
     service = service_factory(sandbox.url, topic, group, **{**RECONCILING, "status_delay_s": "1"})
-    wait_until(
-        lambda: total(service.metrics(), "dcr_records_reconciled_total") >= len(ledger.valid),
-        timeout_s=RUN_TIMEOUT_S,
-        what="every record reconciled",
-    )
+    _wait_all_reconciled(service, ledger)
     samples = service.metrics()
     assert total(samples, "dcr_status_rechecks_total") >= len(ledger.valid)
     found = Outcomes.read(
         kafka.bootstrap_servers,
         ledger,
-        receipts=f"{topic}.receipts",
-        dlq=f"{topic}.dlq",
         letters=len(not_users),
     )
     assert set(found.reported.values()) == {1}, "an outcome reported twice"
@@ -148,16 +136,10 @@ def test_v1_batch_ids_come_from_the_message_text(
     not_users = {i for i in ledger.valid if i.startswith(NOT_USER_PREFIX)}
     settings = {**RECONCILING, "api_version": "v1", "reconcile": "on", "status_delay_s": "1"}
     service = service_factory(sandbox.url, topic, group, **settings)
-    wait_until(
-        lambda: total(service.metrics(), "dcr_records_reconciled_total") >= len(ledger.valid),
-        timeout_s=RUN_TIMEOUT_S,
-        what="every record reconciled",
-    )
+    _wait_all_reconciled(service, ledger)
     found = Outcomes.read(
         kafka.bootstrap_servers,
         ledger,
-        receipts=f"{topic}.receipts",
-        dlq=f"{topic}.dlq",
         letters=len(not_users),
     )
     assert set(found.letters) == not_users
@@ -189,8 +171,6 @@ def test_a_status_pending_past_the_give_up_time_is_unknown_status(
     found = Outcomes.read(
         kafka.bootstrap_servers,
         ledger,
-        receipts=f"{topic}.receipts",
-        dlq=f"{topic}.dlq",
         letters=len(stuck),
     )
     assert set(found.letters) == stuck
@@ -201,8 +181,6 @@ def test_a_status_pending_past_the_give_up_time_is_unknown_status(
                 Outcomes.read(
                     kafka.bootstrap_servers,
                     ledger,
-                    receipts=f"{topic}.receipts",
-                    dlq=f"{topic}.dlq",
                     letters=len(stuck),
                 ).status
             )
@@ -210,4 +188,12 @@ def test_a_status_pending_past_the_give_up_time_is_unknown_status(
         ),
         timeout_s=RUN_TIMEOUT_S,
         what="every outcome",
+    )
+
+
+def _wait_all_reconciled(service: Service, ledger: Ledger) -> None:
+    wait_until(
+        lambda: total(service.metrics(), "dcr_records_reconciled_total") >= len(ledger.valid),
+        timeout_s=RUN_TIMEOUT_S,
+        what="every record reconciled",
     )

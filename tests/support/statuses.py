@@ -73,8 +73,18 @@ class Outcomes:
 
     @classmethod
     def read(
-        cls, bootstrap_servers: str, ledger: Ledger, *, receipts: str, dlq: str, letters: int
+        cls,
+        bootstrap_servers: str,
+        ledger: Ledger,
+        *,
+        letters: int,
+        receipts: str | None = None,
+        dlq: str | None = None,
     ) -> Outcomes:
+        """Read them all, from the ledger's topic's default receipts and dead-letter topics unless
+        told otherwise; ``letters``: how many dead letters to wait for."""
+        receipts = receipts or f"{ledger.topic}.receipts"
+        dlq = dlq or f"{ledger.topic}.dlq"
         found = cls(ledger)
         by_position = {where: event_id for event_id, where in ledger.where.items()}
         for message in read_topic(bootstrap_servers, receipts):
