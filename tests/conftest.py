@@ -2,6 +2,7 @@
 pytest plugins; test modules import the plain helpers from the same modules."""
 
 pytest_plugins = [
+    "tests.support.summary",  # first: the others import it
     "tests.support.helm",
     "tests.support.kafka",
     "tests.support.sandbox",

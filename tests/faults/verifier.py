@@ -25,15 +25,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tests.faults.scenario import SOAK
 from tests.support.events import ID_HEADER, Ledger
 from tests.support.kafka import Offsets, read_topic
 from tests.support.kafka import headers as headers_of
 from tests.support.sandbox import SandboxThread
 from tests.support.service import Service
+from tests.support.summary import note
 from tests.support.waiting import wait_until
 
 __all__ = [
-    "REPORTS",
     "DeadLetters",
     "Report",
     "api_stats",
@@ -42,9 +43,6 @@ __all__ = [
     "verify",
     "wait_complete",
 ]
-
-REPORTS: list[Report] = []
-"""Every report of this session, for the terminal summary."""
 
 _MISSING_SHOWN = 10
 """How many ids of each kind of problem a report names (the counts are always complete)."""
@@ -149,7 +147,10 @@ class Report:
 
     def show(self) -> None:
         """Print it (``pytest -s``) and keep it for the terminal summary."""
-        REPORTS.append(self)
+        section = f"fault injection ({'soak' if SOAK else 'bounded'} sizes)"
+        note(section, self.line())
+        for problem in self.problems():
+            note(section, f"    {problem}")
         print(f"\n[faults] {self.line()}")
         if self.notes:
             print(f"[faults]   notes: {json.dumps(self.notes, default=str)}")

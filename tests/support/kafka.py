@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from stream.devkafka import LocalKafka
+from tests.support.summary import note
 from tests.support.waiting import wait_until
 
 __all__ = [
@@ -115,22 +116,16 @@ def start_broker(*, docker: bool = True, heap_mb: int | None = None) -> Iterator
         )
 
 
-_started: list[Broker] = []
-
-
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[Broker]:
+    """The broker of this pytest session (of each xdist worker: a broker per worker)."""
     with start_broker() as broker:
-        _started.append(broker)
-        yield broker
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for broker in _started:
-        terminalreporter.write_line(
+        note(
+            "brokers",
             f"Kafka broker: {broker.kind}, Apache Kafka {broker.version} "
-            f"at {broker.bootstrap_servers}"
+            f"at {broker.bootstrap_servers}",
         )
+        yield broker
 
 
 def unique(prefix: str) -> str:
