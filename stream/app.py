@@ -602,9 +602,9 @@ class Pipeline:
             blocked = ""
             if self._dlq_blocked:
                 blocked = (
-                    f"; the topic {self.config.dlq_topic} refuses it for good: "
+                    f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
                     f"{sum(self._dlq_blocked.values())} records on partitions "
-                    f"{_partitions(self._dlq_blocked)} wait for an operator and their commits stop"
+                    f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
                 )
             _log.error(
                 "%s; retry %d in %.1f s (%d dead-letter writes failed so far)%s",

@@ -24,7 +24,8 @@ them all before a record goes back to an input topic.
 idempotent), because the consumer commits past a dead-lettered record on the strength of it
 (docs/design.md#at-least-once). A letter Kafka refuses as too large is written again cut
 (``cuts``): the value reduced to its first ``CUT_VALUE_BYTES``, then the original headers dropped
-and the key cut too, so that it fits any sane topic (docs/dlq.md#too-large). ``classify`` sorts
+and the key cut too (those longer than that), so that it fits any sane topic
+(docs/dlq.md#too-large). ``classify`` sorts
 the rest of Kafka's refusals into ``permanent`` ones, which need an operator, and ``transient``
 ones (docs/design.md#bounded-progress).
 """
@@ -219,17 +220,19 @@ def build(
 def cuts(message: SourceMessage, whole: DeadLetter) -> list[DeadLetter]:
     """Smaller and smaller versions of the letter ``whole`` of ``message``, for a topic that
     refuses it as too large: first the value cut to ``CUT_VALUE_BYTES``, then the original headers
-    dropped and the key cut as well. Only the steps that cut something are listed; each carries
-    ``TRUNCATED`` and ``ORIGINAL_SIZE`` (docs/dlq.md#too-large)."""
+    dropped and the key cut as well, each only if it is longer than that: a letter whose parts
+    are all shorter has nothing worth cutting, and a topic too small for it needs an operator.
+    Each carries ``TRUNCATED`` and ``ORIGINAL_SIZE`` (docs/dlq.md#too-large)."""
     value, key = message.value() or b"", message.key() or b""
     ours = [(name, v) for name, v in whole.headers if is_ours(name)]
+    theirs = sum(len(name) + len(v or b"") for name, v in whole.headers if not is_ours(name))
     letters: list[DeadLetter] = []
     cut: tuple[str, ...] = ()
     if len(value) > CUT_VALUE_BYTES:
         cut = ("value",)
         letters.append(_cut(whole, cut, len(value), headers=whole.headers))
     drop: tuple[str, ...] = ("key",) if len(key) > CUT_VALUE_BYTES else ()
-    if len(ours) < len(whole.headers):
+    if theirs > CUT_VALUE_BYTES:
         drop += ("headers",)
     if drop:
         letters.append(_cut(whole, cut + drop, len(value), headers=ours))
@@ -292,7 +295,7 @@ class DeadLetterProducer:
         (``classify``), a letter too large even cut included.
         """
         whole = build(message, rejection, http_status=http_status, http_body=http_body)
-        reason = ""
+        letter, reason = whole, ""
         for letter in _whole_then_cut(message, whole):
             failure = await self._write(letter)
             if failure is None:
@@ -301,11 +304,11 @@ class DeadLetterProducer:
             verdict = classify(code)
             if verdict != "too_large":
                 raise self._error(message, reason, permanent=verdict == "permanent")
-        raise self._error(
-            message,
-            f"{reason}, even cut to {CUT_VALUE_BYTES} bytes of value without the original headers",
-            permanent=True,
-        )
+        if letter.cut:
+            why = f"{reason}, even cut ({','.join(letter.cut)}) to {CUT_VALUE_BYTES} bytes"
+        else:
+            why = f"{reason}, and nothing in it is longer than {CUT_VALUE_BYTES} bytes to cut"
+        raise self._error(message, why, permanent=True)
 
     async def _write(self, letter: DeadLetter) -> tuple[int, str] | None:
         """None once Kafka acknowledged ``letter``, else librdkafka's error code and text."""
