@@ -169,7 +169,7 @@ class Pipeline:
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self._dlq_blocked: dict[TopicPartitionKey, int] = {}
-        """Per partition, records whose dead letter Kafka refuses for good (docs/dlq.md#writing)."""
+        """Per partition, records whose dead letter Kafka refuses until an operator acts (docs/dlq.md#writing)."""
         self._dlq_blocked_by = ""
         """The latest such refusal, for ``/readyz``."""
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -347,7 +347,7 @@ class Pipeline:
 
     def _unready(self) -> str | None:
         """Why ``/readyz`` fails although the group gave us partitions: no usable token, or dead
-        letters the topic refuses for good (docs/dlq.md#writing)."""
+        letters the topic refuses until an operator acts (docs/dlq.md#writing)."""
         if self._tokens_source is not None and (why := self._tokens_source.unready()):
             return why
         if self._dlq_blocked:

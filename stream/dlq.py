@@ -109,9 +109,9 @@ HTTP_BODY_MAX_BYTES = 1024
 
 CUT_VALUE_BYTES = 8192
 """The prefix of the value (and, at the last cut, of the key) a cut dead letter keeps: far more
-than a whole valid event (docs/events.md), so a reader sees the fields at fault, and with our
-headers (well under 2 KiB) it fits a topic whose ``max.message.bytes`` is 16 KiB, a sixty-fourth
-of Kafka's default (docs/dlq.md#too-large)."""
+than a whole valid event (docs/events.md), so a reader sees the fields at fault; with our headers
+(under 2 KiB) a cut letter fits any topic whose ``max.message.bytes`` is 20 KiB or more, a
+fiftieth of Kafka's default (docs/dlq.md#too-large)."""
 
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 """Over the producer's ``message.max.bytes`` (raised by ``produce``) or the topic's or broker's
