@@ -169,7 +169,8 @@ class Pipeline:
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self._dlq_blocked: dict[TopicPartitionKey, int] = {}
-        """Per partition, records whose dead letter Kafka refuses until an operator acts (docs/dlq.md#writing)."""
+        """Per partition, records whose dead letter Kafka refuses until an operator acts
+        (docs/dlq.md#writing)."""
         self._dlq_blocked_by = ""
         """The latest such refusal, for ``/readyz``."""
         self.budget = ShutdownBudget(config.shutdown_timeout_s)

@@ -115,3 +115,59 @@ def produce_huge(kafka: Broker, topic: str, values: dict[str, bytes]) -> dict[st
     assert producer.flush(60) == 0
     assert not failures, failures
     return where
+
+
+STUCK_WARN_S = 2.0
+"""Short here so that the test waits seconds; the default (180 s) is argued in
+docs/design.md#bounded-progress."""
+
+
+def test_a_stall_is_a_gauge_and_one_warning_per_partition(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread()
+    sandbox.set_faults(outage="503")
+    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    ledger.produce(events(400))
+    service = service_factory(sandbox.url, topic, group, stuck_warn_s=str(STUCK_WARN_S))
+
+    def stuck() -> list[str]:
+        return [
+            e["message"]
+            for e in service.lines()
+            if e["level"] == "warning" and e["message"].startswith(f"partition {topic}[")
+        ]
+
+    wait_until(lambda: len(stuck()) >= PARTITIONS, timeout_s=60, what="a warning per partition")
+    ages = {
+        name: value
+        for name, value in service.metrics().items()
+        if name.startswith("dcr_partition_oldest_unfinished_seconds{")
+    }
+    assert len(ages) == PARTITIONS, ages
+    assert all(age > STUCK_WARN_S for age in ages.values()), ages
+    time.sleep(3 * STUCK_WARN_S)  # the stall goes on: no more warnings
+    warnings = stuck()
+    assert len(warnings) == PARTITIONS, warnings
+    for partition in range(PARTITIONS):
+        assert any(
+            w.startswith(f"partition {topic}[{partition}] is stuck: offset 0 has been unfinished")
+            for w in warnings
+        ), warnings
+
+    sandbox.set_faults(outage="off")
+    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=60)
+    wait_until(
+        lambda: total(service.metrics(), "dcr_partition_oldest_unfinished_seconds") == 0,
+        timeout_s=10,
+        what="no unfinished record left",
+    )
+    moved = [e for e in service.lines() if "its stall is over" in e["message"]]
+    assert len(moved) == PARTITIONS, moved
+    service.signal(signal.SIGTERM)
+    assert service.wait(30) == 0
