@@ -31,7 +31,7 @@ from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery, api_rejection
-from stream.dlq import DeadLetterProducer
+from stream.dlq import DeadLetter, DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.events import Record
 from stream.http import Health, http_app
@@ -556,21 +556,24 @@ class Pipeline:
         """Write to the DLQ until Kafka acknowledges it; only then is the record finished. While it
         fails, the partition's position cannot pass this record (docs/design.md#at-least-once);
         a refusal no retry cures (``DeadLetterError.permanent``) blocks the partition loudly until
-        it is written (docs/design.md#bounded-progress)."""
+        it is written (docs/design.md#bounded-progress). Once the partition is no longer ours, its
+        next owner reads the record again and writes the letter: this one stops trying."""
         assert self._dlq is not None
         ticket, message = source.ticket, source.message
         attempt = 0
         blocked = False
+        letter: DeadLetter | None = None
         try:
-            while True:
+            while letter is None:
                 try:
                     letter = await self._dlq.send(
                         message, rejection, http_status=status, http_body=body
                     )
-                    break
                 except DeadLetterError as exc:
                     attempt += 1
                     self.counts.dlq_write_failures += 1
+                    if not self.tracker.tracks(ticket.run):
+                        break
                     if exc.permanent:
                         self._dlq_blocked_by = exc.reason
                         if not blocked:
@@ -583,9 +586,9 @@ class Pipeline:
             if blocked:
                 self._unblock(ticket.tp)
         self._finish((ticket,))
-        self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
-        if letter.cut:
-            self.counts.dlq_truncated += 1
+        if letter is not None:
+            self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
+            self.counts.dlq_truncated += 1 if letter.cut else 0
 
     def _unblock(self, tp: TopicPartitionKey) -> None:
         left = self._dlq_blocked[tp] - 1

@@ -142,6 +142,12 @@ class OffsetTracker:
         run = self.receive_run(topic, partition, [offset])
         return None if run is None else Ticket(run, 0)
 
+    def tracks(self, run: Run) -> bool:
+        """Whether ``run`` is of the current assignment of its partition and not yet wholly
+        finished: false once the partition was revoked or lost, even if it came back."""
+        state = self._partitions.get(run.tp)
+        return state is not None and any(r is run for r in state.runs)
+
     def finish(self, ticket: Ticket) -> None:
         self.finish_all((ticket,))
 

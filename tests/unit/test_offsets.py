@@ -119,3 +119,17 @@ def test_a_stall_is_reported_once_and_its_end_too() -> None:
     received(tracker, 0, 9)
     clock.now += 181
     assert tracker.stalls(180) == ([Stall((T, 0), 9, 181.0)], [])
+
+
+def test_a_run_is_tracked_until_finished_or_its_partition_goes() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([(T, 0)])
+    first, second = received(tracker, 0, 0), received(tracker, 0, 1)
+    assert tracker.tracks(first.run)
+    assert tracker.tracks(second.run)
+    tracker.finish(first)
+    assert not tracker.tracks(first.run)
+    tracker.forget([(T, 0)])
+    tracker.assign([(T, 0)])
+    assert not tracker.tracks(second.run)
+    assert tracker.tracks(received(tracker, 0, 1).run)
