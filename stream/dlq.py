@@ -1,4 +1,5 @@
-"""The dead-letter topic (docs/dlq.md): the original message, unchanged, plus why it failed.
+"""The dead-letter topic (docs/dlq.md): the original message, unchanged (unless too large), plus
+why it failed.
 
 A dead-letter record has the key, value and headers of the message it replaces, then these headers
 (values are UTF-8 text; numbers in decimal)::
@@ -25,9 +26,9 @@ idempotent), because the consumer commits past a dead-lettered record on the str
 (docs/design.md#at-least-once). A letter Kafka refuses as too large is written again cut
 (``cuts``): the value reduced to its first ``CUT_VALUE_BYTES``, then the original headers dropped
 and the key cut too (those longer than that), so that it fits any sane topic
-(docs/dlq.md#too-large). ``classify`` sorts
-the rest of Kafka's refusals into ``permanent`` ones, which need an operator, and ``transient``
-ones (docs/design.md#bounded-progress).
+(docs/dlq.md#too-large). ``classify`` sorts the rest of Kafka's refusals into ``permanent`` ones,
+which need an operator, and ``transient`` ones (docs/design.md#bounded-progress); both are
+retried, a misjudged one costs a false alarm, never a record.
 """
 
 from __future__ import annotations
