@@ -31,7 +31,7 @@ from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Backoff, Delivery, api_rejection
-from stream.dlq import DeadLetterProducer
+from stream.dlq import DeadLetter, DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.events import Record
 from stream.http import Health, http_app
@@ -168,6 +168,11 @@ class Pipeline:
         self._reconciler: Reconciler | None = None
         self.last_commit_s = 0.0
         self._dlq_logged_at = -_DLQ_LOG_EVERY_S
+        self._dlq_blocked: dict[TopicPartitionKey, int] = {}
+        """Per partition, records whose dead letter Kafka refuses until an operator acts
+        (docs/dlq.md#writing)."""
+        self._dlq_blocked_by = ""
+        """The latest such refusal, for ``/readyz``."""
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
         self._stop_by = 0.0
         """Loop time by which the stop must be over; 0 until it starts."""
@@ -320,6 +325,8 @@ class Pipeline:
                 ),
                 reconcile_lag=lambda: self._reconciler.lag_s() if self._reconciler else 0.0,
                 reconcile_in_hand=lambda: self._reconciler.in_hand() if self._reconciler else 0,
+                oldest_unfinished=self.tracker.oldest,
+                dlq_blocked=lambda: self._dlq_blocked,
             )
         )
         health = Health(
@@ -329,7 +336,7 @@ class Pipeline:
             consumer_alive=lambda: not consumer.done.done(),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
-            unready=lambda: self._tokens_source.unready() if self._tokens_source else None,
+            unready=self._unready,
         )
         runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
         await runner.setup()
@@ -338,6 +345,19 @@ class Pipeline:
         self.http_port = runner.addresses[0][1]
         _log.info("http: /metrics, /healthz, /readyz on port %d", self.http_port)
         return runner
+
+    def _unready(self) -> str | None:
+        """Why ``/readyz`` fails although the group gave us partitions: no usable token, or dead
+        letters the topic refuses until an operator acts (docs/dlq.md#writing)."""
+        if self._tokens_source is not None and (why := self._tokens_source.unready()):
+            return why
+        if self._dlq_blocked:
+            return (
+                f"dead letters cannot be written to {self.config.dlq_topic}: "
+                f"{self._dlq_blocked_by}; {sum(self._dlq_blocked.values())} records on "
+                f"{len(self._dlq_blocked)} partitions wait, and those partitions commit no further"
+            )
+        return None
 
     async def _shutdown(self) -> int:
         """SIGTERM/SIGINT: the whole stop within ``ShutdownBudget.total_s``, in order:
@@ -534,22 +554,48 @@ class Pipeline:
         self, source: Source, rejection: Rejection, status: int | None, body: bytes | None
     ) -> None:
         """Write to the DLQ until Kafka acknowledges it; only then is the record finished. While it
-        fails, the partition's position cannot pass this record (docs/design.md#at-least-once)."""
+        fails, the partition's position cannot pass this record (docs/design.md#at-least-once);
+        a refusal no retry cures (``DeadLetterError.permanent``) blocks the partition loudly until
+        it is written (docs/design.md#bounded-progress). Once the partition is no longer ours, its
+        next owner reads the record again and writes the letter: this one stops trying."""
         assert self._dlq is not None
         ticket, message = source.ticket, source.message
         attempt = 0
-        while True:
-            try:
-                await self._dlq.send(message, rejection, http_status=status, http_body=body)
-                break
-            except DeadLetterError as exc:
-                attempt += 1
-                self.counts.dlq_write_failures += 1
-                delay = self._backoff.delay(attempt, None, self._rng)
-                self._log_dlq_failure(exc, attempt, delay)
-                await asyncio.sleep(delay)
+        blocked = False
+        letter: DeadLetter | None = None
+        try:
+            while letter is None:
+                try:
+                    letter = await self._dlq.send(
+                        message, rejection, http_status=status, http_body=body
+                    )
+                except DeadLetterError as exc:
+                    attempt += 1
+                    self.counts.dlq_write_failures += 1
+                    if not self.tracker.tracks(ticket.run):
+                        break
+                    if exc.permanent:
+                        self._dlq_blocked_by = exc.reason
+                        if not blocked:
+                            blocked = True
+                            self._dlq_blocked[ticket.tp] = self._dlq_blocked.get(ticket.tp, 0) + 1
+                    delay = self._backoff.delay(attempt, None, self._rng)
+                    self._log_dlq_failure(exc, attempt, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            if blocked:
+                self._unblock(ticket.tp)
         self._finish((ticket,))
-        self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
+        if letter is not None:
+            self.counts.bump(self.counts.dead_lettered, (rejection.code, rejection.stage))
+            self.counts.dlq_truncated += 1 if letter.cut else 0
+
+    def _unblock(self, tp: TopicPartitionKey) -> None:
+        left = self._dlq_blocked[tp] - 1
+        if left:
+            self._dlq_blocked[tp] = left
+        else:
+            del self._dlq_blocked[tp]
 
     def _log_dlq_failure(self, exc: DeadLetterError, attempt: int, delay: float) -> None:
         """One error line per ``_DLQ_LOG_EVERY_S`` at most: while the DLQ is unwritable every stuck
@@ -557,12 +603,20 @@ class Pipeline:
         now = time.monotonic()
         if now - self._dlq_logged_at >= _DLQ_LOG_EVERY_S:
             self._dlq_logged_at = now
+            blocked = ""
+            if self._dlq_blocked:
+                blocked = (
+                    f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
+                    f"{sum(self._dlq_blocked.values())} records on partitions "
+                    f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
+                )
             _log.error(
-                "%s; retry %d in %.1f s (%d dead-letter writes failed so far)",
+                "%s; retry %d in %.1f s (%d dead-letter writes failed so far)%s",
                 exc,
                 attempt,
                 delay,
                 self.counts.dlq_write_failures,
+                blocked,
             )
 
     # -- labels (called by LabelGate) ---------------------------------------------------------
@@ -590,10 +644,29 @@ class Pipeline:
     async def _commit_every(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
+            self._warn_stalls()
             try:
                 await self._commit()
             except Exception:  # the next round tries again; the positions are still there
                 _log.exception("periodic commit failed")
+
+    def _warn_stalls(self) -> None:
+        """A warning when a partition's oldest unfinished record passes ``DCR_STUCK_WARN_S``, once
+        per stall, and a line when it moves on (docs/design.md#bounded-progress)."""
+        started, ended = self.tracker.stalls(self.config.stuck_warn_s)
+        for stall in started:
+            topic, partition = stall.tp
+            _log.warning(
+                "partition %s[%d] is stuck: offset %d has been unfinished for %.0f s "
+                "(DCR_STUCK_WARN_S=%g); its commits cannot pass it",
+                topic,
+                partition,
+                stall.offset,
+                stall.age_s,
+                self.config.stuck_warn_s,
+            )
+        for topic, partition in ended:
+            _log.info("partition %s[%d] moves on: its stall is over", topic, partition)
 
     async def _commit(self) -> None:
         """Commit every partition whose finished prefix moved since its last commit."""
@@ -610,3 +683,7 @@ class Pipeline:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _partitions(tps: Collection[TopicPartitionKey]) -> str:
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(tps))

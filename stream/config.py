@@ -83,6 +83,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     http_port: int
     shutdown_timeout_s: float
     liveness_stall_s: float
+    stuck_warn_s: float
     log_level: str
 
     def consumer_config(self) -> dict[str, str | int | float | bool]:
@@ -429,6 +430,13 @@ SETTINGS: tuple[Setting, ...] = (
         "60",
         "/healthz fails when the consumer has not polled for this long (a commit waiting for an "
         "unreachable broker does not count)",
+    ),
+    Setting(
+        "stuck_warn_s",
+        parse_positive,
+        "180",
+        "a warning is logged (once per stall) when a partition's oldest unfinished record is older "
+        "than this (docs/design.md#bounded-progress)",
     ),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
 )

@@ -56,14 +56,19 @@ class AuthError(DcrStreamError):
 
 
 class DeadLetterError(DcrStreamError):
-    """A dead-letter write for the record at topic/partition/offset was not acknowledged."""
+    """A dead-letter write for the record at topic/partition/offset was not acknowledged;
+    ``permanent`` when no retry can cure it (the topic is missing or forbidden, or the letter is
+    too large even cut)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, reason: str, *, permanent: bool = False
+    ) -> None:
         super().__init__(f"dead-letter write for {topic}[{partition}]@{offset} failed: {reason}")
         self.topic = topic
         self.partition = partition
         self.offset = offset
         self.reason = reason
+        self.permanent = permanent
 
 
 class ReceiptError(DcrStreamError):

@@ -63,6 +63,8 @@ class Counts:
     commit_failures: int = 0
     dlq_write_failures: int = 0
     """Dead-letter writes Kafka did not acknowledge (each is retried)."""
+    dlq_truncated: int = 0
+    """Dead letters written cut, their whole version too large for the topic."""
     reconciled: dict[tuple[str, str], int] = field(default_factory=dict)
     """(final status, code) → records whose batch status was reconciled: ``delivered`` (code
     ``""``), ``failed`` (a code of stage ``status``), ``unreconciled`` (``no_batch_id``)."""
@@ -125,6 +127,10 @@ class State:
     """Seconds since the oldest batch whose receipt the reconciler holds was accepted."""
     reconcile_in_hand: Callable[[], int] = int
     """Receipts the reconciler holds (waiting for their status time, or being reported)."""
+    oldest_unfinished: Callable[[], Mapping[tuple[str, int], float]] = dict
+    """Per partition owned, the age in seconds of its oldest unfinished record (0: none)."""
+    dlq_blocked: Callable[[], Mapping[tuple[str, int], int]] = dict
+    """Per partition, records whose dead letter Kafka refused for a reason no retry cures."""
 
 
 class Metrics:
@@ -216,6 +222,23 @@ class _Collector(Collector):
             "Dead-letter writes Kafka did not acknowledge (retried)",
             c.dlq_write_failures,
         )
+        yield CounterMetricFamily(
+            "dcr_dlq_truncated",
+            "Dead letters written cut (value prefix, dcr.error.truncated): too large whole",
+            c.dlq_truncated,
+        )
+        yield _by_partition(
+            "dcr_dlq_blocked_records",
+            "Records whose dead letter the topic refuses for good (missing, not authorised, too "
+            "large even cut); their partitions commit no further",
+            s.dlq_blocked(),
+        )
+        yield _by_partition(
+            "dcr_partition_oldest_unfinished_seconds",
+            "Age of the partition's oldest record not yet finished (its commits stop there); 0: "
+            "none",
+            s.oldest_unfinished(),
+        )
         yield GaugeMetricFamily(
             "dcr_buffered_records", "Records consumed and not yet finished", value=s.buffered()
         )
@@ -228,14 +251,11 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "dcr_assigned_partitions", "Partitions this process owns", value=s.assigned()
         )
-        lag = GaugeMetricFamily(
+        yield _by_partition(
             "dcr_consumer_lag",
             "Messages between the consumer's position and the end of the partition",
-            labels=["topic", "partition"],
+            s.lag(),
         )
-        for (topic, partition), value in sorted(s.lag().items()):
-            lag.add_metric([topic, str(partition)], value)
-        yield lag
         yield GaugeMetricFamily(
             "dcr_last_commit_timestamp_seconds",
             "When offsets were last committed successfully (epoch seconds; 0: never)",
@@ -361,6 +381,15 @@ def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:
     yield from gauges.values()
     yield requests
     yield throttled
+
+
+def _by_partition(
+    name: str, doc: str, values: Mapping[tuple[str, int], float]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["topic", "partition"])
+    for (topic, partition), value in sorted(values.items()):
+        family.add_metric([topic, str(partition)], value)
+    return family
 
 
 def _labelled(

@@ -10,6 +10,11 @@ consumed slice holds a few). A :class:`Run` keeps their offsets and one byte per
 it finishes, so that the finished prefix advances with ``bytearray.find`` rather than record by
 record (docs/design.md#the-hot-path).
 
+Each run is stamped with the (monotonic) time it was received, once for all its records, so the age
+of a partition's oldest unfinished record, the first unfinished one of its first run, costs nothing
+on the hot path: ``oldest`` reads it for the gauge and ``stalls`` for the warning of a partition
+stuck longer than ``DCR_STUCK_WARN_S`` (docs/design.md#bounded-progress).
+
 Each assignment of a partition starts with no runs, so a result that arrives after the partition
 was revoked (or lost, or revoked and assigned again) marks a run that is no longer tracked and is
 ignored instead of moving someone else's position.
@@ -17,13 +22,14 @@ ignored instead of moving someone else's position.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from msgspec import Struct
 
-__all__ = ["OffsetTracker", "Run", "Ticket", "TopicPartitionKey"]
+__all__ = ["OffsetTracker", "Run", "Stall", "Ticket", "TopicPartitionKey"]
 
 TopicPartitionKey = tuple[str, int]
 
@@ -31,11 +37,13 @@ TopicPartitionKey = tuple[str, int]
 class Run:
     """Records of one partition received together, in order; see the module docstring."""
 
-    __slots__ = ("done", "head", "offsets", "tp")
+    __slots__ = ("done", "head", "offsets", "received_at", "tp")
 
-    def __init__(self, tp: TopicPartitionKey, offsets: list[int]) -> None:
+    def __init__(self, tp: TopicPartitionKey, offsets: list[int], received_at: float) -> None:
         self.tp = tp
         self.offsets = offsets
+        self.received_at = received_at
+        """Monotonic seconds when the run was received."""
         self.done = bytearray(len(offsets))
         """1 for each record finished."""
         self.head = 0
@@ -71,6 +79,8 @@ class _Partition:
     """Of those, the records at or before ``committed``."""
     offered: tuple[int, int] = (-1, 0)
     """The last ``position`` that ``to_commit`` handed out, and ``prefix`` then."""
+    stalled: bool = False
+    """``stalls`` reported this partition, and it has not moved on since."""
 
     def advance(self) -> None:
         """Move the finished prefix over the records finished at the front."""
@@ -89,11 +99,23 @@ class _Partition:
             runs.popleft()
 
 
-class OffsetTracker:
-    """Positions of the partitions this process owns now."""
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A partition whose oldest unfinished record has waited longer than the threshold."""
 
-    def __init__(self) -> None:
+    tp: TopicPartitionKey
+    offset: int
+    """The oldest unfinished record: the partition's commits cannot pass it."""
+    age_s: float
+
+
+class OffsetTracker:
+    """Positions of the partitions this process owns now; ``clock`` (monotonic seconds) stamps
+    each run received."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._partitions: dict[TopicPartitionKey, _Partition] = {}
+        self._clock = clock
 
     def assign(self, tps: Iterable[TopicPartitionKey]) -> None:
         for tp in tps:
@@ -111,7 +133,7 @@ class OffsetTracker:
         state = self._partitions.get(tp)
         if state is None:
             return None
-        run = Run(tp, offsets)
+        run = Run(tp, offsets, self._clock())
         state.runs.append(run)
         return run
 
@@ -119,6 +141,12 @@ class OffsetTracker:
         """Note one consumed record; None if the partition is not (or no longer) ours."""
         run = self.receive_run(topic, partition, [offset])
         return None if run is None else Ticket(run, 0)
+
+    def tracks(self, run: Run) -> bool:
+        """Whether ``run`` is of the current assignment of its partition and not yet wholly
+        finished: false once the partition was revoked or lost, even if it came back."""
+        state = self._partitions.get(run.tp)
+        return state is not None and any(r is run for r in state.runs)
 
     def finish(self, ticket: Ticket) -> None:
         self.finish_all((ticket,))
@@ -143,6 +171,33 @@ class OffsetTracker:
         """Records received and not yet in a finished prefix (of the given partitions, or all)."""
         keys = self._partitions.keys() if tps is None else tps
         return sum(_unfinished(s) for tp in keys if (s := self._partitions.get(tp)) is not None)
+
+    def oldest(self) -> dict[TopicPartitionKey, float]:
+        """Per partition owned, the age in seconds of its oldest unfinished record; 0 for none."""
+        now = self._clock()
+        return {
+            tp: now - state.runs[0].received_at if state.runs else 0.0
+            for tp, state in self._partitions.items()
+        }
+
+    def stalls(self, threshold_s: float) -> tuple[list[Stall], list[TopicPartitionKey]]:
+        """The partitions whose oldest unfinished record became older than ``threshold_s`` since
+        the last call, and those that moved on since they were reported: each stall is reported
+        once, however long it lasts."""
+        now = self._clock()
+        started: list[Stall] = []
+        ended: list[TopicPartitionKey] = []
+        for tp, state in self._partitions.items():
+            # ``advance`` drops a run once it is finished: the first one holds the oldest record.
+            run = state.runs[0] if state.runs else None
+            age_s = 0.0 if run is None else now - run.received_at
+            if run is not None and age_s > threshold_s and not state.stalled:
+                state.stalled = True
+                started.append(Stall(tp, run.offsets[run.head], age_s))
+            elif age_s <= threshold_s and state.stalled:
+                state.stalled = False
+                ended.append(tp)
+        return started, ended
 
     def uncommitted(self) -> int:
         """Records received and not yet committed: what the partitions' next owner consumes again

@@ -9,6 +9,11 @@ dead-lettered afresh and its headers describe the new failure only.
 
 Every run reads the whole topic: replaying the same records twice sends them twice. Narrow a run
 with the selection (code, stage, source partition and offsets).
+
+A dead letter written cut (``dcr.error.truncated``, docs/dlq.md#too-large) holds only a prefix of
+the original: it is never sent, only counted and listed, since a replay would pass the prefix off
+as the event. Its ``dcr.source.*`` headers say where the original can be read while the input
+topic keeps it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from stream.dlq import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
+    TRUNCATED,
     is_ours,
 )
 from stream.errors import ConfigError, DcrStreamError
@@ -96,6 +102,8 @@ class Letter:
     source_topic: str
     source_partition: int | None
     source_offset: int | None
+    truncated: str = ""
+    """What was cut to make the dead letter fit (``dcr.error.truncated``); empty when whole."""
 
     @classmethod
     def of(cls, message: Message) -> Letter:
@@ -116,6 +124,7 @@ class Letter:
             source_topic=ours.get(SOURCE_TOPIC, ""),
             source_partition=_number(ours.get(SOURCE_PARTITION)),
             source_offset=_number(ours.get(SOURCE_OFFSET)),
+            truncated=ours.get(TRUNCATED, ""),
         )
 
     def describe(self) -> str:
@@ -149,6 +158,8 @@ class Replayed:
     """Not acknowledged by Kafka."""
     no_source: int = 0
     """Selected but skipped: no ``dcr.source.topic`` and no ``to``."""
+    truncated: int = 0
+    """Selected but skipped: written cut, the original is not in the dead-letter topic."""
 
 
 def default_dlq_topic(env: Mapping[str, str]) -> str:
@@ -196,7 +207,7 @@ def replay(
         if progress is not None:
             progress.close()
     if producer is not None:
-        result.sent = result.selected - result.no_source - result.failed
+        result.sent = result.selected - result.no_source - result.truncated - result.failed
     return result
 
 
@@ -301,7 +312,10 @@ def _pass_on(
         return
     result.selected += 1
     target = to or letter.source_topic
-    if not target:
+    if letter.truncated:
+        result.truncated += 1
+        print(f"{letter.describe()} cut ({letter.truncated}): not replayed", file=out)
+    elif not target:
         result.no_source += 1
     elif producer is None:
         print(f"{letter.describe()} -> {target}", file=out)
@@ -333,12 +347,19 @@ def run(
     source = dlq_topic or default_dlq_topic(env)
     result = replay(config, source, select=select, to=to, dry_run=dry_run, progress=Progress())
     verb = "would replay" if dry_run else "replayed"
-    count = result.selected - result.no_source if dry_run else result.sent
+    count = result.selected - result.no_source - result.truncated if dry_run else result.sent
     print(f"{verb} {count:,} of {result.read:,} dead letters in {source}", file=sys.stderr)
     if result.no_source:
         print(
             f"dcr-stream replay: skipped {result.no_source:,} records without {SOURCE_TOPIC}; "
             "give --to",
+            file=sys.stderr,
+        )
+    if result.truncated:
+        print(
+            f"dcr-stream replay: skipped {result.truncated:,} dead letters written cut "
+            f"({TRUNCATED}): each holds only a prefix of its original, which is at its "
+            f"{SOURCE_TOPIC}[partition]@offset while the topic keeps it",
             file=sys.stderr,
         )
     if result.failed:
@@ -359,7 +380,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Read the dead-letter topic from its beginning to its current end (no consumer\n"
             "group, nothing committed) and produce the records that match every filter given\n"
             "to --to, or else to the topic each was consumed from (its dcr.source.topic header),\n"
-            "with the original key, value and headers: every dcr.* header is stripped. Filters\n"
+            "with the original key, value and headers: every dcr.* header is stripped. A dead\n"
+            "letter written cut (dcr.error.truncated) holds only a prefix: it is listed, never\n"
+            "sent. Filters\n"
             "take source coordinates and the dead-letter headers (see the README's rejection\n"
             "codes). Each run reads the whole topic, so replaying twice sends twice: try\n"
             "--dry-run first, which prints a line per record,\n"

@@ -2,7 +2,8 @@
 for any dead letter, a config a real broker enforces; raised again with an incremental config
 change). No offset past a partition's first rejected record may be committed meanwhile
 (docs/design.md#at-least-once), the failure must be logged clearly, and everything must be delivered
-once the DLQ is back."""
+once the DLQ is back. Too small even for a dead letter cut to fit (docs/dlq.md#too-large), the
+topic blocks those partitions loudly: ``dcr_dlq_blocked_records`` and ``/readyz`` name it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Broker, Offsets, create_topic
 from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.service import Service, get_text, total
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -76,6 +77,11 @@ def test_an_unwritable_dlq_holds_the_commits_back(
             time.sleep(0.5)
         assert service.proc.poll() is None, "the service died while the DLQ was unwritable"
         delivered_meanwhile = len(sandbox.accepted_receivers())
+        blocked_records = total(service.metrics(), "dcr_dlq_blocked_records")
+        assert blocked_records >= PARTITIONS, f"dcr_dlq_blocked_records is {blocked_records}"
+        readyz = get_text(service.http_port(), "/readyz")
+        assert f"dead letters cannot be written to {dlq}" in readyz, readyz
+        assert "Message size too large" in readyz, readyz
     errors = [
         e["message"]
         for e in service.lines()
@@ -86,6 +92,8 @@ def test_an_unwritable_dlq_holds_the_commits_back(
 
     set_max_message_bytes(admin, dlq, "1048588")
     wait_complete(ledger, sandbox, group, DEADLINE_S)
+    assert total(service.metrics(), "dcr_dlq_blocked_records") == 0
+    assert get_text(service.http_port(), "/readyz") == '{"status": "ready"}'
     report = verify(
         scenario="5. DLQ unwritable",
         ledger=ledger,
@@ -97,6 +105,8 @@ def test_an_unwritable_dlq_holds_the_commits_back(
             "commit_samples_while_held": samples,
             "held_at": blocked,
             "valid_delivered_while_held": delivered_meanwhile,
+            "dlq_blocked_records_while_held": blocked_records,
+            "readyz_while_held": readyz,
             "dlq_errors_logged": len(errors),
             "first_error": errors[0],
         },

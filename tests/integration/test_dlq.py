@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer
 
 from stream.dlq import DeadLetterProducer
+from stream.errors import DeadLetterError
 from stream.validation import Rejection, Rules, validate
 from tests.support.kafka import Broker, consume, headers
 
@@ -148,3 +149,37 @@ async def test_an_api_rejection_carries_status_and_cut_body(
     assert len(cut) == 1023  # the "é" at bytes 1023-1024 is left out, not cut in half
     assert body.startswith(cut)
     cut.decode("utf-8")
+
+
+async def test_a_missing_topic_is_a_permanent_refusal(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+) -> None:
+    source = topic_factory()
+    producer = producer_factory()
+    producer.produce(source, key=b"k-phone", value=event(caller="123"))
+    assert producer.flush(30) == 0
+    consumer = consumer_factory(group_factory())
+    consumer.subscribe([source])
+    (original,) = consume(consumer, 1)
+    rejection = validate(original.value(), rules=Rules(), now_ms=NOW)
+    assert isinstance(rejection, Rejection)
+
+    # A cluster that creates no topic on demand (the producer may not ask for it here): librdkafka
+    # fails the write once the topic is still unknown after the propagation time.
+    config: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "allow.auto.create.topics": False,
+        "topic.metadata.propagation.max.ms": 1000,
+    }
+    dlq = DeadLetterProducer(config, f"{source}.missing")
+    try:
+        with pytest.raises(DeadLetterError) as raised:
+            await dlq.send(original, rejection)
+    finally:
+        dlq.close()
+    assert raised.value.permanent, raised.value.reason
+    assert "Unknown topic" in raised.value.reason, raised.value.reason

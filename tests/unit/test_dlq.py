@@ -1,4 +1,5 @@
-"""Dead letters without a broker: docs/dlq.md's headers, the body cut, and failures that surface.
+"""Dead letters without a broker: docs/dlq.md's headers, the body cut, letters cut to fit, and
+failures that surface, sorted into what a retry cures and what it does not.
 
 The round trip through a real broker is in ``tests/integration/test_dlq.py``.
 """
@@ -6,12 +7,27 @@ The round trip through a real broker is in ``tests/integration/test_dlq.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
-from stream.dlq import HTTP_BODY_MAX_BYTES, DeadLetterProducer, build, dead_letter_headers
+from stream.dlq import (
+    CUT_VALUE_BYTES,
+    HTTP_BODY_MAX_BYTES,
+    DeadLetter,
+    DeadLetterProducer,
+    build,
+    classify,
+    cuts,
+    dead_letter_headers,
+    is_ours,
+)
+from stream.dlq import (
+    HEADERS as OURS,
+)
 from stream.errors import DcrStreamError, DeadLetterError
+from stream.producer import Headers
 from stream.validation import Rejection
 
 INVALID_PHONE = Rejection(
@@ -158,3 +174,166 @@ async def test_close_fails_the_writes_still_waiting() -> None:
     producer.close(timeout_s=0)
     with pytest.raises(DeadLetterError, match="urge"):
         await send
+
+
+HUGE = os.urandom(1_040_000)
+"""A value just under the broker's 1 MiB limit, rejected by validation (message_too_large)."""
+TOO_LARGE = Rejection(
+    code="message_too_large", field=None, message="the value is too large", stage="validate"
+)
+
+
+def marks(letter: DeadLetter) -> tuple[bytes | str | None, bytes | str | None]:
+    found = dict(letter.headers)
+    return found.get("dcr.error.truncated"), found.get("dcr.original.size")
+
+
+LONG_HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("trace", b"t" * CUT_VALUE_BYTES),
+    ("id", b"1"),
+]
+
+
+def test_a_large_value_is_cut_first_then_long_original_headers_go() -> None:
+    huge = message(value=HUGE, headers=LONG_HEADERS)
+    whole = build(huge, TOO_LARGE)
+    first, last = cuts(huge, whole)
+    assert first.value == HUGE[:CUT_VALUE_BYTES]
+    assert first.key == b"order-42"
+    assert first.headers[: len(LONG_HEADERS)] == LONG_HEADERS
+    assert marks(first) == (b"value", b"1040000")
+    assert first.cut == ("value",)
+    assert last.value == HUGE[:CUT_VALUE_BYTES]
+    assert last.headers[:7] == dead_letter_headers(huge, TOO_LARGE)
+    assert all(is_ours(name) for name, _ in last.headers)
+    assert marks(last) == (b"value,headers", b"1040000")
+
+
+def test_a_long_key_is_cut_with_the_headers() -> None:
+    keyed = message(key=b"k" * (CUT_VALUE_BYTES + 1), headers=None)
+    (letter,) = cuts(keyed, build(keyed, TOO_LARGE))
+    assert letter.key == b"k" * CUT_VALUE_BYTES
+    assert letter.value == b'{"caller": "x"}'
+    assert marks(letter) == (b"key", b"15")
+
+
+def test_short_parts_are_not_cut() -> None:
+    small = message()
+    assert cuts(small, build(small, INVALID_PHONE)) == []
+    assert build(small, INVALID_PHONE).cut == ()
+    (letter,) = cuts(message(value=HUGE), build(message(value=HUGE), TOO_LARGE))
+    assert letter.headers[: len(HEADERS)] == HEADERS
+
+
+def test_the_new_headers_are_ours() -> None:
+    assert OURS[-2:] == ("dcr.error.truncated", "dcr.original.size")
+    assert all(is_ours(name) for name in OURS)
+
+
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        (KafkaError.MSG_SIZE_TOO_LARGE, "too_large"),
+        (KafkaError.RECORD_LIST_TOO_LARGE, "too_large"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "permanent"),
+        (KafkaError.UNKNOWN_TOPIC_OR_PART, "permanent"),
+        (KafkaError._UNKNOWN_TOPIC, "permanent"),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, "permanent"),
+        (KafkaError._MSG_TIMED_OUT, "transient"),
+        (KafkaError.NOT_LEADER_FOR_PARTITION, "transient"),
+        (KafkaError._TRANSPORT, "transient"),
+        (KafkaError.NOT_ENOUGH_REPLICAS, "transient"),
+    ],
+)
+def test_refusals_are_sorted_by_what_cures_them(code: int, verdict: str) -> None:
+    assert classify(code) == verdict
+
+
+class Topic:
+    """Stands in for the acknowledged producer: refuses a letter over ``max_bytes`` as a broker
+    does (a delivery error), or every letter with ``refuse``; records what it was sent."""
+
+    def __init__(self, max_bytes: int, refuse: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.refuse = refuse
+        self.sent: list[int] = []
+
+    async def send(
+        self, topic: str, *, key: bytes | None, value: bytes | None, headers: Headers | None
+    ) -> KafkaError | None:
+        size = len(key or b"") + len(value or b"")
+        size += sum(len(n) + len(v or b"") for n, v in headers or [])
+        self.sent.append(size)
+        if self.refuse is not None:
+            return KafkaError(self.refuse)
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if size > self.max_bytes else None
+
+
+def producer_for(topic: Topic) -> DeadLetterProducer:
+    producer = DeadLetterProducer(NOWHERE, "call-intents.dlq")
+    producer.close(timeout_s=0)
+    producer._producer = topic  # type: ignore[assignment]
+    return producer
+
+
+async def test_a_letter_too_large_whole_is_written_cut() -> None:
+    topic = Topic(max_bytes=1_000_000)
+    letter = await producer_for(topic).send(message(value=HUGE), TOO_LARGE)
+    assert letter.cut == ("value",)
+    assert len(topic.sent) == 2
+    assert topic.sent[0] > 1_000_000 >= topic.sent[1]
+
+
+async def test_huge_original_headers_are_dropped() -> None:
+    topic = Topic(max_bytes=16_384)
+    letter = await producer_for(topic).send(message(value=HUGE, headers=LONG_HEADERS), TOO_LARGE)
+    assert letter.cut == ("value", "headers")
+    assert len(topic.sent) == 3
+
+
+async def test_too_large_even_cut_is_permanent() -> None:
+    topic = Topic(max_bytes=200)
+    with pytest.raises(DeadLetterError) as raised:
+        await producer_for(topic).send(message(value=HUGE), TOO_LARGE)
+    assert raised.value.permanent
+    assert "Message size too large" in raised.value.reason
+    assert "even cut (value) to 8192 bytes" in raised.value.reason
+    assert len(topic.sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent"),
+    [(KafkaError.TOPIC_AUTHORIZATION_FAILED, True), (KafkaError._MSG_TIMED_OUT, False)],
+)
+async def test_a_refusal_other_than_size_is_not_cut(code: int, permanent: bool) -> None:
+    topic = Topic(max_bytes=2_000_000, refuse=code)
+    with pytest.raises(DeadLetterError) as raised:
+        await producer_for(topic).send(message(value=HUGE), TOO_LARGE)
+    assert raised.value.permanent is permanent
+    assert len(topic.sent) == 1
+
+
+async def test_the_producers_own_limit_is_met_by_a_cut_letter() -> None:
+    # ``produce`` itself refuses a letter over ``message.max.bytes``; the cut one is queued (and,
+    # with no broker, times out: a transient failure).
+    producer = DeadLetterProducer(
+        {**NOWHERE, "message.max.bytes": 100_000, "message.timeout.ms": 100}, "call-intents.dlq"
+    )
+    try:
+        with pytest.raises(DeadLetterError) as raised:
+            await producer.send(message(value=HUGE), TOO_LARGE)
+    finally:
+        producer.close(timeout_s=0)
+    assert "timed out" in raised.value.reason
+    assert not raised.value.permanent
+
+
+async def test_the_producers_own_limit_below_any_letter_is_permanent() -> None:
+    producer = DeadLetterProducer({**NOWHERE, "message.max.bytes": 1000}, "call-intents.dlq")
+    try:
+        with pytest.raises(DeadLetterError) as raised:
+            await producer.send(message(value=HUGE), TOO_LARGE)
+    finally:
+        producer.close(timeout_s=0)
+    assert raised.value.permanent
+    assert "too large" in raised.value.reason

@@ -1,8 +1,9 @@
-"""The offset tracker: the finished prefix, out-of-order results, generations."""
+"""The offset tracker: the finished prefix, out-of-order results, generations, and the age of the
+oldest unfinished record (a clock the test moves)."""
 
 from __future__ import annotations
 
-from stream.offsets import OffsetTracker, Ticket
+from stream.offsets import OffsetTracker, Stall, Ticket
 
 T = "topic"
 
@@ -65,3 +66,70 @@ def test_unfinished_counts_per_partition() -> None:
     tracker.receive(T, 1, 1)
     assert tracker.unfinished([(T, 1)]) == 2
     assert tracker.unfinished() == 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_oldest_unfinished_record_is_the_first_of_the_oldest_run() -> None:
+    clock = Clock()
+    tracker = OffsetTracker(clock)
+    tracker.assign([(T, 0), (T, 1)])
+    first = tracker.receive_run(T, 0, [10, 11, 12])
+    assert first is not None
+    clock.now += 30
+    later = received(tracker, 0, 13)
+    clock.now += 5
+    assert tracker.oldest() == {(T, 0): 35.0, (T, 1): 0.0}
+    tracker.finish_all([Ticket(first, 0), Ticket(first, 1), Ticket(first, 2)])
+    assert tracker.oldest() == {(T, 0): 5.0, (T, 1): 0.0}
+    tracker.finish(later)
+    assert tracker.oldest() == {(T, 0): 0.0, (T, 1): 0.0}
+
+
+def test_a_stall_is_reported_once_and_its_end_too() -> None:
+    clock = Clock()
+    tracker = OffsetTracker(clock)
+    tracker.assign([(T, 0), (T, 1)])
+    run = tracker.receive_run(T, 0, [7, 8])
+    assert run is not None
+    tracker.finish(Ticket(run, 0))
+    clock.now += 100
+    other = received(tracker, 1, 3)
+    clock.now += 80
+    assert tracker.stalls(180) == ([], [])
+    clock.now += 1
+    assert tracker.stalls(180) == ([Stall((T, 0), 8, 181.0)], [])
+    clock.now += 60  # partition 0 still stuck: not reported again, however long it lasts
+    assert tracker.stalls(180) == ([], [])
+    clock.now += 60
+    assert tracker.stalls(180) == ([Stall((T, 1), 3, 201.0)], [])
+    clock.now += 600
+    assert tracker.stalls(180) == ([], [])
+    tracker.finish(Ticket(run, 1))
+    assert tracker.stalls(180) == ([], [(T, 0)])
+    assert tracker.stalls(180) == ([], [])
+    tracker.finish(other)
+    assert tracker.stalls(180) == ([], [(T, 1)])
+    received(tracker, 0, 9)
+    clock.now += 181
+    assert tracker.stalls(180) == ([Stall((T, 0), 9, 181.0)], [])
+
+
+def test_a_run_is_tracked_until_finished_or_its_partition_goes() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([(T, 0)])
+    first, second = received(tracker, 0, 0), received(tracker, 0, 1)
+    assert tracker.tracks(first.run)
+    assert tracker.tracks(second.run)
+    tracker.finish(first)
+    assert not tracker.tracks(first.run)
+    tracker.forget([(T, 0)])
+    tracker.assign([(T, 0)])
+    assert not tracker.tracks(second.run)
+    assert tracker.tracks(received(tracker, 0, 1).run)
