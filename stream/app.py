@@ -305,6 +305,15 @@ class Pipeline:
             await http.cleanup()
 
     async def _serve_http(self, consumer: ConsumerThread) -> web.AppRunner:
+        health = Health(
+            last_poll=lambda: (
+                time.monotonic() if consumer.waiting_on_broker else consumer.last_poll
+            ),
+            consumer_alive=lambda: not consumer.done.done(),
+            ready=self.assigned.is_set,
+            stall_s=self.config.liveness_stall_s,
+            unready=self._unready,
+        )
         self.metrics.watch(
             State(
                 buffered=lambda: consumer.consumed - self.finished,
@@ -327,16 +336,8 @@ class Pipeline:
                 reconcile_in_hand=lambda: self._reconciler.in_hand() if self._reconciler else 0,
                 oldest_unfinished=self.tracker.oldest,
                 dlq_blocked=lambda: self._dlq_blocked,
+                ready=lambda: health.not_ready() is None,
             )
-        )
-        health = Health(
-            last_poll=lambda: (
-                time.monotonic() if consumer.waiting_on_broker else consumer.last_poll
-            ),
-            consumer_alive=lambda: not consumer.done.done(),
-            ready=self.assigned.is_set,
-            stall_s=self.config.liveness_stall_s,
-            unready=self._unready,
         )
         runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
         await runner.setup()

@@ -31,6 +31,12 @@ class Health:
     unready: Callable[[], str | None] = lambda: None
     """Why the process cannot send even though it joined (it holds no usable token), or None."""
 
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` fails (and ``dcr_ready`` is 0), or None: ready."""
+        if not self.ready():
+            return "not in the group yet"
+        return self.unready()
+
 
 def http_app(metrics: Metrics, health: Health) -> web.Application:
     """``/metrics``, ``/healthz`` (the loop answers and the consumer polls) and ``/readyz``."""
@@ -47,9 +53,7 @@ def http_app(metrics: Metrics, health: Health) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if not health.ready():
-            return web.json_response({"status": "not in the group yet"}, status=503)
-        if (why := health.unready()) is not None:
+        if (why := health.not_ready()) is not None:
             return web.json_response({"status": why}, status=503)
         return web.json_response({"status": "ready"})
 

@@ -131,6 +131,8 @@ class State:
     """Per partition owned, the age in seconds of its oldest unfinished record (0: none)."""
     dlq_blocked: Callable[[], Mapping[tuple[str, int], int]] = dict
     """Per partition, records whose dead letter Kafka refused for a reason no retry cures."""
+    ready: Callable[[], bool] = lambda: True
+    """Whether ``/readyz`` answers 200 now."""
 
 
 class Metrics:
@@ -250,6 +252,11 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "dcr_assigned_partitions", "Partitions this process owns", value=s.assigned()
+        )
+        yield GaugeMetricFamily(
+            "dcr_ready",
+            "1 while /readyz answers 200 (joined, holds a token, can dead-letter)",
+            value=float(s.ready()),
         )
         yield _by_partition(
             "dcr_consumer_lag",

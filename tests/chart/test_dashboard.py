@@ -4,21 +4,18 @@ the service exposes."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from stream.metrics import Metrics, State
-from tests.support.helm import CHART, VALUES_DIR, Helm
+from tests.support.helm import DASHBOARD, VALUES_DIR, Helm, dashboard_queries, metrics_named
+from tests.support.service import metric_names
 
 pytestmark = pytest.mark.chart
 
-DASHBOARD = CHART / "dashboards" / "dcr-stream.json"
-
 
 def exposed_metric_names() -> set[str]:
-    """Every sample name the service's /metrics can show (counters with _total, histograms with
-    _bucket/_sum/_count), read from a real registry."""
+    """Every sample name the service's /metrics can show, read from a real registry."""
     metrics = Metrics()
     metrics.watch(
         State(
@@ -32,17 +29,7 @@ def exposed_metric_names() -> set[str]:
             rates=lambda: {"a": 1.0},
         )
     )
-    text = metrics.exposition().decode()
-    names = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
-    samples = set()
-    for name, kind in names:
-        if kind == "counter":
-            samples |= {name, f"{name}_total"}
-        elif kind == "histogram":
-            samples |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-        else:
-            samples.add(name)
-    return samples
+    return metric_names(metrics.exposition().decode())
 
 
 def test_off_by_default(helm: Helm) -> None:
@@ -60,12 +47,6 @@ def test_on_it_is_a_config_map_for_the_sidecar(helm: Helm) -> None:
 
 
 def test_every_query_uses_metrics_the_service_exposes() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    queried = {
-        name
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-        for name in re.findall(r"\b(dcr_[a-z_]+)", target["expr"])
-    }
+    queried = metrics_named(dashboard_queries())
     assert queried
     assert queried <= exposed_metric_names()

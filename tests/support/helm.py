@@ -6,7 +6,9 @@ provide the binary, every chart test errors: a missing helm fails the run, it ne
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ VALUES = sorted(VALUES_DIR.glob("*.yaml"))
 BAD_VALUES = sorted((REPO / "tests" / "chart" / "bad-values").glob("*.yaml"))
 """Each breaks one rule of values.schema.json; its first line says ``# expect: <error text>``."""
 RELEASE = "rel"
+DASHBOARD = CHART / "dashboards" / "dcr-stream.json"
+ALERTS_VALUES = VALUES_DIR / "alerts.yaml"
+"""The alerting rules on (tests/chart/test_alerts.py)."""
 
 Manifest = dict[str, Any]
 
@@ -131,3 +136,20 @@ def config(manifests: Sequence[Manifest]) -> dict[str, str]:
     ]
     assert len(settings) == 1, "expected one ConfigMap of settings"
     return dict(settings[0]["data"])
+
+
+def alert_rules(helm: Helm) -> list[dict[str, Any]]:
+    """The rules of the rendered ``PrometheusRule`` (``ALERTS_VALUES``)."""
+    rule = only(helm.render([ALERTS_VALUES]), "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def dashboard_queries() -> list[str]:
+    """Every query of the Grafana dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def metrics_named(expressions: Sequence[str]) -> set[str]:
+    """The service's metric names (``dcr_*``) that PromQL ``expressions`` read."""
+    return {name for expr in expressions for name in re.findall(r"\b(dcr_[a-z_]+)", expr)}

@@ -34,6 +34,7 @@ __all__ = [
     "Service",
     "get_text",
     "memory_kib",
+    "metric_names",
     "scrape",
     "service_factory",
     "total",
@@ -205,6 +206,21 @@ def scrape(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
+
+
+def metric_names(exposition: str) -> set[str]:
+    """Every sample name a ``/metrics`` text can show, from its ``# TYPE`` lines (a family is
+    declared even before it has a sample): counters with ``_total``, histograms with
+    ``_bucket``/``_sum``/``_count``."""
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)", exposition, re.M):
+        if kind == "counter":
+            names |= {name, f"{name}_total"}
+        elif kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
 
 
 def total(samples: dict[str, float], name: str, default: float = 0.0) -> float:
