@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from confluent_kafka import Message, Producer
 
@@ -38,16 +39,28 @@ def test_the_cut_headers_are_ours_and_stripped() -> None:
     assert letter(cut=False).truncated == ""
 
 
+class _Recording(Producer):
+    """A producer that records what it is asked to produce and sends nothing. (``len()`` of a real
+    one also counts its queued events, such as a refused connection's error: not a count of
+    messages.)"""
+
+    def __init__(self) -> None:
+        super().__init__({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+        self.topics: list[str] = []
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        self.topics.append(topic)
+
+
 def test_a_cut_letter_is_listed_and_never_sent() -> None:
-    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+    producer = _Recording()
     out, result = io.StringIO(), Replayed()
     _pass_on(letter(cut=True), Selection(), None, producer, out, result)
     assert (result.selected, result.truncated) == (1, 1)
-    assert len(producer) == 0
+    assert producer.topics == []
     assert (
         out.getvalue() == "call-intents[2]@41 message_too_large decode cut (value): not replayed\n"
     )
     _pass_on(letter(cut=False), Selection(), None, producer, out, result)
     assert (result.selected, result.truncated) == (2, 1)
-    assert len(producer) == 1
-    producer.purge()
+    assert producer.topics == ["call-intents"]
