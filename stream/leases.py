@@ -44,6 +44,11 @@ _LET_GO_WAIT_S = 5.0
 unless it is blocked; the rebalance waits meanwhile, far inside ``session.timeout.ms``."""
 
 
+_HELD_MARKER = b"dcr.slot.held"
+"""The key of the record written to a slot's empty partition by its first holder (``fresh``); no
+account is named so."""
+
+
 Release = Callable[[frozenset[int]], list[tuple[str, int, bytes]]]
 """Slots let go → (account, slot, record) to write before the next holder gets them."""
 
@@ -71,6 +76,11 @@ class Leases(Protocol):
 
     def record(self, account: str, slot: int) -> bytes | None:
         """What ``slot`` of ``account``'s pool remembers (the last value stored), if anything."""
+        ...
+
+    def fresh(self, slot: int) -> bool:
+        """Whether no process held ``slot`` before this one: nobody can have sent on its tokens
+        lately, so they need no worst case assumed (docs/design.md#scaling)."""
         ...
 
     async def store(self, account: str, slot: int, value: bytes) -> None:
@@ -103,6 +113,10 @@ class LocalLeases:
 
     def record(self, account: str, slot: int) -> bytes | None:
         return self._records.get((account, slot))
+
+    def fresh(self, slot: int) -> bool:
+        """Only this process ever holds the slots."""
+        return True
 
     async def store(self, account: str, slot: int, value: bytes) -> None:
         self._records[(account, slot)] = value
@@ -151,6 +165,8 @@ class KafkaLeases:
         self._held: set[int] = set()
         """The slots held, as the consumer's thread sees them; published to the loop."""
         self._loading: set[int] = set()
+        self._fresh: set[int] = set()
+        """Slots whose partition was empty when this process got them (``fresh``)."""
         self._records: dict[tuple[str, int], bytes] = {}
         self._listeners: list[Callable[[], None]] = []
         self._release: Release | None = None
@@ -177,6 +193,9 @@ class KafkaLeases:
 
     def record(self, account: str, slot: int) -> bytes | None:
         return self._records.get((account, slot))
+
+    def fresh(self, slot: int) -> bool:
+        return slot in self._fresh
 
     async def store(self, account: str, slot: int, value: bytes) -> None:
         """Write and wait for the acknowledgement (``acks=all``); a failure raises ``KafkaError``
@@ -294,6 +313,8 @@ class KafkaLeases:
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF and partition in self._loading:
                 self._loading.discard(partition)
+                if message.offset() == 0 and self._mark_held(partition):
+                    self._fresh.add(partition)
                 self._held.add(partition)
                 self._publish(frozenset(self._held))
             elif error.code() != KafkaError._PARTITION_EOF:
@@ -304,10 +325,27 @@ class KafkaLeases:
             # Only while a slot is read in: once held, its records are the ones this process wrote.
             self._records[(key.decode(), partition)] = message.value() or b""
 
+    def _mark_held(self, partition: int) -> bool:
+        """A slot's partition is empty: nobody held it before. Write a marker (acknowledged), so
+        that whoever holds it next knows it was held; False if the write failed (then this
+        process assumes the worst, as for any slot taken over)."""
+        assert self._producer is not None
+        acked: list[KafkaError | None] = []
+        self._producer.produce(
+            self.topic,
+            key=_HELD_MARKER,
+            value=b"",
+            partition=partition,
+            on_delivery=lambda error, _: acked.append(error),
+        )
+        self._producer.flush(_LET_GO_WAIT_S)
+        return acked == [None]
+
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             tp.offset = OFFSET_BEGINNING
             self._loading.add(tp.partition)
+            self._fresh.discard(tp.partition)
         consumer.incremental_assign(partitions)
         _log.info("token slots assigned: %s", sorted(tp.partition for tp in partitions))
 

@@ -94,6 +94,12 @@ _REFUSED_RETRY_S = 60.0
 _CHECK_S = 1.0
 """A pool looks at its slots (and credential files) at least this often."""
 
+_SLOTS_WAIT_S = 30.0
+"""How long ``Tokens.get`` waits for this process to hold any token slot before it says why there is
+no token. At start-up the slots are read in within a second or two of the first record, and a
+registry read that failed in that moment would leave the account's labels unconfirmed (probed one
+record at a time) until the next refresh, minutes later (docs/design.md#labels)."""
+
 
 class Secret:
     """A string that never shows itself in logs, reprs or exception text."""
@@ -606,13 +612,16 @@ class TokenPool:
         self._tokens = tokens
         count, slots = len(tokens), self._leases.slots
         shares: dict[int, float] = {}
+        owned_by: dict[int, list[int]] = {}
         for p in owned:
             if count >= slots:
                 for i in range(p, count, slots):
                     shares[i] = 1.0
+                    owned_by[i] = [p]
             else:
                 i = p % count
                 shares[i] = shares.get(i, 0.0) + 1.0 / len(range(i, slots, count))
+                owned_by.setdefault(i, []).append(p)
         for i in [i for i in self.held if i not in shares]:
             del self.held[i]
         for i, share in shares.items():
@@ -620,7 +629,9 @@ class TokenPool:
             if held is not None and held.token != tokens[i]:
                 held = None  # rotated: another token, whose history is not the old one's
             if held is None or held.share < share - 1e-9:
-                self.held[i] = Held(i, tokens[i], self._pace(held, share), share)
+                # A slot nobody held before: nobody sent on its token lately.
+                seed = not all(self._leases.fresh(p) for p in owned_by[i])
+                self.held[i] = Held(i, tokens[i], self._pace(held, share, seed=seed), share)
             elif held.share != share:
                 held.pace.slots = self._slots(share, held.pace.slots)
                 held.share = share
@@ -841,12 +852,16 @@ class Tokens:
     async def get(self, account: str) -> str:
         """Any usable token of the account's pool (unpaced: for the labels endpoint)."""
         pool = self.pool(account)
+        loop = asyncio.get_running_loop()
+        slots_by = loop.time() + _SLOTS_WAIT_S
         while not pool.held:
             pool.want_more()
             pool.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.changed.wait(), _CHECK_S)
-            if not pool.held and pool.waiting is not None:
+            if pool.held or (not self.leases.owned() and loop.time() < slots_by):
+                continue  # no slot yet (start-up, a rebalance): they come within seconds
+            if pool.waiting is not None:
                 raise AuthError(account, pool.waiting)
         return next(iter(pool.held.values())).token.reveal()
 
