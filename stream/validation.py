@@ -328,8 +328,10 @@ def _check(
         if normal is None:
             return _bad_phone("receiver")
         receiver = normal
+    # Label ids are UUIDs, any case (docs/events.md): one case from here on, as the registry's.
+    label_id = _uuids_seen.get(event.label_id) or event.label_id.lower()
     allowed = rules.allowed_labels.get(account)
-    if allowed is not None and event.label_id.lower() not in allowed:
+    if allowed is not None and label_id not in allowed:
         return _reject(
             "label_not_allowed",
             "label_id",
@@ -357,7 +359,7 @@ def _check(
         account=account,
         caller=caller,
         receiver=receiver,
-        label_id=event.label_id,
+        label_id=label_id,
         label_name=event.label_name,
         call_reason=reason,
         starts_at=starts_at,

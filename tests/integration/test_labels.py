@@ -191,3 +191,36 @@ def test_an_unreadable_registry_costs_a_probe_per_foreign_label(
     for account, count in refused(sandbox).items():
         print(f"{account}: {count} requests refused with 400")
         assert count <= 2 * len(FOREIGN)
+
+
+def test_label_ids_match_in_any_case(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    """A label registered in upper case (the labels endpoint lists it so) matches events that name
+    it in lower, upper or mixed case: none is dead-lettered, none probed or refused."""
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread(labels={account: frozenset({LABEL.upper()}) for account in ACCOUNTS})
+    started = time.monotonic()
+    ledger, service = start(kafka, topic, group, sandbox, service_factory)
+    now_ms = time.time_ns() // 1_000_000
+    cases = (LABEL, LABEL.upper(), LABEL[:18] + LABEL[18:].upper())
+    ledger.produce(
+        Event(
+            f"9198{i:08d}",
+            json.dumps(intent(i, now_ms) | {"label_id": cases[i % 3]}).encode(),
+            None,
+        )
+        for i in range(3_000)
+    )
+
+    report = finish(ledger, sandbox, group, topic, started, "label ids in any case")
+
+    assert report.delivered == 3_000
+    assert report.dlq_records == 0
+    assert refused(sandbox) == dict.fromkeys(ACCOUNTS, 0)
+    probes = [k for k in service.metrics() if k.startswith("dcr_label_probes_total")]
+    assert probes == []

@@ -448,6 +448,24 @@ def test_the_account_is_resolved_and_lower_case(
 
 
 @pytest.mark.parametrize(
+    "label",
+    [LABEL, LABEL.upper(), LABEL[:18] + LABEL[18:].upper()],
+    ids=["lower", "upper", "mixed"],
+)
+@pytest.mark.parametrize(
+    "rules",
+    [Rules(), Rules(allowed_labels={ACCOUNT: frozenset({LABEL.upper()})})],
+    ids=["any label", "allow-list in upper case"],
+)
+def test_the_label_id_is_lower_case(label: str, rules: Rules) -> None:
+    """Compared with the allow-list and the label registry, and sent, in one case
+    (docs/events.md)."""
+    record = validate(event(label_id=label), rules=rules, now_ms=NOW)
+    assert isinstance(record, Record)
+    assert record.label_id == LABEL
+
+
+@pytest.mark.parametrize(
     ("priority", "topic", "high"),
     [
         (DROP, False, False),
