@@ -655,7 +655,8 @@ class TokenPool:
                     token = _unseal(account, p, api_key, record.token)
                     if token is not None:
                         pace = await self._taken_over(p, record)
-                        self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
+                        if pace is not None:
+                            self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
         due = [
             p
             for p, h in self.held.items()
@@ -694,15 +695,20 @@ class TokenPool:
         """Mint slot ``p``'s token: the mint is remembered first, the token after."""
         assert self._minter is not None
         account, now = self.account, self._wall()
+        # Every write of this mint under the slot's generation now: once the slot moves on, the
+        # next holder's record is its own (docs/design.md#scaling).
+        generation = self._leases.generation(p)
         kept = SlotRecord(mints=recent, token=record.token, minted_at=record.minted_at)
-        await self._leases.store(account, p, _encode(SlotRecord(
+        if not await self._leases.store(account, p, _encode(SlotRecord(
             mints=[*recent, now], token=record.token, minted_at=record.minted_at
-        )))  # fmt: skip
+        )), generation=generation):  # fmt: skip
+            return False
         try:
             token = await self._minter.mint(account, key_id, api_key)
         except AuthError as exc:
             if exc.status is not None or not exc.reached:
-                await self._leases.store(account, p, _encode(kept))  # it cannot have minted
+                # it cannot have minted
+                await self._leases.store(account, p, _encode(kept), generation=generation)
             if exc.status is not None:
                 self.mints_refused += 1
                 self.mints_throttled += exc.status == 429
@@ -719,9 +725,11 @@ class TokenPool:
             return False
         self.mints += 1
         self.failing, self._failures = None, 0
-        await self._leases.store(account, p, _encode(SlotRecord(
+        if not await self._leases.store(account, p, _encode(SlotRecord(
             mints=[*recent, now], token=_seal(account, p, api_key, token), minted_at=now
-        )))  # fmt: skip
+        )), generation=generation):  # fmt: skip
+            _log.info("account %s: token slot %d moved on while minting; token dropped", account, p)
+            return False
         previous = self.held.get(p)
         self.held[p] = Held(p, Secret(token), self._pace(previous, 1.0, seed=False), 1.0, now)
         self._refused.discard(p)
@@ -729,15 +737,18 @@ class TokenPool:
         self.changed.set()
         return True
 
-    async def _taken_over(self, p: int, record: SlotRecord) -> Pace:
+    async def _taken_over(self, p: int, record: SlotRecord) -> Pace | None:
         """The pace of a minted token this process takes over. If its last holder handed it over
         (``released_at``), its history goes on, once the record says the slot is taken again (a
         crash of this process then leaves the next holder assuming the worst). Otherwise whoever
-        held it may have used its whole window (``Slots.seeded``)."""
+        held it may have used its whole window (``Slots.seeded``). None if the slot moved on
+        meanwhile."""
         if record.released_at is None or self._rpm is None:
             return self._pace(None, 1.0)
         taken = SlotRecord(mints=record.mints, token=record.token, minted_at=record.minted_at)
-        await self._leases.store(self.account, p, _encode(taken))
+        generation = self._leases.generation(p)
+        if not await self._leases.store(self.account, p, _encode(taken), generation=generation):
+            return None
         loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
         history = deque(loop_now - (wall_now - t) for t in sorted(record.sent))
         return Pace(Slots.per_minute(self._rpm, history))
