@@ -437,6 +437,8 @@ class PoolReport:
     """Mints a slot needed and the budget held back (each slot and next attempt counted once)."""
     requests: dict[int, int]
     """Requests sent by this process, per slot (or static token)."""
+    forbidden: dict[str, int]
+    """Endpoint → 403s from the labels or batch-status endpoint (the token was kept)."""
     waiting: str | None
     """Why it has no token to send on, when it has none."""
 
@@ -483,6 +485,8 @@ class TokenPool:
         self.mints_refused = 0
         self.mints_throttled = 0
         self.mints_held_back = 0
+        self.forbidden: dict[str, int] = {}
+        """Endpoint (``labels``, ``status``) → 403s on a kept token (``Tokens.forbidden``)."""
         self._held_back_seen: set[tuple[int, float]] = set()
         self.waiting: str | None = None
         self.failing: str | None = None
@@ -557,6 +561,7 @@ class TokenPool:
             mints_refused=self.mints_refused,
             mints_throttled=self.mints_throttled,
             mints_held_back=self.mints_held_back,
+            forbidden=dict(self.forbidden),
             requests=dict(self._requests),
             waiting=None if self.held else (self.waiting or "no token yet"),
         )
@@ -883,6 +888,19 @@ class Tokens:
         for held in list(pool.held.values()):
             if held.token.reveal() == token:
                 pool.refused(held, asyncio.get_running_loop().time())
+
+    def forbidden(self, account: str, endpoint: str) -> None:
+        """A 403 from ``endpoint`` (``labels``, ``status``) is a permission answer about what was
+        asked, not a dead token: it is counted and said once, and the token kept
+        (docs/design.md#auth)."""
+        pool = self.pool(account)
+        pool.forbidden[endpoint] = count = pool.forbidden.get(endpoint, 0) + 1
+        if count == 1:
+            _log.warning(
+                "account %s: the %s endpoint answered 403 (not permitted); the token is kept",
+                account,
+                endpoint,
+            )
 
     @property
     def mint_count(self) -> int:
