@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
-__all__ = ["KafkaLeases", "Leases", "LocalLeases"]
+__all__ = ["KafkaLeases", "Leases", "LocalLeases", "read_slots"]
 
 _log = logging.getLogger("stream.leases")
 
@@ -133,6 +134,41 @@ class LocalLeases:
     async def store(self, account: str, slot: int, value: bytes, *, generation: int) -> bool:
         self._records[(account, slot)] = value
         return True
+
+
+def read_slots(
+    consumer_config: Mapping[str, Any], topic: str, timeout_s: float = 15.0
+) -> dict[tuple[str, int], bytes]:
+    """What every slot of the pools remembers now, (account, slot) → last record, read without
+    joining the slot group (no rebalance of the replicas): for a tool such as ``dcr-stream status``,
+    which may only look. Empty if the topic does not exist or is not read to its end in time."""
+    consumer = Consumer(
+        {
+            **consumer_config,
+            "group.id": f"{topic}.reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    records: dict[tuple[str, int], bytes] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        left = set(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in left])
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            for message in consumer.consume(100, 0.2):
+                partition, key, error = message.partition(), message.key(), message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        left.discard(partition)
+                elif key is not None and partition is not None:
+                    records[(key.decode(), partition)] = message.value() or b""
+        return {} if left else records
+    finally:
+        consumer.close()
 
 
 class KafkaLeases:

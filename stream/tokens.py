@@ -34,7 +34,7 @@ import random
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -68,6 +68,7 @@ __all__ = [
     "TokenPool",
     "TokenSource",
     "Tokens",
+    "live_token",
 ]
 
 _log = logging.getLogger("stream.tokens")
@@ -967,6 +968,27 @@ class MintedTokens(Tokens):
     ) -> None:
         minter = Minter(session, base_url=base_url)
         super().__init__(KeyPair(key_id, api_key), minter=minter, **options)
+
+
+def live_token(
+    account: str, api_key: Secret, records: Mapping[tuple[str, int], bytes], wall_s: float
+) -> str | None:
+    """A token the service's slots hold for ``account`` and that has its refresh margin left, if
+    any: a tool reads it rather than spend a mint (docs/design.md#auth)."""
+    for (owner, slot), raw in sorted(records.items()):
+        if owner != account:
+            continue
+        try:
+            record = _records.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        if record.token is None or record.minted_at is None:
+            continue
+        if wall_s < record.minted_at + _refresh_after():
+            token = _unseal(account, slot, api_key, record.token)
+            if token is not None:
+                return token
+    return None
 
 
 def _refresh_after() -> float:

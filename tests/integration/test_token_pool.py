@@ -307,7 +307,7 @@ def test_ten_static_tokens_in_a_file_drain_as_fast_and_a_rotation_is_used(
 async def test_a_slot_is_held_by_one_member_and_read_to_its_end_before_it_counts(
     kafka: Broker, group_factory: Callable[[], str]
 ) -> None:
-    from stream.leases import KafkaLeases
+    from stream.leases import KafkaLeases, read_slots
 
     group = group_factory()
     loop = asyncio.get_running_loop()
@@ -328,6 +328,10 @@ async def test_a_slot_is_held_by_one_member_and_read_to_its_end_before_it_counts
         assert await first.store(
             ACCOUNT, slot, f"slot {slot}".encode(), generation=first.generation(slot)
         )
+    # A tool's look at the slots (dcr-stream status) reads them without joining the group.
+    looked = await asyncio.to_thread(read_slots, config, f"{group}.tokens")
+    assert {(ACCOUNT, s): f"slot {s}".encode() for s in range(4)}.items() <= looked.items()
+    assert len(first.owned()) == 4
     generations = {slot: first.generation(slot) for slot in range(4)}
     second = leases()
     await second.start()
