@@ -201,7 +201,8 @@ class ApiClient:
     async def get_labels(self, account: str, *, page: int, limit: int) -> list[Label] | str:
         """One page of the account's labels (docs/api.md#labels), or why it could not be had.
 
-        A refused token is invalidated, so the next attempt gets a fresh one.
+        A 401 invalidates the token, so the next attempt gets a fresh one (budget-aware, through
+        the pool); a 403 is reported and the token kept (docs/design.md#auth).
         """
         try:
             token = await self.tokens.get(account)
@@ -217,8 +218,7 @@ class ApiClient:
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
-        if status in (401, 403):
-            self.tokens.invalidate(account, token)
+        self._refused(account, token, status, "labels")
         if status // 100 != 2:
             return f"the labels endpoint answered {status}"
         try:
@@ -263,7 +263,8 @@ class ApiClient:
 
     async def get_batch_status(self, account: str, batch_id: str, token: str) -> StatusAnswer:
         """The per-record statuses of one accepted batch (docs/api.md#batch-status), asked on
-        ``token``; a 401/403 invalidates the token. Never raises for an answer or its absence."""
+        ``token``; a 401 invalidates the token, a 403 is reported. Never raises for an answer or
+        its absence."""
         headers = {"Authorization": f"Bearer {token}", "Accept": _ACCEPT}
         try:
             async with self._session.get(
@@ -274,8 +275,7 @@ class ApiClient:
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return StatusAnswer(0, error=f"{type(exc).__name__}: {exc}")
-        if status in (401, 403):
-            self.tokens.invalidate(account, token)
+        self._refused(account, token, status, "status")
         if status // 100 != 2:
             text = payload[:200].decode(errors="replace")
             return StatusAnswer(status, retry_after_s=retry_after, error=text)
@@ -283,3 +283,10 @@ class ApiClient:
             return StatusAnswer(status, _batch_status.decode(payload))
         except msgspec.DecodeError as exc:
             return StatusAnswer(status, error=f"an unexpected batch status body: {exc}")
+
+    def _refused(self, account: str, token: str, status: int, endpoint: str) -> None:
+        """Only a 401 says the token is dead; a 403 from a read endpoint is about what was asked."""
+        if status == 401:
+            self.tokens.invalidate(account, token)
+        elif status == 403:
+            self.tokens.forbidden(account, endpoint)

@@ -53,7 +53,7 @@ from stream.tokens import (
 )
 from stream.validation import Rejection, Rules, validate_all
 
-__all__ = ["Pipeline", "make_tokens"]
+__all__ = ["Pipeline", "make_source", "make_tokens"]
 
 _log = logging.getLogger("stream.app")
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -105,26 +105,28 @@ def make_tokens(
 ) -> Tokens:
     """Each account's token pool, from the one way to authenticate configured (``leases`` None:
     every slot held here, for a tool such as ``dcr-stream status``)."""
-    source: CredentialSource
-    if config.api_token is not None:
-        tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
-        source = StaticTokens([Secret(t) for t in tokens])
-    elif config.api_token_file is not None:
-        source = TokenFileSource(config.api_token_file)
-    elif config.api_credentials_file is not None:
-        source = CredentialsFile(config.api_credentials_file)
-    else:
-        assert config.api_key_id is not None
-        assert config.api_key is not None
-        source = KeyPair(config.api_key_id, config.api_key)
     return Tokens(
-        source,
+        make_source(config),
         minter=Minter(session, base_url=config.api_base_url),
         leases=leases,
         requests_per_minute=config.token_requests_per_minute,
         backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
         rng=rng,
     )
+
+
+def make_source(config: Config) -> CredentialSource:
+    """The one way to authenticate configured."""
+    if config.api_token is not None:
+        tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+        return StaticTokens([Secret(t) for t in tokens])
+    if config.api_token_file is not None:
+        return TokenFileSource(config.api_token_file)
+    if config.api_credentials_file is not None:
+        return CredentialsFile(config.api_credentials_file)
+    assert config.api_key_id is not None
+    assert config.api_key is not None
+    return KeyPair(config.api_key_id, config.api_key)
 
 
 class Pipeline:

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
-__all__ = ["KafkaLeases", "Leases", "LocalLeases"]
+__all__ = ["KafkaLeases", "Leases", "LocalLeases", "read_slots"]
 
 _log = logging.getLogger("stream.leases")
 
@@ -83,8 +84,16 @@ class Leases(Protocol):
         lately, so they need no worst case assumed (docs/design.md#scaling)."""
         ...
 
-    async def store(self, account: str, slot: int, value: bytes) -> None:
-        """Remember ``value`` for ``slot`` of ``account``'s pool; returns once it is kept."""
+    def generation(self, slot: int) -> int:
+        """A number that changes each time ``slot`` is taken or let go here: a write started under
+        an older one is refused by ``store`` (docs/design.md#scaling)."""
+        ...
+
+    async def store(self, account: str, slot: int, value: bytes, *, generation: int) -> bool:
+        """Remember ``value`` for ``slot`` of ``account``'s pool; returns once it is kept. False,
+        and nothing written, if this process no longer holds ``slot`` under ``generation``; False
+        too if it let the slot go while the write was on its way (the write is then before the next
+        holder's reading: ``_let_go`` waits for it)."""
         ...
 
 
@@ -118,8 +127,48 @@ class LocalLeases:
         """Only this process ever holds the slots."""
         return True
 
-    async def store(self, account: str, slot: int, value: bytes) -> None:
+    def generation(self, slot: int) -> int:
+        """The slots never change hands."""
+        return 0
+
+    async def store(self, account: str, slot: int, value: bytes, *, generation: int) -> bool:
         self._records[(account, slot)] = value
+        return True
+
+
+def read_slots(
+    consumer_config: Mapping[str, Any], topic: str, timeout_s: float = 15.0
+) -> dict[tuple[str, int], bytes]:
+    """What every slot of the pools remembers now, (account, slot) → last record, read without
+    joining the slot group (no rebalance of the replicas): for a tool such as ``dcr-stream status``,
+    which may only look. Empty if the topic does not exist or is not read to its end in time."""
+    consumer = Consumer(
+        {
+            **consumer_config,
+            "group.id": f"{topic}.reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    records: dict[tuple[str, int], bytes] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        left = set(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in left])
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            for message in consumer.consume(100, 0.2):
+                partition, key, error = message.partition(), message.key(), message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        left.discard(partition)
+                elif key is not None and partition is not None:
+                    records[(key.decode(), partition)] = message.value() or b""
+        return {} if left else records
+    finally:
+        consumer.close()
 
 
 class KafkaLeases:
@@ -168,6 +217,8 @@ class KafkaLeases:
         self._fresh: set[int] = set()
         """Slots whose partition was empty when this process got them (``fresh``)."""
         self._records: dict[tuple[str, int], bytes] = {}
+        self._generations: dict[int, int] = {}
+        """Per slot, bumped on the loop each time it is taken or let go (``generation``)."""
         self._listeners: list[Callable[[], None]] = []
         self._release: Release | None = None
         self._stop = threading.Event()
@@ -197,10 +248,19 @@ class KafkaLeases:
     def fresh(self, slot: int) -> bool:
         return slot in self._fresh
 
-    async def store(self, account: str, slot: int, value: bytes) -> None:
+    def generation(self, slot: int) -> int:
+        return self._generations.get(slot, 0)
+
+    async def store(self, account: str, slot: int, value: bytes, *, generation: int) -> bool:
         """Write and wait for the acknowledgement (``acks=all``); a failure raises ``KafkaError``
-        wrapped in ``KafkaException``, and the mint that wanted it does not happen."""
+        wrapped in ``KafkaException``, and the mint that wanted it does not happen.
+
+        Only the slot's holder writes, under the generation it started with: a mint answered after
+        its slot moved on cannot overwrite the new holder's record (docs/design.md#scaling)."""
         assert self._producer is not None, "start() first"
+        if slot not in self._owned or self.generation(slot) != generation:
+            _log.info("token slot %d: not written, the slot is no longer held here", slot)
+            return False
         acked: asyncio.Future[None] = self._loop.create_future()
 
         def delivered(error: KafkaError | None, _: Message) -> None:
@@ -220,7 +280,10 @@ class KafkaLeases:
         # Mints are rare: wait for this write at once rather than for the next poll.
         await asyncio.to_thread(self._producer.flush, 30)
         await acked
+        if self.generation(slot) != generation:
+            return False
         self._records[(account, slot)] = value
+        return True
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -367,12 +430,16 @@ class KafkaLeases:
         for account, slot in list(self._records):
             if slot in gone:
                 del self._records[(account, slot)]
-        if answered and handover and self._producer is not None:
+        if self._producer is None:
+            return
+        if answered:
             for account, slot, value in handover:
                 self._producer.produce(
                     self.topic, key=account.encode(), value=value, partition=slot
                 )
-            left = self._producer.flush(_LET_GO_WAIT_S)
+        # Writes started before the loop let go (a mint's) land before the next holder reads in.
+        left = self._producer.flush(_LET_GO_WAIT_S)
+        if handover:
             _log.info(
                 "token slots %s handed over (%d records, %d not acknowledged)",
                 sorted(gone),
@@ -392,6 +459,8 @@ class KafkaLeases:
         def apply() -> None:
             if gone and self._release is not None and handover is not None:
                 handover.extend(self._release(gone))
+            for slot in owned ^ self._owned:
+                self._generations[slot] = self.generation(slot) + 1
             self._owned = owned
             for listener in self._listeners:
                 listener()

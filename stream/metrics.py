@@ -94,6 +94,8 @@ class PoolState(Protocol):
     def mints_held_back(self) -> int: ...
     @property
     def requests(self) -> dict[int, int]: ...
+    @property
+    def forbidden(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,8 +378,15 @@ def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:
         "429s by cause: request (a batch request; its token backs off) or mint",
         labels=["account", "cause"],
     )
+    forbidden = CounterMetricFamily(
+        "dcr_api_forbidden",
+        "403s from the labels or batch-status endpoint, by endpoint (the token is kept)",
+        labels=["account", "endpoint"],
+    )
     by_cause = dict(c.throttled_by)
     for account, pool in sorted(pools.items()):
+        for endpoint, count in sorted(pool.forbidden.items()):
+            forbidden.add_metric([account, endpoint], count)
         for name, family in gauges.items():
             family.add_metric([account], getattr(pool, name))
         for slot, count in sorted(pool.requests.items()):
@@ -388,6 +397,7 @@ def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:
     yield from gauges.values()
     yield requests
     yield throttled
+    yield forbidden
 
 
 def _by_partition(

@@ -34,7 +34,7 @@ import random
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -68,6 +68,7 @@ __all__ = [
     "TokenPool",
     "TokenSource",
     "Tokens",
+    "live_token",
 ]
 
 _log = logging.getLogger("stream.tokens")
@@ -437,6 +438,8 @@ class PoolReport:
     """Mints a slot needed and the budget held back (each slot and next attempt counted once)."""
     requests: dict[int, int]
     """Requests sent by this process, per slot (or static token)."""
+    forbidden: dict[str, int]
+    """Endpoint → 403s from the labels or batch-status endpoint (the token was kept)."""
     waiting: str | None
     """Why it has no token to send on, when it has none."""
 
@@ -483,6 +486,8 @@ class TokenPool:
         self.mints_refused = 0
         self.mints_throttled = 0
         self.mints_held_back = 0
+        self.forbidden: dict[str, int] = {}
+        """Endpoint (``labels``, ``status``) → 403s on a kept token (``Tokens.forbidden``)."""
         self._held_back_seen: set[tuple[int, float]] = set()
         self.waiting: str | None = None
         self.failing: str | None = None
@@ -557,6 +562,7 @@ class TokenPool:
             mints_refused=self.mints_refused,
             mints_throttled=self.mints_throttled,
             mints_held_back=self.mints_held_back,
+            forbidden=dict(self.forbidden),
             requests=dict(self._requests),
             waiting=None if self.held else (self.waiting or "no token yet"),
         )
@@ -655,7 +661,8 @@ class TokenPool:
                     token = _unseal(account, p, api_key, record.token)
                     if token is not None:
                         pace = await self._taken_over(p, record)
-                        self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
+                        if pace is not None:
+                            self.held[p] = Held(p, Secret(token), pace, 1.0, record.minted_at)
         due = [
             p
             for p, h in self.held.items()
@@ -694,15 +701,20 @@ class TokenPool:
         """Mint slot ``p``'s token: the mint is remembered first, the token after."""
         assert self._minter is not None
         account, now = self.account, self._wall()
+        # Every write of this mint under the slot's generation now: once the slot moves on, the
+        # next holder's record is its own (docs/design.md#scaling).
+        generation = self._leases.generation(p)
         kept = SlotRecord(mints=recent, token=record.token, minted_at=record.minted_at)
-        await self._leases.store(account, p, _encode(SlotRecord(
+        if not await self._leases.store(account, p, _encode(SlotRecord(
             mints=[*recent, now], token=record.token, minted_at=record.minted_at
-        )))  # fmt: skip
+        )), generation=generation):  # fmt: skip
+            return False
         try:
             token = await self._minter.mint(account, key_id, api_key)
         except AuthError as exc:
             if exc.status is not None or not exc.reached:
-                await self._leases.store(account, p, _encode(kept))  # it cannot have minted
+                # it cannot have minted
+                await self._leases.store(account, p, _encode(kept), generation=generation)
             if exc.status is not None:
                 self.mints_refused += 1
                 self.mints_throttled += exc.status == 429
@@ -719,9 +731,11 @@ class TokenPool:
             return False
         self.mints += 1
         self.failing, self._failures = None, 0
-        await self._leases.store(account, p, _encode(SlotRecord(
+        if not await self._leases.store(account, p, _encode(SlotRecord(
             mints=[*recent, now], token=_seal(account, p, api_key, token), minted_at=now
-        )))  # fmt: skip
+        )), generation=generation):  # fmt: skip
+            _log.info("account %s: token slot %d moved on while minting; token dropped", account, p)
+            return False
         previous = self.held.get(p)
         self.held[p] = Held(p, Secret(token), self._pace(previous, 1.0, seed=False), 1.0, now)
         self._refused.discard(p)
@@ -729,15 +743,18 @@ class TokenPool:
         self.changed.set()
         return True
 
-    async def _taken_over(self, p: int, record: SlotRecord) -> Pace:
+    async def _taken_over(self, p: int, record: SlotRecord) -> Pace | None:
         """The pace of a minted token this process takes over. If its last holder handed it over
         (``released_at``), its history goes on, once the record says the slot is taken again (a
         crash of this process then leaves the next holder assuming the worst). Otherwise whoever
-        held it may have used its whole window (``Slots.seeded``)."""
+        held it may have used its whole window (``Slots.seeded``). None if the slot moved on
+        meanwhile."""
         if record.released_at is None or self._rpm is None:
             return self._pace(None, 1.0)
         taken = SlotRecord(mints=record.mints, token=record.token, minted_at=record.minted_at)
-        await self._leases.store(self.account, p, _encode(taken))
+        generation = self._leases.generation(p)
+        if not await self._leases.store(self.account, p, _encode(taken), generation=generation):
+            return None
         loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
         history = deque(loop_now - (wall_now - t) for t in sorted(record.sent))
         return Pace(Slots.per_minute(self._rpm, history))
@@ -873,6 +890,19 @@ class Tokens:
             if held.token.reveal() == token:
                 pool.refused(held, asyncio.get_running_loop().time())
 
+    def forbidden(self, account: str, endpoint: str) -> None:
+        """A 403 from ``endpoint`` (``labels``, ``status``) is a permission answer about what was
+        asked, not a dead token: it is counted and said once, and the token kept
+        (docs/design.md#auth)."""
+        pool = self.pool(account)
+        pool.forbidden[endpoint] = count = pool.forbidden.get(endpoint, 0) + 1
+        if count == 1:
+            _log.warning(
+                "account %s: the %s endpoint answered 403 (not permitted); the token is kept",
+                account,
+                endpoint,
+            )
+
     @property
     def mint_count(self) -> int:
         """Answers from the token endpoint, refusals included (``dcr_token_refreshes_total``)."""
@@ -938,6 +968,27 @@ class MintedTokens(Tokens):
     ) -> None:
         minter = Minter(session, base_url=base_url)
         super().__init__(KeyPair(key_id, api_key), minter=minter, **options)
+
+
+def live_token(
+    account: str, api_key: Secret, records: Mapping[tuple[str, int], bytes], wall_s: float
+) -> str | None:
+    """A token the service's slots hold for ``account`` and that has its refresh margin left, if
+    any: a tool reads it rather than spend a mint (docs/design.md#auth)."""
+    for (owner, slot), raw in sorted(records.items()):
+        if owner != account:
+            continue
+        try:
+            record = _records.decode(raw)
+        except msgspec.DecodeError:
+            continue
+        if record.token is None or record.minted_at is None:
+            continue
+        if wall_s < record.minted_at + _refresh_after():
+            token = _unseal(account, slot, api_key, record.token)
+            if token is not None:
+                return token
+    return None
 
 
 def _refresh_after() -> float:

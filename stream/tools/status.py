@@ -4,8 +4,12 @@
 It asks the batch status endpoint once, with the service's settings (``DCR_API_BASE_URL``,
 ``DCR_API_VERSION``, the way to authenticate; ``--config`` as ``run`` takes it), for the account
 ``--account`` or ``DCR_CLIENT_ACCOUNT_ID``, and prints a line per record with the verdict the
-reconciler would reach (``delivered``, ``pending`` or ``failed`` and its code). A key pair mints a
-token: one of the account's 10 per 30 minutes, so prefer a static token here.
+reconciler would reach (``delivered``, ``pending`` or ``failed`` and its code).
+
+Static tokens (or a token file) are used as they are. With a key pair it uses a live token the
+service's token slots hold (``DCR_TOKEN_TOPIC``, read without joining the slot group); only if
+there is none does it mint, and says so first: that mint is one of the account's 10 per 30 minutes,
+and the replicas' slot records do not see it (docs/design.md#auth).
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections import Counter
 
 import msgspec
 
 from stream.api import ApiClient, make_session
-from stream.app import make_tokens
+from stream.app import make_source, make_tokens
 from stream.config import load, parse_uuid
 from stream.errors import ConfigError
+from stream.leases import read_slots
 from stream.reconcile import classify
+from stream.tokens import live_token
 from stream.tools.args import arg_type
 
 __all__ = ["add_parser"]
@@ -64,6 +71,18 @@ def _handle(args: argparse.Namespace) -> int:
     if account is None:
         raise ConfigError("--account", "name the account (or set DCR_CLIENT_ACCOUNT_ID)")
 
+    api_key = make_source(config).credentials(account).api_key
+    token = None
+    if api_key is not None:
+        records = read_slots(config.consumer_config(), config.token_topic)
+        token = live_token(account, api_key, records, time.time())
+        if token is None:
+            print(
+                f"dcr-stream status: no live token in the service's slots ({config.token_topic}); "
+                "minting one, one of the account's 10 per 30 minutes",
+                file=sys.stderr,
+            )
+
     async def ask() -> int:
         session = make_session(timeout_s=config.api_timeout_s, ca_bundle=config.api_ca_bundle)
         tokens = make_tokens(config, session, None)
@@ -72,7 +91,7 @@ def _handle(args: argparse.Namespace) -> int:
                 session, base_url=config.api_base_url, version=config.api_version, tokens=tokens
             )
             answer = await client.get_batch_status(
-                account, args.batch_id, await tokens.get(account)
+                account, args.batch_id, token or await tokens.get(account)
             )
         finally:
             await tokens.close()

@@ -10,6 +10,7 @@ to the last, plus one slot (0.1 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,11 +23,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from stream.errors import AuthError
 from tests.support.events import ACCOUNTS, LABEL
 from tests.support.kafka import Broker, wait_committed
 from tests.support.sandbox import SandboxThread
 from tests.support.service import Service
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -305,7 +307,7 @@ def test_ten_static_tokens_in_a_file_drain_as_fast_and_a_rotation_is_used(
 async def test_a_slot_is_held_by_one_member_and_read_to_its_end_before_it_counts(
     kafka: Broker, group_factory: Callable[[], str]
 ) -> None:
-    from stream.leases import KafkaLeases
+    from stream.leases import KafkaLeases, read_slots
 
     group = group_factory()
     loop = asyncio.get_running_loop()
@@ -323,7 +325,14 @@ async def test_a_slot_is_held_by_one_member_and_read_to_its_end_before_it_counts
         assert time.monotonic() < end, "the first member never held every slot"
         await asyncio.sleep(0.05)
     for slot in range(4):
-        await first.store(ACCOUNT, slot, f"slot {slot}".encode())
+        assert await first.store(
+            ACCOUNT, slot, f"slot {slot}".encode(), generation=first.generation(slot)
+        )
+    # A tool's look at the slots (dcr-stream status) reads them without joining the group.
+    looked = await asyncio.to_thread(read_slots, config, f"{group}.tokens")
+    assert {(ACCOUNT, s): f"slot {s}".encode() for s in range(4)}.items() <= looked.items()
+    assert len(first.owned()) == 4
+    generations = {slot: first.generation(slot) for slot in range(4)}
     second = leases()
     await second.start()
     while not second.owned() or len(first.owned()) + len(second.owned()) != 4:
@@ -332,8 +341,75 @@ async def test_a_slot_is_held_by_one_member_and_read_to_its_end_before_it_counts
     assert not first.owned() & second.owned()
     for slot in second.owned():
         assert second.record(ACCOUNT, slot) == f"slot {slot}".encode()
+        # A write the first member started before it let the slot go is refused: the slot's
+        # record is its new holder's (it reads "slot N" again below, when the slot comes back).
+        assert not await first.store(ACCOUNT, slot, b"late", generation=generations[slot])
     await second.close()
     while len(first.owned()) < 4:
         assert time.monotonic() < end, "the slots never came back"
         await asyncio.sleep(0.05)
+    for slot in range(4):
+        assert first.record(ACCOUNT, slot) == f"slot {slot}".encode()
     await first.close()
+
+
+async def test_two_replicas_swapping_a_slot_twenty_times_mint_at_most_ten(
+    kafka: Broker, group_factory: Callable[[], str], sandbox_thread: Callable[..., SandboxThread]
+) -> None:
+    """Each new holder throws its token away at once, and its replacement's mint is still on its way
+    when the slot moves on: the old holder's late writes are refused (the lease generation), so
+    the slot's record keeps every mint and the budget of 10 holds (docs/design.md#scaling)."""
+    import aiohttp
+
+    from stream.leases import KafkaLeases
+    from stream.tokens import KeyPair, Minter, Secret, Tokens
+
+    server = sandbox_thread(**DOCUMENTED)
+    group = group_factory()
+    loop = asyncio.get_running_loop()
+    config = {"bootstrap.servers": kafka.bootstrap_servers, **json.loads(FAST_SESSION)}
+
+    class SlowMinter(Minter):
+        """A mint answered 2 s late: meanwhile its slot moves on and the next holder mints."""
+
+        async def mint(self, account: str, key_id: str, api_key: Secret) -> str:
+            await asyncio.sleep(2.0)
+            return await super().mint(account, key_id, api_key)
+
+    async def member(session: aiohttp.ClientSession) -> tuple[KafkaLeases, Tokens]:
+        leases = KafkaLeases(
+            config, config, topic=f"{group}.tokens", group_id=f"{group}.tokens", slots=1, loop=loop
+        )
+        tokens = Tokens(
+            KeyPair(KEY_ID, Secret(API_KEY)),
+            minter=SlowMinter(session, base_url=server.url),
+            leases=leases,
+        )
+        await leases.start()
+        return leases, tokens
+
+    def mint_requests() -> int:
+        stats = server.run(server.sandbox.stats)
+        account = stats.accounts.get(ACCOUNT)
+        return 0 if account is None else sum(account.tokens.values())
+
+    async with aiohttp.ClientSession() as session:
+        holder = await member(session)
+        for swap in range(20):
+            leases, tokens = holder
+            await wait_until_async(leases.owned, timeout_s=60, what=f"swap {swap}: no slot held")
+            with contextlib.suppress(AuthError):
+                tokens.invalidate(ACCOUNT, await tokens.get(ACCOUNT))
+            # Asked for again: the replacement's mint starts, and is on its way at the swap.
+            wanted = asyncio.create_task(tokens.get(ACCOUNT))
+            await asyncio.sleep(0.2)
+            holder = await member(session)
+            await leases.close()  # leaves the group: the slot goes to the new member
+            await asyncio.sleep(2.5)  # the mint is answered after its slot moved on
+            wanted.cancel()
+            with contextlib.suppress(asyncio.CancelledError, AuthError):
+                await wanted
+            await tokens.close()
+        await holder[1].close()
+        await holder[0].close()
+    assert 1 < mint_requests() <= 10

@@ -14,9 +14,11 @@ from stream.batching import Pending
 from stream.delivery import Backoff, Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
+from stream.sandbox import SandboxConfig
 from stream.tokens import KeyPair, Minter, Secret, StaticTokens, TokenFileSource, Tokens
+from tests.support.sandbox import SandboxFactory
 from tests.support.waiting import wait_until_async
-from tests.unit.test_delivery import A, Recorder, record
+from tests.unit.test_delivery import LABEL, A, Recorder, record
 from tests.unit.test_token_pool import SomeLeases
 
 
@@ -126,3 +128,43 @@ async def test_an_unreachable_token_endpoint_fails_sends_as_requests_and_says_wh
     retried = [r.message for r in caplog.records if r.message.startswith("request for account")]
     assert any("token endpoint unreachable" in m for m in retried)
     assert not any("sekrit" in r.message for r in caplog.records)
+
+
+async def test_a_403_from_labels_keeps_the_token_and_a_401_mints_once(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    """A 403 is a permission answer: the pool keeps its token and mints nothing, and the metric
+    counts it; a 401 says the token is dead: one mint replaces it (docs/design.md#auth)."""
+    sandbox = await sandbox_factory(SandboxConfig(labels={A: frozenset({LABEL})}))
+    async with make_session(timeout_s=5) as session:
+        tokens = Tokens(
+            KeyPair("k", Secret("sekrit-key")),
+            minter=Minter(session, base_url=sandbox.url),
+            # Two slots: the dead token's slot spent its mint (1 per slot of 10 per 30 minutes).
+            leases=SomeLeases(10, {0, 1}),
+        )
+        client = ApiClient(session, base_url=sandbox.url, version="v2", tokens=tokens)
+        pool = tokens.pool(A)
+        assert isinstance(await client.get_labels(A, page=1, limit=10), list)
+        held, mints = dict(pool.held), tokens.mint_count
+        assert (len(held), mints) == (1, 1)
+
+        sandbox.set_faults(labels_status=403)
+        for _ in range(3):
+            assert (
+                await client.get_labels(A, page=1, limit=10) == "the labels endpoint answered 403"
+            )
+        assert (pool.held, tokens.mint_count) == (held, mints)
+        assert sandbox.stats().accounts[A].tokens == {"200": 1}
+        metrics = Metrics()
+        metrics.watch(state(tokens))
+        text = metrics.exposition().decode()
+        assert f'dcr_api_forbidden_total{{account="{A}",endpoint="labels"}} 3.0' in text
+
+        sandbox.set_faults(labels_status=401)
+        assert await client.get_labels(A, page=1, limit=10) == "the labels endpoint answered 401"
+        sandbox.set_faults(labels_status=0)
+        assert isinstance(await client.get_labels(A, page=1, limit=10), list)
+        assert tokens.mint_count == mints + 1
+        assert pool.held != held
+        await tokens.close()

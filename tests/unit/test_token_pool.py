@@ -35,6 +35,7 @@ from stream.tokens import (
     SlotRecord,
     StaticTokens,
     Tokens,
+    live_token,
     parse_credentials,
 )
 from tests.support.waiting import wait_until_async
@@ -250,6 +251,31 @@ async def test_a_restarted_process_reuses_the_live_tokens_the_slots_remember(
         await wait_until_async(lambda: len(rotated.held) == 1, timeout_s=10)
         assert 0 not in rotated.held  # slots 0-2 minted less than 30 minutes ago
         await other.close()
+
+
+async def test_a_tool_reads_a_live_token_from_the_slots_rather_than_mint(
+    session: aiohttp.ClientSession,
+) -> None:
+    """``dcr-stream status`` with a key pair: a token the slots hold opens with the account's key
+    while its refresh margin is left; past it, or with another key, there is none (it mints)."""
+    async with Sandbox(SandboxConfig()) as sandbox:
+        leases = LocalLeases(10)
+        tokens = Tokens(
+            KeyPair(KEY_ID, Secret(API_KEY)),
+            minter=Minter(session, base_url=sandbox.url),
+            leases=leases,
+        )
+        pool = tokens.pool(A)
+        pool.want_more()
+        await wait_until_async(lambda: len(pool.held) == 1, timeout_s=10)
+        (held,) = pool.held.values()
+        records = {(A, p): raw for p in range(10) if (raw := leases.record(A, p)) is not None}
+        assert held.minted_at is not None
+        assert live_token(A, Secret(API_KEY), records, held.minted_at + 60) == held.token.reveal()
+        assert live_token(A, Secret(API_KEY), records, held.minted_at + 3000) is None
+        assert live_token(A, Secret("rotated-key"), records, held.minted_at + 60) is None
+        assert live_token(A.replace("6", "7"), Secret(API_KEY), records, held.minted_at) is None
+        await tokens.close()
 
 
 async def test_a_slot_let_go_hands_its_tokens_history_to_the_next_holder(
