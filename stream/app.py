@@ -112,6 +112,7 @@ def make_tokens(
         requests_per_minute=config.token_requests_per_minute,
         backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
         rng=rng,
+        give_up_s=config.auth_give_up_s,
     )
 
 

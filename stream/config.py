@@ -62,6 +62,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     api_credentials_file: str | None
     api_ca_bundle: str | None
     api_timeout_s: float
+    auth_give_up_s: float
     client_account_id: str | None
     allowed_label_ids: dict[str, frozenset[str]]
     labels_refresh_s: float
@@ -338,6 +339,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("api_ca_bundle", _text, None, "PEM file of CAs to trust for the API (TLS stays on)"),
     Setting("api_timeout_s", parse_positive, "30", "total timeout of one API request"),
+    Setting(
+        "auth_give_up_s",
+        parse_positive,
+        "300",
+        "an account whose credentials are refused this long has its records dead-lettered as "
+        "auth_refused; it is tried again when its credentials change or a mint succeeds",
+    ),
     Setting("client_account_id", parse_uuid, None, "account of events that carry none"),
     Setting(
         "allowed_label_ids",

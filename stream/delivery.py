@@ -44,7 +44,7 @@ from stream.quota import Lane, Pace, RealtimeLane
 from stream.tokens import Held, TokenPool
 from stream.validation import Rejection, check_expiry
 
-__all__ = ["Backoff", "Delivery", "Outcomes", "api_rejection"]
+__all__ = ["AUTH_REFUSED", "Backoff", "Delivery", "Outcomes", "api_rejection"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -59,6 +59,19 @@ class Outcomes(Protocol[S]):
     async def dead_letter(
         self, item: Pending[S], rejection: Rejection, status: int | None, body: bytes | None
     ) -> None: ...
+
+
+AUTH_REFUSED = Rejection(
+    code="auth_refused",
+    field=None,
+    message="the account's credentials have been refused for DCR_AUTH_GIVE_UP_S (the token "
+    "endpoint refused its key, or no configured credential covers it)",
+    stage="api",
+)
+"""Why the records of an account given up on are dead-lettered (docs/design.md#auth)."""
+
+_EXPIRY_CHECK_S = 1.0
+"""How often records waiting for a token or a slot are checked for a closed window."""
 
 
 def api_rejection(status: int) -> Rejection:
@@ -270,7 +283,7 @@ class Delivery(Generic[S]):
                 lane.ready.clear()
                 await lane.ready.wait()
             waited = time.monotonic()
-            held = await self._take_slot(lane, pool)
+            held = await self._take_slot(lane, pool, functools.partial(self._expire_queued, lane))
             self.metrics.limiter_wait.observe(time.monotonic() - waited)
             # High first: a queued one, else the open one however young (it does not linger).
             batch = lane.high.popleft() if lane.high else self._batcher.take(account, True)
@@ -280,12 +293,15 @@ class Delivery(Generic[S]):
                 self._spawn(self._send(lane, pool, held, batch))
 
     @staticmethod
-    async def _take_slot(lane: Lane[S], pool: TokenPool) -> Held | None:
+    async def _take_slot(
+        lane: Lane[S], pool: TokenPool, waiting: Callable[[], None]
+    ) -> Held | None:
         """Wait for the first free slot on any token of the pool (and under the account's cap),
         and take it. When the tokens held are what holds sending back, the pool is asked for one
         more (minted tokens: demand decides how many are minted). None when the pool has no
         token because getting one fails (``TokenPool.failing``): the batch then fails as a
-        request would, and is retried with backoff."""
+        request would, and is retried with backoff; or because the account is given up on
+        (``TokenPool.given_up``). ``waiting`` runs while it waits."""
 
         def pick(usable: list[Held], now: float) -> tuple[float, Held]:
             held = min(usable, key=lambda h: h.pace.wait_s(now))
@@ -300,12 +316,53 @@ class Delivery(Generic[S]):
                     lane.cap.take(now)
             return wait_s, held
 
-        return await _first_free(pool, pick)
+        return await _first_free(pool, pick, waiting)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _expire_queued(self, lane: Lane[S]) -> None:
+        """Records whose window closed while their batch waited for a token or a slot leave now,
+        as dead letters: no wait outlives a record's ``ends_at`` (docs/design.md#bounded-progress).
+        A probe whose record expired is answered None."""
+        now_ms = self._wall_ms()
+        for queue in (lane.high, lane.normal):
+            if all(min(i.record.ends_at for i in b.items) >= now_ms for b in queue):
+                continue
+            kept = [b for b in queue if self._expire_items(b, now_ms)]
+            queue.clear()
+            queue.extend(kept)
+
+    def _expire_items(self, batch: Batch[S], now_ms: int) -> bool:
+        """Dead-letter ``batch``'s expired records; whether any record is left in it."""
+        live = []
+        for item in batch.items:
+            rejection = check_expiry(item.record.ends_at, now_ms, "expired")
+            if rejection is None:
+                live.append(item)
+            else:
+                self._spawn(self._outcomes.dead_letter(item, rejection, None, None))
+        batch.items = live
+        if not live and batch.probe is not None:
+            batch.probe.set_result(None)
+        return bool(live)
+
+    def _expire_urgent(self, lane: RealtimeLane[S]) -> None:
+        """``_expire_queued`` for urgent records waiting for the single-record endpoint."""
+        now_ms = self._wall_ms()
+        if all(u.item.record.ends_at >= now_ms for u in lane.queue):
+            return
+        kept = []
+        for urgent in lane.queue:
+            rejection = check_expiry(urgent.item.record.ends_at, now_ms, "expired")
+            if rejection is None:
+                kept.append(urgent)
+            else:
+                self._spawn(self._outcomes.dead_letter(urgent.item, rejection, None, None))
+        lane.queue.clear()
+        lane.queue.extend(kept)
 
     # -- one request -------------------------------------------------------------------------
 
@@ -327,6 +384,12 @@ class Delivery(Generic[S]):
                 batch.probe.set_result(None)
             return
         batch.items = live
+        if held is None and pool.given_up():  # its records leave as dead letters, none waits
+            for item in live:
+                await self._outcomes.dead_letter(item, AUTH_REFUSED, None, None)
+            if batch.probe is not None:
+                batch.probe.set_result(None)
+            return
         if held is None:  # no token can be had: the request fails without going out
             self._retry_later(lane, batch, Response(status=0, error=pool.failing))
             return
@@ -451,16 +514,22 @@ class Delivery(Generic[S]):
             while not lane.queue:
                 lane.ready.clear()
                 await lane.ready.wait()
-            taken = await self._take_realtime_slot(lane, pool)
+            taken = await self._take_realtime_slot(
+                lane, pool, functools.partial(self._expire_urgent, lane)
+            )
+            if not lane.queue:  # every record waiting expired meanwhile
+                continue
             urgent = lane.queue.popleft()
-            if taken is None:  # no token can be had: the request fails without going out
+            if taken is None and pool.given_up():
+                self._spawn(self._outcomes.dead_letter(urgent.item, AUTH_REFUSED, None, None))
+            elif taken is None:  # no token can be had: the request fails without going out
                 self._retry_record_later(lane, urgent, Response(status=0, error=pool.failing))
             else:
                 self._spawn(self._send_record(lane, pool, *taken, urgent))
 
     @staticmethod
     async def _take_realtime_slot(
-        lane: RealtimeLane[S], pool: TokenPool
+        lane: RealtimeLane[S], pool: TokenPool, waiting: Callable[[], None]
     ) -> tuple[Held, Pace] | None:
         """``_take_slot`` for the single-record endpoint: the token whose real-time pace lets a
         request go first (its batch pace is not touched). Also sets how many records may wait:
@@ -477,7 +546,7 @@ class Delivery(Generic[S]):
                 pool.want_more()
             return wait_s, (held, pace)
 
-        return await _first_free(pool, pick)
+        return await _first_free(pool, pick, waiting)
 
     async def _send_record(
         self, lane: RealtimeLane[S], pool: TokenPool, held: Held, pace: Pace, urgent: Urgent[S]
@@ -553,16 +622,21 @@ class Delivery(Generic[S]):
 
 
 async def _first_free(
-    pool: TokenPool, pick: Callable[[list[Held], float], tuple[float, T]]
+    pool: TokenPool,
+    pick: Callable[[list[Held], float], tuple[float, T]],
+    waiting: Callable[[], None],
 ) -> T | None:
     """Wait until ``pick`` finds a free slot among the pool's usable tokens (it takes the slot and
     returns 0, or returns how long until one frees up), and return what it picked. None when the
-    pool has no token because getting one fails (``TokenPool.failing``)."""
+    pool has no token because getting one fails (``TokenPool.failing``) or the account is given up
+    on (``TokenPool.given_up``). While it waits, ``waiting`` runs about once a second (records whose
+    window closed meanwhile leave)."""
     loop = asyncio.get_running_loop()
+    checked = loop.time()
     while True:
         now = loop.time()
         usable = pool.usable()
-        if not usable and pool.failing is not None:
+        if not usable and (pool.failing is not None or pool.given_up()):
             return None
         if usable:
             wait_s, picked = pick(usable, now)
@@ -571,7 +645,10 @@ async def _first_free(
         else:
             pool.want_more()
             wait_s = 1.0
+        if now - checked >= _EXPIRY_CHECK_S:
+            checked = now
+            waiting()
         # A sleep never ends early; a token that becomes usable meanwhile wakes it.
         pool.changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.changed.wait(), wait_s)
+            await asyncio.wait_for(pool.changed.wait(), min(wait_s, _EXPIRY_CHECK_S))

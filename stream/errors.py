@@ -45,6 +45,7 @@ class AuthError(DcrStreamError):
         status: int | None = None,
         retry_after_s: float | None = None,
         reached: bool = True,
+        refused: bool = False,
     ) -> None:
         super().__init__(f"account {account}: {message}")
         self.account = account
@@ -53,6 +54,8 @@ class AuthError(DcrStreamError):
         """A refused mint's ``Retry-After``, if it sent one."""
         self.reached = reached
         """False when the request cannot have reached the API (it could not connect)."""
+        self.refused = refused
+        """True when no configured credential covers the account (not a passing failure)."""
 
 
 class DeadLetterError(DcrStreamError):

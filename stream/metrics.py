@@ -96,6 +96,8 @@ class PoolState(Protocol):
     def requests(self) -> dict[int, int]: ...
     @property
     def forbidden(self) -> dict[str, int]: ...
+    @property
+    def auth_refused(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,6 +357,12 @@ def _pool_metrics(c: Counts, s: State) -> Iterator[Metric]:
     gauges: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "live": GaugeMetricFamily(
             "dcr_tokens_live", "Tokens this replica may send on", labels=["account"]
+        ),
+        "auth_refused": GaugeMetricFamily(
+            "dcr_account_auth_refused",
+            "1 while the account's credentials are refused past DCR_AUTH_GIVE_UP_S: its records "
+            "are dead-lettered as auth_refused",
+            labels=["account"],
         ),
         "mints": CounterMetricFamily(
             "dcr_token_mints", "Tokens this replica minted", labels=["account"]

@@ -95,6 +95,10 @@ _REFUSED_RETRY_S = 60.0
 _CHECK_S = 1.0
 """A pool looks at its slots (and credential files) at least this often."""
 
+_CREDENTIALS_REFUSED = frozenset({400, 401, 403, 404})
+"""Answers of the token endpoint that refuse the credentials themselves (a key not yet issued, a
+revoked one, an unknown account), unlike 429 (the budget) or 5xx (the API)."""
+
 _SLOTS_WAIT_S = 30.0
 """How long ``Tokens.get`` waits for this process to hold any token slot before it says why there is
 no token. At start-up the slots are read in within a second or two of the first record, and a
@@ -300,7 +304,9 @@ class CredentialsFile:
         accounts: dict[str, Credentials] = self._file.read(account)
         found = accounts.get(account)
         if found is None:
-            raise AuthError(account, f"no credentials for this account in {self._file.path}")
+            raise AuthError(
+                account, f"no credentials for this account in {self._file.path}", refused=True
+            )
         return found
 
     def reload(self) -> None:
@@ -442,6 +448,8 @@ class PoolReport:
     """Endpoint → 403s from the labels or batch-status endpoint (the token was kept)."""
     waiting: str | None
     """Why it has no token to send on, when it has none."""
+    auth_refused: int
+    """1 while its records are dead-lettered as ``auth_refused`` (``TokenPool.given_up``)."""
 
 
 class TokenPool:
@@ -458,6 +466,7 @@ class TokenPool:
         wall: Callable[[], float],
         backoff: tuple[float, float],
         rng: random.Random,
+        give_up_s: float = math.inf,
     ) -> None:
         self.account = account
         self._source = source
@@ -496,9 +505,24 @@ class TokenPool:
         self._failures = 0
         self._logged_at = -math.inf
         self._task: asyncio.Task[None] | None = None
+        self._give_up_s = give_up_s
+        self.refused_since: float | None = None
+        """Wall time since which the account's credentials have been refused (the token endpoint
+        answered 400/401/403/404, or no configured credential covers the account), until a token
+        is had or the credentials change (docs/design.md#auth)."""
 
     def __repr__(self) -> str:
         return f"TokenPool({self.account!r}, {len(self.held)} held)"
+
+    def given_up(self) -> bool:
+        """Whether the account's credentials have been refused for ``DCR_AUTH_GIVE_UP_S``: its
+        records are dead-lettered as ``auth_refused`` instead of waiting (docs/design.md#auth)."""
+        since = self.refused_since
+        return not self.held and since is not None and self._wall() - since >= self._give_up_s
+
+    def _credentials_refused(self) -> None:
+        if self.refused_since is None:
+            self.refused_since = self._wall()
 
     # -- the sender's side --------------------------------------------------------------------
 
@@ -525,6 +549,8 @@ class TokenPool:
             return  # the next look says why
         if credentials.tokens and self._leases.owned():
             self._sync_static(credentials.tokens, self._leases.owned())
+        # New credentials: tried at once, whatever the old ones earned.
+        self.refused_since, self._next_mint = None, 0.0
         self._wake.set()
 
     def want_more(self) -> None:
@@ -565,6 +591,7 @@ class TokenPool:
             forbidden=dict(self.forbidden),
             requests=dict(self._requests),
             waiting=None if self.held else (self.waiting or "no token yet"),
+            auth_refused=int(self.given_up()),
         )
 
     def wake(self) -> None:
@@ -596,6 +623,8 @@ class TokenPool:
             credentials = self._source.credentials(self.account)
         except AuthError as exc:
             self.failing = str(exc)
+            if exc.refused:  # no credential covers the account: the clock starts now
+                self._credentials_refused()
             self._held_back(str(exc), None)
             return
         if credentials.tokens:
@@ -609,7 +638,7 @@ class TokenPool:
         elif credentials.key_id is not None and credentials.api_key is not None:
             await self._sync_minted(credentials.key_id, credentials.api_key, owned)
         if self.held:
-            self.waiting = None
+            self.waiting, self.refused_since = None, None
             self.changed.set()
 
     def _sync_static(self, tokens: tuple[Secret, ...], owned: frozenset[int]) -> None:
@@ -718,6 +747,8 @@ class TokenPool:
             if exc.status is not None:
                 self.mints_refused += 1
                 self.mints_throttled += exc.status == 429
+                if exc.status in _CREDENTIALS_REFUSED:
+                    self._credentials_refused()
                 self.failing = None
                 retry_s = exc.retry_after_s if exc.retry_after_s is not None else _REFUSED_RETRY_S
             else:  # no answer: tried again soon, with a backoff (its sends fail meanwhile)
@@ -834,8 +865,12 @@ class Tokens:
         wall: Callable[[], float] = time.time,
         backoff: tuple[float, float] = (0.5, 30.0),
         rng: random.Random | None = None,
+        give_up_s: float = math.inf,
     ) -> None:
+        """``give_up_s``: ``DCR_AUTH_GIVE_UP_S``, how long an account's credentials may be refused
+        before its records are dead-lettered (``TokenPool.given_up``)."""
         self._source = source
+        self._give_up_s = give_up_s
         self._minter = minter
         self.leases: Leases = leases if leases is not None else LocalLeases(MAX_MINTS)
         self._rpm = requests_per_minute
@@ -862,6 +897,7 @@ class Tokens:
                 wall=self._wall,
                 backoff=self._backoff,
                 rng=self._rng,
+                give_up_s=self._give_up_s,
             )
         pool.start()
         return pool
@@ -878,8 +914,8 @@ class Tokens:
                 await asyncio.wait_for(pool.changed.wait(), _CHECK_S)
             if pool.held or (not self.leases.owned() and loop.time() < slots_by):
                 continue  # no slot yet (start-up, a rebalance): they come within seconds
-            if pool.waiting is not None:
-                raise AuthError(account, pool.waiting)
+            if pool.waiting is not None or pool.given_up():
+                raise AuthError(account, pool.waiting or "credentials refused")
         return next(iter(pool.held.values())).token.reveal()
 
     def invalidate(self, account: str, token: str) -> None:
@@ -917,9 +953,15 @@ class Tokens:
         if not self.leases.owned():
             return "this replica holds no slot of the token pool"
         for account, pool in sorted(self._pools.items()):
-            if not pool.held and pool.waiting is not None:
+            # An account given up on is dead-lettered, not waited for: one customer's revoked key
+            # does not take the replica out of service (``refused`` names it).
+            if not pool.held and pool.waiting is not None and not pool.given_up():
                 return f"account {account} has no token to send on: {pool.waiting}"
         return None
+
+    def refused(self) -> list[str]:
+        """The accounts whose records are dead-lettered as ``auth_refused`` now."""
+        return [account for account, pool in sorted(self._pools.items()) if pool.given_up()]
 
     async def close(self) -> None:
         for pool in self._pools.values():

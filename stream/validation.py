@@ -73,6 +73,8 @@ CODES: dict[str, str] = {
     "expired": "ends_at is in the past (on arrival, or just before sending)",
     # api: the API refused the record (see stream.api)
     "api_rejected": "the API answered 400/413/422 for this record alone",
+    "auth_refused": "the account's credentials have been refused for DCR_AUTH_GIVE_UP_S (its key "
+    "refused by the token endpoint, or no configured credential covers it)",
     # status: the API accepted the record, then its batch status reported it failed
     # (stream.reconcile, docs/dlq.md#status)
     "not_truecaller_user": "the receiver is not a Truecaller user",
@@ -95,7 +97,7 @@ STATUS_CODES = (
 )
 """The codes of stage ``status``: the documented failure reasons of a record's batch status."""
 
-ONLINE_CODES = frozenset({"unknown_label", "api_rejected", *STATUS_CODES})
+ONLINE_CODES = frozenset({"unknown_label", "api_rejected", "auth_refused", *STATUS_CODES})
 """The codes only the running service gives: after validation, from the account's label registry
 (or a probe) and from the API. ``validate`` never does, nor does ``dcr-stream validate``."""
 

@@ -4,7 +4,9 @@ spend, never showing a token (docs/operations.md)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,7 +17,15 @@ from stream.delivery import Backoff, Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
 from stream.sandbox import SandboxConfig
-from stream.tokens import KeyPair, Minter, Secret, StaticTokens, TokenFileSource, Tokens
+from stream.tokens import (
+    CredentialsFile,
+    KeyPair,
+    Minter,
+    Secret,
+    StaticTokens,
+    TokenFileSource,
+    Tokens,
+)
 from tests.support.sandbox import SandboxFactory
 from tests.support.waiting import wait_until_async
 from tests.unit.test_delivery import LABEL, A, Recorder, record
@@ -168,3 +178,28 @@ async def test_a_403_from_labels_keeps_the_token_and_a_401_mints_once(
         assert tokens.mint_count == mints + 1
         assert pool.held != held
         await tokens.close()
+
+
+async def test_an_account_refused_for_the_give_up_time_is_given_up_after_the_give_up_time(
+    tmp_path: Path,
+) -> None:
+    """No credential in the file covers the account: the clock starts at its first look, the
+    account is given up on after ``give_up_s`` (by the injected wall clock), without taking the
+    replica out of service."""
+    wall = [1_000.0]
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps({"00000000-0000-4000-8000-000000000001": {"tokens": ["t"]}}))
+    tokens = Tokens(CredentialsFile(str(path)), wall=lambda: wall[0], give_up_s=20.0)
+    pool = tokens.pool(A)
+    await wait_until_async(lambda: pool.refused_since == 1_000.0, timeout_s=10)
+    assert not pool.given_up()
+    wall[0] += 19.9
+    assert not pool.given_up()
+    assert tokens.refused() == []
+    wall[0] += 0.1
+    assert pool.given_up()
+    assert tokens.refused() == [A]
+    assert tokens.unready() is None  # one refused account does not make the replica unready
+    assert pool.report().auth_refused == 1
+
+    await tokens.close()
