@@ -128,7 +128,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return {
             "group.instance.id": self.kafka_instance_id,
             "session.timeout.ms": STATIC_SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": STATIC_SESSION_TIMEOUT_MS // 3,
+            # The survivors learn of the expiry at their next heartbeat: one a second.
+            "heartbeat.interval.ms": STATIC_SESSION_TIMEOUT_MS // 6,
         }
 
     def client_config(self) -> dict[str, str | int | float | bool]:

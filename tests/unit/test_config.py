@@ -43,7 +43,7 @@ def test_static_membership_ids_every_group_and_stays_out_of_producers() -> None:
     assert config.consumer_config()["group.instance.id"] == "dcr-stream-7d9f8c6b5-x2k4q"
     # A member gone for good never leaves: the broker's lowest session timeout bounds its stay.
     assert config.consumer_config()["session.timeout.ms"] == 6000
-    assert config.consumer_config()["heartbeat.interval.ms"] == 2000
+    assert config.consumer_config()["heartbeat.interval.ms"] == 1000
     assert "group.instance.id" not in config.client_config()
     override = load(
         BASE
