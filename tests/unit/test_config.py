@@ -46,8 +46,7 @@ def test_static_membership_ids_every_group_and_stays_out_of_producers() -> None:
     assert config.consumer_config()["heartbeat.interval.ms"] == 1000
     assert "group.instance.id" not in config.client_config()
     override = load(
-        BASE
-        | {"DCR_KAFKA_INSTANCE_ID": "a", "DCR_KAFKA_CONFIG": '{"session.timeout.ms": "10000"}'}
+        BASE | {"DCR_KAFKA_INSTANCE_ID": "a", "DCR_KAFKA_CONFIG": '{"session.timeout.ms": "10000"}'}
     )
     assert override.consumer_config()["session.timeout.ms"] == "10000"
 
