@@ -47,6 +47,21 @@ RPS = 10
 """The pool's documented rate: 10 tokens x 60 requests a minute."""
 BATCH = 500
 KEY_ID, API_KEY = "bench-key", "bench-api-key"
+DOCUMENTED = (
+    "--token-rate-limit", "60", "--key-id", KEY_ID, "--api-key", API_KEY,
+    # The account's labels are known, so the service's label registry reads them at once.
+    f"--labels={ACCOUNT}={LABEL}",
+)  # fmt: skip
+"""The sandbox's flags for the API's documented limits."""
+POOL = {
+    "api_token": "",
+    "api_key_id": KEY_ID,
+    "api_key": API_KEY,
+    "api_version": "v2",
+    "token_pool_size": "10",
+    "token_requests_per_minute": "60",
+}
+"""The service's settings for a pool of 10 tokens minted from the sandbox's key pair."""
 
 
 class _Receipt(msgspec.Struct):
@@ -57,16 +72,20 @@ class _Receipt(msgspec.Struct):
 _receipts = msgspec.json.Decoder(_Receipt)
 
 
+def batch_times_ms(url: str) -> list[float]:
+    """When the sandbox at ``url`` received each accepted batch (monotonic ms), in order."""
+    first: dict[str, float] = {}
+    for line in http_lines(f"{url}/_sandbox/accepted"):
+        receipt = _receipts.decode(line)
+        first.setdefault(receipt.batch_id, receipt.received_monotonic_ms)
+    return sorted(first.values())
+
+
 def run(kafka: Broker, *, events: int, repeat: int, logs: Path) -> dict[str, Any]:
     name = topic(kafka, "b2")
     fill(kafka, name, events)
     runs = []
-    documented = (
-        "--token-rate-limit", "60", "--key-id", KEY_ID, "--api-key", API_KEY,
-        # The account's labels are known, so the service's label registry reads them at once.
-        f"--labels={ACCOUNT}={LABEL}",
-    )  # fmt: skip
-    sandbox_child, url = sandbox(logs / "b2-sandbox.log", *documented)
+    sandbox_child, url = sandbox(logs / "b2-sandbox.log", *DOCUMENTED)
     with sandbox_child:
         for i in range(repeat):
             http_json(f"{url}/_sandbox/reset", b"{}")
@@ -89,15 +108,7 @@ def run(kafka: Broker, *, events: int, repeat: int, logs: Path) -> dict[str, Any
 
 
 def _drain(kafka: Broker, name: str, events: int, url: str, log: Path) -> dict[str, float]:
-    pool = {
-        "api_token": "",
-        "api_key_id": KEY_ID,
-        "api_key": API_KEY,
-        "api_version": "v2",
-        "token_pool_size": "10",
-        "token_requests_per_minute": "60",
-    }
-    with service(kafka, name, url, log, **pool) as child:
+    with service(kafka, name, url, log, **POOL) as child:
         group = child.settings["kafka_group_id"]
         with Offsets(kafka.bootstrap_servers, group, name, PARTITIONS) as offsets:
             done = wait_until(
@@ -110,11 +121,7 @@ def _drain(kafka: Broker, name: str, events: int, url: str, log: Path) -> dict[s
         metrics = child.metrics()
     account_stats = next(iter(http_json(f"{url}/_sandbox/stats")["accounts"].values()))
     stats = http_json(f"{url}/_sandbox/stats")["totals"]
-    first: dict[str, float] = {}
-    for line in http_lines(f"{url}/_sandbox/accepted"):
-        receipt = _receipts.decode(line)
-        first.setdefault(receipt.batch_id, receipt.received_monotonic_ms)
-    times = sorted(first.values())
+    times = batch_times_ms(url)
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     requests = sum(stats["requests"].values())
     accepted = stats["records_accepted"]

@@ -36,6 +36,14 @@ __all__ = [
 
 _UUID = re.compile(UUID_PATTERN)
 
+STATIC_SESSION_TIMEOUT_MS = 6000
+"""``session.timeout.ms`` of a static member: the broker's lowest by default
+(``group.min.session.timeout.ms``). A restart does not wait for it (the same ``group.instance.id``
+takes the old member's place at once); it bounds how long a replica gone for good (SIGTERM before a
+scale-down, a replaced pod) keeps its partitions and slots, since librdkafka never sends a static
+member's LeaveGroup (docs/design.md#crash-recovery). Heartbeats run on librdkafka's own thread, so
+a busy event loop does not miss them."""
+
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """Every setting, parsed; secrets are ``Secret`` so a repr or a log line never shows them."""
@@ -43,6 +51,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     kafka_bootstrap_servers: str
     kafka_topics: tuple[str, ...]
     kafka_group_id: str
+    kafka_instance_id: str | None
     kafka_high_priority_topics: frozenset[str]
     kafka_config: dict[str, str]
     kafka_secret_config: dict[str, Secret]
@@ -95,6 +104,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         is most of the memory held (``bench/`` B4). A partition whose queue is full waits
         ``fetch.queue.backoff.ms`` before it is fetched again: 20 ms, not the default second, so a
         small queue never leaves the consumer waiting (B1).
+
+        With ``kafka_instance_id`` every group this process joins (input, token slots,
+        reconciliation) knows it as a static member, so a restarted container takes its partitions
+        back at once; librdkafka never sends a static member's LeaveGroup, so the session timeout
+        is the broker's minimum and a replica gone for good is replaced within it
+        (docs/design.md#crash-recovery).
         """
         return {
             "bootstrap.servers": self.kafka_bootstrap_servers,
@@ -104,8 +119,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             "partition.assignment.strategy": "cooperative-sticky",
             "queued.max.messages.kbytes": 8192,
             "fetch.queue.backoff.ms": 20,
+            **self._static_membership(),
             **self.kafka_config,
             **{k: v.reveal() for k, v in self.kafka_secret_config.items()},
+        }
+
+    def _static_membership(self) -> dict[str, str | int]:
+        if self.kafka_instance_id is None:
+            return {}
+        return {
+            "group.instance.id": self.kafka_instance_id,
+            "session.timeout.ms": STATIC_SESSION_TIMEOUT_MS,
+            # The survivors learn of the expiry at their next heartbeat: one a second.
+            "heartbeat.interval.ms": STATIC_SESSION_TIMEOUT_MS // 6,
         }
 
     def client_config(self) -> dict[str, str | int | float | bool]:
@@ -262,6 +288,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_bootstrap_servers", _text, "localhost:9092", "Kafka bootstrap servers"),
     Setting("kafka_topics", _list, "call-intents", "input topics, comma-separated"),
     Setting("kafka_group_id", _text, "dcr-stream", "consumer group id"),
+    Setting(
+        "kafka_instance_id",
+        _text,
+        None,
+        "static group membership id (the pod name in the chart): a restarted replica takes its "
+        "partitions and token slots back at once, one gone for good is replaced within 6 s "
+        "(docs/design.md#crash-recovery)",
+    ),
     Setting(
         "kafka_high_priority_topics",
         lambda v: frozenset(_list(v)) if v.strip() else frozenset(),

@@ -145,7 +145,9 @@ class ConsumerThread:
         await self._call(self._drain)
 
     async def close(self) -> None:
-        """Leave the group and end the thread (revoke callbacks still run and commit)."""
+        """Close the consumer and end the thread (revoke callbacks still run and commit). A static
+        member does not leave the group: its partitions move when its session ends
+        (docs/design.md#crash-recovery)."""
         self._stop.set()
         await asyncio.wrap_future(self.done)
 

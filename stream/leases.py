@@ -177,8 +177,10 @@ class KafkaLeases:
     The topic has one partition per slot and is consumed in a group of its own
     (``<DCR_KAFKA_GROUP_ID>.tokens``), so Kafka's group protocol leases each slot to exactly one
     member, rebalances them as replicas come and go (cooperative-sticky: a slot moves only after its
-    holder let go of it), and hands a dead replica's slots on after ``session.timeout.ms``. A slot's
-    partition holds, per account (the key), what the slot remembers; compaction keeps the last.
+    holder let go of it), and hands a dead replica's slots on after ``session.timeout.ms`` (or at
+    once to its restart under the same ``group.instance.id``, docs/design.md#crash-recovery). A
+    slot's partition holds, per account (the key), what the slot remembers; compaction keeps the
+    last.
 
     One thread owns the consumer. A newly assigned slot is read from its start to its end before
     it counts as held, so its holder knows the slot's mints and token before it mints or sends. A
@@ -297,7 +299,10 @@ class KafkaLeases:
         self._thread.start()
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Leave the group (the slots go to the other replicas at once) and flush the writes."""
+        """Let the slots go (handovers written) and flush the writes. A dynamic member leaves the
+        group and its slots move at once; a static one (``DCR_KAFKA_INSTANCE_ID``) stays a member
+        until its session ends, or until it is restarted under the same id
+        (docs/design.md#crash-recovery)."""
         if self._stop.is_set():
             return  # closed already (the shutdown closes it, and the run's end again)
         self._stop.set()
@@ -366,7 +371,7 @@ class KafkaLeases:
             self._let_go(self._held | self._loading)
         finally:
             with contextlib.suppress(Exception):
-                consumer.close()  # leaves the group: revokes through _revoked
+                consumer.close()  # revokes through _revoked; a dynamic member leaves the group
             self._done.set_result(None)
 
     def _take(self, message: Message) -> None:

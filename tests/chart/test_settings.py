@@ -43,6 +43,9 @@ def _ids(paths: Sequence[Path]) -> list[str]:
     return [path.stem for path in paths]
 
 
+POD_NAME = "dcr-stream-7d9f8c6b5-x2k4q"
+
+
 def _pod_spec(manifests: Sequence[Manifest]) -> Manifest:
     return dict(only(manifests, "Deployment")["spec"]["template"]["spec"])
 
@@ -51,13 +54,18 @@ def _service_env(manifests: Sequence[Manifest]) -> dict[str, str]:
     """The environment the service starts with: the ConfigMap, then the container's own variables.
 
     Values from the chart's Secret are decoded; a Secret the chart does not render (an existing
-    one) gives a stand-in, or nothing when the reference is optional.
+    one) gives a stand-in, or nothing when the reference is optional; the pod's name is
+    ``POD_NAME``.
     """
     env = config(manifests)
     secrets = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "Secret"}
     for var in container(manifests)["env"]:
         if "value" in var:
             env[var["name"]] = var["value"]
+            continue
+        if "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
+            env[var["name"]] = POD_NAME
             continue
         ref = var["valueFrom"]["secretKeyRef"]
         data = secrets.get(ref["name"], {})
@@ -300,7 +308,7 @@ def test_existing_secret_renders_no_secret_and_is_referenced_by_its_keys(helm: H
     refs = {
         var["name"]: var["valueFrom"]["secretKeyRef"]
         for var in container(manifests)["env"]
-        if "valueFrom" in var
+        if "secretKeyRef" in var.get("valueFrom", {})
     }
     assert refs == {
         "DCR_API_TOKEN": {"name": "dcr-credentials", "key": "api-token"},
@@ -420,6 +428,7 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
         ),
         (["kafka.config.sasl\\.password=p"], "is a secret: move it to kafka.secretConfig"),
         (["kafka.config.group\\.id=g"], "set kafka.groupId instead"),
+        (["kafka.config.group\\.instance\\.id=i"], "set kafka.staticMembership instead"),
         (["kafka.highPriorityTopics={vip}"], '"vip" is not one of kafka.topics'),
         (["kafka.dlqTopic=call-intents"], "kafka.dlqTopic is one of kafka.topics"),
         (
@@ -458,3 +467,11 @@ def test_the_realtime_values_reach_the_service(helm: Helm) -> None:
     assert settings["DCR_REALTIME_REQUESTS_PER_SECOND"] == "50.5"
     loaded = load(_service_env(helm.render([MINIMAL], sets=sets)))
     assert (loaded.realtime, loaded.urgent_within_s) == (False, 0)
+
+
+def test_static_membership_takes_the_pod_name_and_can_be_turned_off(helm: Helm) -> None:
+    loaded = load(_service_env(helm.render([KAFKA_SASL])))
+    assert loaded.kafka_instance_id == POD_NAME
+    assert loaded.consumer_config()["group.instance.id"] == POD_NAME
+    manifests = helm.render([KAFKA_SASL], sets=["kafka.staticMembership=false"])
+    assert "DCR_KAFKA_INSTANCE_ID" not in _service_env(manifests)

@@ -33,6 +33,22 @@ def test_defaults() -> None:
     assert config.consumer_config()["partition.assignment.strategy"] == "cooperative-sticky"
     assert (config.realtime, config.urgent_within_s) == (True, 60)
     assert config.realtime_requests_per_second == 100
+    assert config.kafka_instance_id is None
+    assert "group.instance.id" not in config.consumer_config()
+    assert "session.timeout.ms" not in config.consumer_config()  # librdkafka's 45 s
+
+
+def test_static_membership_ids_every_group_and_stays_out_of_producers() -> None:
+    config = load(BASE | {"DCR_KAFKA_INSTANCE_ID": "dcr-stream-7d9f8c6b5-x2k4q"})
+    assert config.consumer_config()["group.instance.id"] == "dcr-stream-7d9f8c6b5-x2k4q"
+    # A member gone for good never leaves: the broker's lowest session timeout bounds its stay.
+    assert config.consumer_config()["session.timeout.ms"] == 6000
+    assert config.consumer_config()["heartbeat.interval.ms"] == 1000
+    assert "group.instance.id" not in config.client_config()
+    override = load(
+        BASE | {"DCR_KAFKA_INSTANCE_ID": "a", "DCR_KAFKA_CONFIG": '{"session.timeout.ms": "10000"}'}
+    )
+    assert override.consumer_config()["session.timeout.ms"] == "10000"
 
 
 def test_the_real_time_lane_settings() -> None:

@@ -177,7 +177,7 @@ Deployment, which every release has.
 {{- fail (printf "kafka.config[%q] is a secret: move it to kafka.secretConfig (it is then kept in the Secret)" $key) }}
 {{- end }}
 {{- end }}
-{{- range $key, $value := dict "bootstrap.servers" "kafka.bootstrapServers" "group.id" "kafka.groupId" }}
+{{- range $key, $value := dict "bootstrap.servers" "kafka.bootstrapServers" "group.id" "kafka.groupId" "group.instance.id" "kafka.staticMembership" }}
 {{- if hasKey $.Values.kafka.config $key }}
 {{- fail (printf "kafka.config[%q] is not allowed: set %s instead" $key $value) }}
 {{- end }}
