@@ -215,7 +215,7 @@ class LabelGate(Generic[S]):
             if isinstance(answer, str):
                 self._failed(account, state, answer)
                 return None
-            found.update(label.id for label in answer if label.usable)
+            found.update(label.id.lower() for label in answer if label.usable)
             if len(answer) < _PAGE_SIZE:
                 self.refreshes[(account, "ok")] = self.refreshes.get((account, "ok"), 0) + 1
                 return frozenset(found)

@@ -357,7 +357,8 @@ def _check(
         account=account,
         caller=caller,
         receiver=receiver,
-        label_id=event.label_id,
+        # UUIDs are any case (docs/events.md): one case from here on, as the registry's ids.
+        label_id=event.label_id.lower(),
         label_name=event.label_name,
         call_reason=reason,
         starts_at=starts_at,

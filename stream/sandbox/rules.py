@@ -174,10 +174,11 @@ class Rules:
 
     def _add_labels(self, account: str, label_ids: Iterable[str], now: float) -> frozenset[str]:
         listed = self._listed(account, now)
-        for label_id in _lower(label_ids):
-            entry = listed.get(label_id)
+        # Keyed lower-case (UUIDs are any case) and listed as registered, as the API answers it.
+        for label_id in label_ids:
+            entry = listed.get(label_id.lower())
             if entry is None:
-                listed[label_id] = Label(label_id, "dynamic", now)
+                listed[label_id.lower()] = Label(label_id, "dynamic", now)
             else:
                 entry.deleted_at = None
         return self._known(account)
@@ -213,7 +214,7 @@ class Rules:
 
     def _known(self, account: str) -> frozenset[str]:
         self._labels[account] = frozenset(
-            e.id
+            e.id.lower()
             for e in self._lists[account].values()
             if e.label_type == "dynamic" and e.deleted_at is None
         )

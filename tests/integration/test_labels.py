@@ -191,3 +191,33 @@ def test_an_unreadable_registry_costs_a_probe_per_foreign_label(
     for account, count in refused(sandbox).items():
         print(f"{account}: {count} requests refused with 400")
         assert count <= 2 * len(FOREIGN)
+
+
+def test_an_id_registered_upper_case_matches_events_in_any_case(
+    kafka: Broker,
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+    service_factory: Callable[..., Service],
+) -> None:
+    # The labels endpoint lists the id as registered, upper-case; UUIDs are any case
+    # (docs/events.md), so none of these is an unknown label.
+    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    sandbox = sandbox_thread(labels={account: frozenset({LABEL.upper()}) for account in ACCOUNTS})
+    cases = (LABEL, LABEL.upper(), LABEL[:9] + LABEL[9:].upper())
+    started = time.monotonic()
+    ledger, _ = start(kafka, topic, group, sandbox, service_factory)
+    now_ms = time.time_ns() // 1_000_000
+    ledger.produce(
+        Event(
+            f"9198{i:08d}",
+            json.dumps(intent(i, now_ms) | {"label_id": cases[i % len(cases)]}).encode(),
+            None,
+        )
+        for i in range(600)
+    )
+
+    report = finish(ledger, sandbox, group, topic, started, "an id registered upper case")
+
+    assert report.delivered == 600
+    assert report.dlq_records == 0
