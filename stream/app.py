@@ -26,7 +26,7 @@ from aiohttp import web
 from confluent_kafka import Message
 from msgspec import Struct
 
-from stream.api import ApiClient, Response, make_session
+from stream.api import ApiClient, Response, make_session, refused_field
 from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
@@ -578,7 +578,9 @@ class Pipeline:
             return "gone"
         if response.kind == "ok":
             return "accepted"
-        if b"label" in response.body.lower():
+        # Only a refusal that names the label id as its field is one of the label: a message that
+        # mentions "label" may be about anything (docs/design.md#labels).
+        if refused_field(response.body) == "label_id":
             await self._dead_letter(item.source, _UNKNOWN_LABEL, response.status, response.body)
             return "label_refused"
         rejection = api_rejection(response.status)
