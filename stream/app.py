@@ -326,7 +326,7 @@ class Pipeline:
             last_poll=lambda: (
                 time.monotonic() if consumer.waiting_on_broker else consumer.last_poll
             ),
-            consumer_alive=lambda: not consumer.done.done(),
+            threads=lambda: self._threads(consumer),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
             unready=lambda: self._tokens_source.unready() if self._tokens_source else None,
@@ -338,6 +338,17 @@ class Pipeline:
         self.http_port = runner.addresses[0][1]
         _log.info("http: /metrics, /healthz, /readyz on port %d", self.http_port)
         return runner
+
+    def _threads(self, consumer: ConsumerThread) -> dict[str, bool]:
+        """Every thread the service runs and whether it is alive, for liveness
+        (docs/operations.md#health); the input consumer's end is a death unless the stop began."""
+        return {
+            "consumer": not consumer.done.done() or self._stop_by > 0,
+            "token slots": self._leases is None or self._leases.alive,
+            "dlq producer": self._dlq is None or self._dlq.alive,
+            "receipts producer": self._receipts is None or self._receipts.alive,
+            **(self._reconciler.threads() if self._reconciler is not None else {}),
+        }
 
     async def _shutdown(self) -> int:
         """SIGTERM/SIGINT: the whole stop within ``ShutdownBudget.total_s``, in order:

@@ -166,6 +166,12 @@ class KafkaLeases:
     def slots(self) -> int:
         return self._slots
 
+    @property
+    def alive(self) -> bool:
+        """Whether the slots' thread runs, or was stopped by ``close`` (or not started yet): a
+        thread that ended otherwise holds no slot until a restart (docs/operations.md#health)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def owned(self) -> frozenset[int]:
         return self._owned
 

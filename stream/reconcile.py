@@ -93,6 +93,14 @@ _READ_IDLE_S = 10.0
 _READ_POLL_S = 0.05
 """The longest a read waits for the next fetched message before it looks again."""
 
+_READ_STUCK_S = 120.0
+"""A read of originals running this long is stuck (it gives up after ``_READ_IDLE_S`` without a
+message, and a batch's records span far fewer offsets than it reads meanwhile): liveness fails."""
+
+_READ_FAILURES_DEAD = 5
+"""Reads of originals that raise in a row after which the reader counts as dead (its consumer
+broken for good): liveness fails, and a restart makes a new one."""
+
 _MAX_RECEIPTS = 20_000
 """Receipts taken and not yet finished, beyond which the receipts partitions pause."""
 
@@ -283,9 +291,21 @@ class OriginalReader:
         """Held by the thread that reads: a read cancelled on the loop goes on until it sees
         ``_closed``, and the consumer is closed only after it."""
         self._closed = False
+        self._reading_since: float | None = None
+        """Monotonic time the read in progress started; None between reads."""
+        self._failures = 0
+        """Reads that raised in a row."""
 
     def __repr__(self) -> str:
         return "OriginalReader()"
+
+    @property
+    def alive(self) -> bool:
+        """False while a read is stuck (``_READ_STUCK_S``) or after ``_READ_FAILURES_DEAD`` reads
+        raised in a row (liveness: docs/operations.md#health)."""
+        since = self._reading_since
+        stuck = since is not None and time.monotonic() - since > _READ_STUCK_S
+        return not stuck and self._failures < _READ_FAILURES_DEAD
 
     async def read(self, positions: Iterable[tuple[str, int, int]]) -> list[Message]:
         """The records at ``positions``, in the order given; any that could not be read (deleted
@@ -308,7 +328,16 @@ class OriginalReader:
         with self._reading:
             if self._closed:
                 return {}
-            return self._read_held(wanted)
+            self._reading_since = time.monotonic()
+            try:
+                found = self._read_held(wanted)
+            except Exception:
+                self._failures += 1
+                raise
+            finally:
+                self._reading_since = None
+            self._failures = 0
+            return found
 
     def _read_held(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
         want = set(wanted)
@@ -460,6 +489,13 @@ class Reconciler:
 
     def in_hand(self) -> int:
         return sum(len(tasks) for tasks in self._tasks.values())
+
+    def threads(self) -> dict[str, bool]:
+        """Its threads and whether each is alive (docs/operations.md#health): the receipts
+        consumer's (ended while not closing: dead) and the originals reader's."""
+        consumer = self._consumer is None or self._closed or not self._consumer.done.done()
+        reader = self._reader is None or self._reader.alive
+        return {"reconcile consumer": consumer, "originals reader": reader}
 
     def _ensure_topic(self) -> None:
         admin = AdminClient(self._admin_config)

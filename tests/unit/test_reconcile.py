@@ -14,10 +14,12 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
+from stream.consumer import ConsumerThread
 from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.metrics import Counts
@@ -29,6 +31,7 @@ from stream.sandbox.statuses import parse_failure
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
 from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
+from tests.support.waiting import wait_until_async
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
@@ -647,3 +650,28 @@ async def test_a_receipt_that_cannot_be_reported_is_counted_and_finished(
     assert reconciler.counts.reconciled == {("unreconciled", "error"): 2}
     assert reconciler.finished == 1
     assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+async def test_the_reconcilers_consumer_thread_that_failed_is_dead() -> None:
+    reconciler = _reconciler(_Writes(), [0])
+    consumer = ConsumerThread(
+        {"bootstrap.servers": "127.0.0.1:1", "group.id": "g.reconcile"},
+        ["t"],
+        loop=asyncio.get_running_loop(),
+        on_messages=reconciler._on_messages,
+        on_assign=lambda tps: None,
+        on_revoke=reconciler._on_revoke,
+        on_lost=reconciler._on_lost,
+        finished=lambda: 0,
+        max_buffered=10,
+    )
+
+    def failing() -> list[Any]:
+        raise KafkaException(KafkaError(KafkaError._FATAL))
+
+    consumer._poll = failing  # type: ignore[method-assign]
+    reconciler._consumer = consumer
+    assert reconciler.threads() == {"reconcile consumer": True, "originals reader": True}
+    consumer.start()
+    await wait_until_async(consumer.done.done, timeout_s=10, what="the consumer thread to end")
+    assert reconciler.threads() == {"reconcile consumer": False, "originals reader": True}
