@@ -36,19 +36,18 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream.api import ApiClient, RecordStatus, StatusAnswer
 from stream.consumer import ConsumerThread
 from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
-from stream.errors import AuthError, DeadLetterError, ReceiptError
+from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.quota import Slots
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
 from stream.tokens import Secret, Tokens
+from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection
 
 __all__ = [
@@ -498,22 +497,15 @@ class Reconciler:
         return {"reconcile consumer": consumer, "originals reader": reader}
 
     def _ensure_topic(self) -> None:
-        admin = AdminClient(self._admin_config)
+        """Make sure the receipts topic exists, creating it only when missing (``stream.topics``),
+        with as many partitions as ``like_topic`` (its input topic) has."""
         try:
-            existing = admin.list_topics(self.topic, timeout=30).topics.get(self.topic)
-            if existing is not None and existing.error is None:
-                return
-            partitions = 1
-            if self._like_topic is not None:
-                like = admin.list_topics(self._like_topic, timeout=30).topics.get(self._like_topic)
-                if like is not None and like.error is None:
-                    partitions = max(1, len(like.partitions))
-            topic = NewTopic(self.topic, num_partitions=partitions)
-            admin.create_topics([topic])[self.topic].result(30)
-            _log.info("reconcile: created %s with %d partitions", self.topic, partitions)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                _log.warning("reconcile: cannot make sure %s exists: %s", self.topic, exc)
+            like = self._like_topic
+            found = partitions(self._admin_config, [like]) if like is not None else {}
+            spec = TopicSpec(name=self.topic, partitions=found.get(like or "", 1))
+            ensure_topics(self._admin_config, [spec])
+        except (KafkaException, TopicError) as exc:
+            _log.warning("reconcile: cannot make sure %s exists: %s", self.topic, exc)
 
     # -- receipts in -------------------------------------------------------------------------------
 
