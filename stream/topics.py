@@ -91,6 +91,13 @@ def _describe(admin: AdminClient, names: list[str], timeout_s: float) -> dict[st
             error = exc.args[0]
             if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue
+            if error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                # Kafka does not say whether a topic one may not describe exists.
+                raise TopicError(
+                    name,
+                    f"cannot be described ({_reason(error)}): allow this principal DESCRIBE on it "
+                    "(docs/operations.md#acls), and create it beforehand if it does not exist",
+                ) from None
             raise TopicError(name, f"cannot be described: {_reason(error)}") from None
     return found
 
