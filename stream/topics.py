@@ -10,6 +10,7 @@ grows only a topic with too few partitions.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ _log = logging.getLogger("stream.topics")
 
 TIMEOUT_S = 30.0
 """Each admin request's bound: a broker that does not answer within it is an error to report."""
+
+_VISIBLE_POLL_S = 0.02
+"""How often a topic just created is looked for until the metadata lists it (milliseconds)."""
 
 _MARGIN_S = 5.0
 """Waited beyond a request's bound, so that librdkafka reports the timeout (with its reason)."""
@@ -61,9 +65,7 @@ def ensure_topics(
     missing = [spec for name, spec in wanted.items() if name not in found]
     if missing:
         _create(admin, missing, timeout_s)
-        # As created, here or by a replica with the same settings just before: a describe right
-        # after the creation may not see the topic yet (the metadata spreads a moment later).
-        found |= {spec.name: spec.partitions for spec in missing}
+        found |= _visible(admin, [spec.name for spec in missing], timeout_s)
     for spec in wanted.values():
         if spec.grow and found[spec.name] < spec.partitions:
             _grow(admin, spec, found[spec.name], timeout_s)
@@ -77,6 +79,21 @@ def partitions(
     """Partition counts of those of ``names`` that exist, creating none (DESCRIBE on each);
     ``TopicError`` for any answer but "does not exist"."""
     return _describe(AdminClient(dict(admin_config)), list(names), timeout_s)
+
+
+def _visible(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Partition counts of topics just created, once the broker's metadata lists them: a client
+    that subscribes before that is told the topic is not available and looks again only a second
+    or two later (which delays the token slots, and with them every first request)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _describe(admin, names, timeout_s)
+        if len(found) == len(names):
+            return found
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - set(found))
+            raise TopicError(missing[0], f"was created but not listed within {timeout_s:g} s")
+        time.sleep(_VISIBLE_POLL_S)
 
 
 def _describe(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
