@@ -32,6 +32,7 @@ __all__ = [
     "make_session",
     "parse_batch_id",
     "parse_retry_after",
+    "refused_field",
 ]
 
 Kind = Literal["ok", "auth", "reject", "retry"]
@@ -88,6 +89,25 @@ def parse_batch_id(payload: bytes) -> str | None:
         return answer.batch_id
     found = _V1_BATCH_ID.search(answer.message or "")
     return found[1] if found else None
+
+
+class _Refusal(msgspec.Struct):
+    field: str | None = None
+
+
+_refusal = msgspec.json.Decoder(_Refusal)
+
+
+def refused_field(body: bytes) -> str | None:
+    """The record field a refusal names in the documented ``{"field", "message", "status"}``
+    shape (docs/api.md#errors), without a batch body's ``call_records[i].`` prefix; None for any
+    other body (``{"slug", "message"}``, not JSON, no field). Words in a message are not read: they
+    are not documented."""
+    try:
+        field = _refusal.decode(body).field
+    except msgspec.DecodeError:
+        return None
+    return field.rpartition(".")[2] if field else None
 
 
 class StatusInfo(msgspec.Struct, frozen=True):

@@ -26,7 +26,7 @@ from aiohttp import web
 from confluent_kafka import Message
 from msgspec import Struct
 
-from stream.api import ApiClient, Response, make_session
+from stream.api import ApiClient, Response, make_session, refused_field
 from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
@@ -312,7 +312,7 @@ class Pipeline:
             last_poll=lambda: (
                 time.monotonic() if consumer.waiting_on_broker else consumer.last_poll
             ),
-            consumer_alive=lambda: not consumer.done.done(),
+            threads=lambda: self._threads(consumer),
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
             unready=self._unready,
@@ -362,6 +362,17 @@ class Pipeline:
                 f"{len(self._dlq_blocked)} partitions wait, and those partitions commit no further"
             )
         return None
+
+    def _threads(self, consumer: ConsumerThread) -> dict[str, bool]:
+        """Every thread the service runs and whether it is alive, for liveness
+        (docs/operations.md#health); the input consumer's end is a death unless the stop began."""
+        return {
+            "consumer": not consumer.done.done() or self._stop_by > 0,
+            "token slots": self._leases is None or self._leases.alive,
+            "dlq producer": self._dlq is None or self._dlq.alive,
+            "receipts producer": self._receipts is None or self._receipts.alive,
+            **(self._reconciler.threads() if self._reconciler is not None else {}),
+        }
 
     async def _shutdown(self) -> int:
         """SIGTERM/SIGINT: the whole stop within ``ShutdownBudget.total_s``, in order:
@@ -636,7 +647,9 @@ class Pipeline:
             return "gone"
         if response.kind == "ok":
             return "accepted"
-        if b"label" in response.body.lower():
+        # Only a refusal that names the label id as its field is one of the label: a message that
+        # mentions "label" may be about anything (docs/design.md#labels).
+        if refused_field(response.body) == "label_id":
             await self._dead_letter(item.source, _UNKNOWN_LABEL, response.status, response.body)
             return "label_refused"
         rejection = api_rejection(response.status)

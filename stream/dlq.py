@@ -280,6 +280,11 @@ class DeadLetterProducer:
         # The config may hold SASL passwords: never show it.
         return f"DeadLetterProducer(topic={self.topic!r})"
 
+    @property
+    def alive(self) -> bool:
+        """Whether its producer's poll thread runs (``AckedProducer.alive``)."""
+        return self._producer.alive
+
     async def send(
         self,
         message: SourceMessage,

@@ -5,6 +5,7 @@
     ├── AuthError            no token could be had (minting refused, token file unreadable)
     ├── DeadLetterError      Kafka did not acknowledge a dead-letter write
     ├── ReceiptError         Kafka did not acknowledge a receipt (reconciliation needs it)
+    ├── TopicError           a topic it needs is missing and cannot be made, or cannot be seen
     └── BrokerError          the tools' local Kafka broker could not be fetched or started
 
 Rejected events and refused API records are not exceptions: they are ``Rejection`` values.
@@ -19,6 +20,7 @@ __all__ = [
     "DcrStreamError",
     "DeadLetterError",
     "ReceiptError",
+    "TopicError",
 ]
 
 
@@ -86,3 +88,12 @@ class ReceiptError(DcrStreamError):
 class BrokerError(DcrStreamError):
     """The local broker (``stream.devkafka``) could not be fetched or started; the message carries
     the tail of its log."""
+
+
+class TopicError(DcrStreamError):
+    """The topic ``topic`` cannot be had as needed (docs/operations.md#acls); the message says why
+    and what an operator can do."""
+
+    def __init__(self, topic: str, message: str) -> None:
+        super().__init__(f"topic {topic} {message}")
+        self.topic = topic

@@ -7,7 +7,7 @@ would only re-read what is already buffered); backpressure handles it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,7 +23,9 @@ class Health:
 
     last_poll: Callable[[], float]
     """Monotonic time the consumer last returned from ``consume``."""
-    consumer_alive: Callable[[], bool]
+    threads: Callable[[], Mapping[str, bool]]
+    """Every thread the service runs, by name, and whether it is alive: the consumer, the token
+    slots, the producers' poll threads, the reconciler's consumer and originals reader."""
     ready: Callable[[], bool]
     """Joined the group (got an assignment, possibly empty)."""
     stall_s: float
@@ -39,15 +41,18 @@ class Health:
 
 
 def http_app(metrics: Metrics, health: Health) -> web.Application:
-    """``/metrics``, ``/healthz`` (the loop answers and the consumer polls) and ``/readyz``."""
+    """``/metrics``, ``/healthz`` (the loop answers, every thread lives and the consumer polls)
+    and ``/readyz``."""
 
     async def get_metrics(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
 
     async def healthz(_: web.Request) -> web.Response:
         idle = time.monotonic() - health.last_poll()
-        if not health.consumer_alive():
-            return web.json_response({"status": "consumer thread ended"}, status=503)
+        dead = [name for name, alive in health.threads().items() if not alive]
+        if dead:
+            ended = "; ".join(f"{name} thread ended" for name in dead)
+            return web.json_response({"status": ended}, status=503)
         if idle > health.stall_s:
             return web.json_response({"status": f"consumer stalled for {idle:.0f} s"}, status=503)
         return web.json_response({"status": "ok"})

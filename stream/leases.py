@@ -30,8 +30,9 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewPartitions, NewTopic
+
+from stream.errors import TopicError
+from stream.topics import TopicSpec, ensure_topics
 
 __all__ = ["KafkaLeases", "Leases", "LocalLeases", "read_slots"]
 
@@ -235,6 +236,12 @@ class KafkaLeases:
     def slots(self) -> int:
         return self._slots
 
+    @property
+    def alive(self) -> bool:
+        """Whether the slots' thread runs, or was stopped by ``close`` (or not started yet): a
+        thread that ended otherwise holds no slot until a restart (docs/operations.md#health)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def owned(self) -> frozenset[int]:
         return self._owned
 
@@ -313,32 +320,16 @@ class KafkaLeases:
             await asyncio.to_thread(self._producer.flush, timeout_s)
 
     def _ensure_topic(self) -> int:
-        """Create the topic (compacted, a partition per slot), or grow it to the pool size; the
-        slots are its partitions (more than the pool size, if someone made it so)."""
-        admin = AdminClient(dict(self._admin_config))
-        topic = NewTopic(
-            self.topic,
-            num_partitions=self._slots,
+        """Make sure the topic exists (compacted, a partition per slot) and has a partition per
+        slot, creating or growing it only when needed (``stream.topics``); the slots are its
+        partitions (more than the pool size, if someone made it so)."""
+        spec = TopicSpec(
+            name=self.topic,
+            partitions=self._slots,
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+            grow=True,
         )
-        try:
-            admin.create_topics([topic])[self.topic].result(30)
-            _log.info("token slots: created %s with %d partitions", self.topic, self._slots)
-            return self._slots
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-        partitions = len(admin.list_topics(self.topic, timeout=30).topics[self.topic].partitions)
-        if partitions < self._slots:
-            try:
-                grow = NewPartitions(self.topic, self._slots)
-                admin.create_partitions([grow])[self.topic].result(30)
-                _log.info("token slots: %s grown to %d partitions", self.topic, self._slots)
-            except KafkaException as exc:  # another replica grew it first
-                if exc.args[0].code() != KafkaError.INVALID_PARTITIONS:
-                    raise
-            partitions = self._slots
-        return partitions
+        return ensure_topics(self._admin_config, [spec])[self.topic]
 
     # -- the consumer's thread ------------------------------------------------------------------
 
@@ -347,7 +338,7 @@ class KafkaLeases:
             try:
                 self._slots = self._ensure_topic()
                 break
-            except KafkaException as exc:
+            except (KafkaException, TopicError) as exc:
                 _log.error("token slots: cannot make sure %s exists: %s", self.topic, exc)
                 self._stop.wait(_RETRY_S)
         if self._stop.is_set():

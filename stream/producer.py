@@ -42,6 +42,12 @@ class AckedProducer:
         # The config may hold SASL passwords: never show it.
         return "AckedProducer()"
 
+    @property
+    def alive(self) -> bool:
+        """Whether the poll thread runs, or was stopped by ``close``: a thread that ended otherwise
+        leaves every ``send`` waiting for good (liveness: docs/operations.md#health)."""
+        return self._thread.is_alive() or self._stop.is_set()
+
     def produce(
         self,
         topic: str,

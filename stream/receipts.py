@@ -119,6 +119,11 @@ class Receipts:
     def __repr__(self) -> str:
         return f"Receipts(topic={self.topic!r})"
 
+    @property
+    def alive(self) -> bool:
+        """Whether its producer's poll thread runs (``AckedProducer.alive``)."""
+        return self._producer.alive
+
     def publish(self, receipt: Receipt) -> None:
         """Queue a receipt; never raises: its records are already finished, and an exception here
         would have the delivery engine send them again."""

@@ -36,19 +36,18 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream.api import ApiClient, RecordStatus, StatusAnswer
 from stream.consumer import ConsumerThread
 from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
-from stream.errors import AuthError, DeadLetterError, ReceiptError
+from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.quota import Slots
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
 from stream.tokens import Secret, Tokens
+from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection
 
 __all__ = [
@@ -79,6 +78,10 @@ _REASONS = (
 _FETCH_ATTEMPTS = 5
 """Status requests tried in a row for one receipt before it is written back as a recheck."""
 
+_LOOK_ATTEMPTS = 5
+"""Looks at one receipt that raise, with the backoff between (at most 7.5 s in all with the default
+one), before its records are reported failed: a receipt always finishes."""
+
 _RECHECK_CAP_S = 300.0
 """The longest wait between two looks at a pending status (the first waits DCR_STATUS_DELAY_S,
 each next one twice as long)."""
@@ -88,6 +91,14 @@ _READ_IDLE_S = 10.0
 
 _READ_POLL_S = 0.05
 """The longest a read waits for the next fetched message before it looks again."""
+
+_READ_STUCK_S = 120.0
+"""A read of originals running this long is stuck (it gives up after ``_READ_IDLE_S`` without a
+message, and a batch's records span far fewer offsets than it reads meanwhile): liveness fails."""
+
+_READ_FAILURES_DEAD = 5
+"""Reads of originals that raise in a row after which the reader counts as dead (its consumer
+broken for good): liveness fails, and a restart makes a new one."""
 
 _MAX_RECEIPTS = 20_000
 """Receipts taken and not yet finished, beyond which the receipts partitions pause."""
@@ -279,9 +290,21 @@ class OriginalReader:
         """Held by the thread that reads: a read cancelled on the loop goes on until it sees
         ``_closed``, and the consumer is closed only after it."""
         self._closed = False
+        self._reading_since: float | None = None
+        """Monotonic time the read in progress started; None between reads."""
+        self._failures = 0
+        """Reads that raised in a row."""
 
     def __repr__(self) -> str:
         return "OriginalReader()"
+
+    @property
+    def alive(self) -> bool:
+        """False while a read is stuck (``_READ_STUCK_S``) or after ``_READ_FAILURES_DEAD`` reads
+        raised in a row (liveness: docs/operations.md#health)."""
+        since = self._reading_since
+        stuck = since is not None and time.monotonic() - since > _READ_STUCK_S
+        return not stuck and self._failures < _READ_FAILURES_DEAD
 
     async def read(self, positions: Iterable[tuple[str, int, int]]) -> list[Message]:
         """The records at ``positions``, in the order given; any that could not be read (deleted
@@ -304,7 +327,16 @@ class OriginalReader:
         with self._reading:
             if self._closed:
                 return {}
-            return self._read_held(wanted)
+            self._reading_since = time.monotonic()
+            try:
+                found = self._read_held(wanted)
+            except Exception:
+                self._failures += 1
+                raise
+            finally:
+                self._reading_since = None
+            self._failures = 0
+            return found
 
     def _read_held(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
         want = set(wanted)
@@ -457,23 +489,23 @@ class Reconciler:
     def in_hand(self) -> int:
         return sum(len(tasks) for tasks in self._tasks.values())
 
+    def threads(self) -> dict[str, bool]:
+        """Its threads and whether each is alive (docs/operations.md#health): the receipts
+        consumer's (ended while not closing: dead) and the originals reader's."""
+        consumer = self._consumer is None or self._closed or not self._consumer.done.done()
+        reader = self._reader is None or self._reader.alive
+        return {"reconcile consumer": consumer, "originals reader": reader}
+
     def _ensure_topic(self) -> None:
-        admin = AdminClient(self._admin_config)
+        """Make sure the receipts topic exists, creating it only when missing (``stream.topics``),
+        with as many partitions as ``like_topic`` (its input topic) has."""
         try:
-            existing = admin.list_topics(self.topic, timeout=30).topics.get(self.topic)
-            if existing is not None and existing.error is None:
-                return
-            partitions = 1
-            if self._like_topic is not None:
-                like = admin.list_topics(self._like_topic, timeout=30).topics.get(self._like_topic)
-                if like is not None and like.error is None:
-                    partitions = max(1, len(like.partitions))
-            topic = NewTopic(self.topic, num_partitions=partitions)
-            admin.create_topics([topic])[self.topic].result(30)
-            _log.info("reconcile: created %s with %d partitions", self.topic, partitions)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                _log.warning("reconcile: cannot make sure %s exists: %s", self.topic, exc)
+            like = self._like_topic
+            found = partitions(self._admin_config, [like]) if like is not None else {}
+            spec = TopicSpec(name=self.topic, partitions=found.get(like or "", 1))
+            ensure_topics(self._admin_config, [spec])
+        except (KafkaException, TopicError) as exc:
+            _log.warning("reconcile: cannot make sure %s exists: %s", self.topic, exc)
 
     # -- receipts in -------------------------------------------------------------------------------
 
@@ -552,33 +584,95 @@ class Reconciler:
     # -- one receipt -------------------------------------------------------------------------------
 
     async def _reconcile(self, ticket: Ticket, receipt: Receipt) -> None:
-        """Wait, ask, match, report; finish the receipt once every write was acknowledged."""
-        try:
-            due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
-            give_up_ms = receipt.sent_at_ms + self._give_up_ms
-            wait_ms = min(due_ms, give_up_ms) - self._wall_ms()
-            if wait_ms > 0:
-                await asyncio.sleep(wait_ms / 1000)
-            answer = await self._fetch(receipt)
-            assert self._reader is not None
-            originals = await self._reader.read(offsets_of(receipt.sources))
-            if len(originals) < receipt.records:
+        """Wait, ask, match, report; finish the receipt once every write was acknowledged. A look
+        that raises is tried again with the backoff, ``_LOOK_ATTEMPTS`` times in all; then its
+        records are reported failed (``_give_up``), so the receipt always finishes
+        (docs/design.md#reconciliation)."""
+        due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
+        give_up_ms = receipt.sent_at_ms + self._give_up_ms
+        wait_ms = min(due_ms, give_up_ms) - self._wall_ms()
+        if wait_ms > 0:
+            await asyncio.sleep(wait_ms / 1000)
+        for attempt in range(1, _LOOK_ATTEMPTS + 1):
+            try:
+                await self._look(receipt)
+                break
+            except Exception as exc:
+                # A bug or a state this code did not foresee: a retry may pass (a status answer
+                # that changed, a reader that recovered); a receipt left unfinished would hold
+                # its partition's commits for good.
+                if attempt == _LOOK_ATTEMPTS:
+                    _log.exception(
+                        "reconcile: batch %s failed %d times; its records are reported failed",
+                        receipt.batch_id,
+                        attempt,
+                    )
+                    await self._give_up(receipt, exc)
+                    break
                 _log.warning(
-                    "reconcile: batch %s: %d of its %d records could not be read back",
-                    receipt.batch_id,
-                    receipt.records - len(originals),
-                    receipt.records,
+                    "reconcile: batch %s failed (%r); retry %d", receipt.batch_id, exc, attempt
                 )
-            verdicts = self._verdicts(receipt, answer, originals)
-            await self._report(receipt, verdicts)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A bug, not a state of the world: the receipt stays unfinished (never committed past)
-            # and is read again after a restart.
-            _log.exception("reconcile: batch %s failed; left for a restart", receipt.batch_id)
-            return
+                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
         self._done(ticket)
+
+    async def _look(self, receipt: Receipt) -> None:
+        """One look at a batch: its status, its originals, the report."""
+        answer = await self._fetch(receipt)
+        assert self._reader is not None
+        originals = await self._reader.read(offsets_of(receipt.sources))
+        if len(originals) < receipt.records:
+            _log.warning(
+                "reconcile: batch %s: %d of its %d records could not be read back",
+                receipt.batch_id,
+                receipt.records - len(originals),
+                receipt.records,
+            )
+        verdicts = self._verdicts(receipt, answer, originals)
+        await self._report(receipt, verdicts)
+
+    async def _give_up(self, receipt: Receipt, exc: Exception) -> None:
+        """Report every record of a receipt that kept failing as failed, ``unknown_status``: a
+        dead letter for each original that can still be read, and one outcome receipt naming every
+        source offset (from the receipt, so it needs no original). Should the writes fail too, the
+        receipt is counted ``unreconciled`` (code ``error``) and finished all the same."""
+        why = f"reconciliation failed {_LOOK_ATTEMPTS} times: {exc!r}"
+        verdict = Verdict("failed", "unknown_status", why)
+        positions = offsets_of(receipt.sources)
+        assert self._reader is not None
+        try:
+            originals = await self._reader.read(positions)
+        except Exception as error:
+            _log.warning("reconcile: batch %s: no original read back (%r)", receipt.batch_id, error)
+            originals = []
+        try:
+            await asyncio.gather(*(self._dead_letter(m, verdict) for m in originals))
+            outcomes = [
+                Outcome(
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    status="failed",
+                    code=verdict.code,
+                    message=why,
+                    id=None,
+                )
+                for topic, partition, offset in positions
+            ]
+            await self._write(
+                msgspec.structs.replace(
+                    receipt,
+                    kind="outcome",
+                    records=len(outcomes),
+                    outcomes=outcomes,
+                    check_at_ms=0,
+                    attempt=0,
+                )
+            )
+        except Exception:
+            _log.exception("reconcile: batch %s cannot be reported either", receipt.batch_id)
+            self.counts.bump(self.counts.reconciled, ("unreconciled", "error"), receipt.records)
+            return
+        self.counts.bump(self.counts.reconciled, ("failed", "unknown_status"), len(outcomes))
 
     async def _fetch(self, receipt: Receipt) -> StatusAnswer:
         """The batch's status: a 2xx answer, or after ``_FETCH_ATTEMPTS`` failures the last one

@@ -14,6 +14,14 @@ the same broker, on the same ports with the same data: what a broker outage look
 (``sasl_bootstrap_servers``) that authenticates with SCRAM-SHA-512; the credentials are written into
 the KRaft metadata when storage is formatted (``StorageTool format --add-scram``, KIP-900). The
 ``PLAINTEXT`` listener stays, for tools and tests that set the stage.
+
+``LocalKafka(scram_users=..., acls=True)`` also authorises every request (``StandardAuthorizer``,
+the KRaft one, ACLs kept in the metadata log): nothing is allowed without an ACL
+(``allow.everyone.if.no.acl.found=false``) but to the super user ``User:ANONYMOUS``, the
+principal of the unauthenticated ``PLAINTEXT`` and ``CONTROLLER`` listeners. The controller and
+the broker talk to each other as that principal, so it must be a super user (KIP-801) or the node
+cannot start; tests set the stage (topics, ACLs) on the ``PLAINTEXT`` listener as the platform
+team would, and the SCRAM users get only what their ACLs grant.
 """
 
 from __future__ import annotations
@@ -153,7 +161,11 @@ class LocalKafka:
         heap_mb: int = 384,
         java: str | None = None,
         scram_users: Mapping[str, str] | None = None,
+        acls: bool = False,
     ) -> None:
+        if acls and not scram_users:
+            raise ValueError("acls=True needs scram_users: nobody else is authorised by ACLs")
+        self._acls = acls
         self._heap_mb = heap_mb
         self._java = java or os.environ.get("DCR_KAFKA_JAVA") or _java_binary()
         self._scram_users = dict(scram_users or {})
@@ -170,7 +182,8 @@ class LocalKafka:
         # Never the SCRAM passwords: a repr ends up in test reports and logs.
         state = f"running at {self.bootstrap_servers}" if self._proc else "stopped"
         users = f", scram_users={sorted(self._scram_users)}" if self._scram_users else ""
-        return f"LocalKafka(version={KAFKA_VERSION!r}, {state}{users})"
+        acls = ", acls=True" if self._acls else ""
+        return f"LocalKafka(version={KAFKA_VERSION!r}, {state}{users}{acls})"
 
     @property
     def version(self) -> str:
@@ -205,7 +218,9 @@ class LocalKafka:
             port, controller_port = _free_port(), _free_port()
             sasl_port = _free_port() if self._scram_users else None
             (self._dir / "server.properties").write_text(
-                _server_properties(self._dir, port, controller_port, sasl_port=sasl_port)
+                _server_properties(
+                    self._dir, port, controller_port, sasl_port=sasl_port, acls=self._acls
+                )
             )
             self.bootstrap_servers = f"127.0.0.1:{port}"
             self.sasl_bootstrap_servers = f"127.0.0.1:{sasl_port}" if sasl_port else ""
@@ -326,7 +341,7 @@ def _java_binary() -> str:
 
 
 def _server_properties(
-    data: Path, port: int, controller_port: int, *, sasl_port: int | None = None
+    data: Path, port: int, controller_port: int, *, sasl_port: int | None = None, acls: bool = False
 ) -> str:
     listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
     protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
@@ -340,6 +355,13 @@ def _server_properties(
 sasl.enabled.mechanisms={SCRAM_MECHANISM}
 listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required;
+"""
+    if acls:
+        # See the module's docstring: ANONYMOUS is the controller's, the broker's and the stage's.
+        sasl += """\
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS
 """
     return f"""\
 process.roles=broker,controller

@@ -39,8 +39,6 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream import logs
 from stream.app import Pipeline
@@ -59,6 +57,7 @@ from stream.tools.produce import (
 )
 from stream.tools.progress import Progress
 from stream.tools.replay import Selection, replay
+from stream.topics import TopicSpec, ensure_topics
 
 __all__ = ["add_parser", "run"]
 
@@ -319,10 +318,11 @@ class _Demo:
         return produced, expected
 
     def _create_topics(self) -> None:
-        admin = AdminClient(self.kafka)
-        topics = [NewTopic(TOPIC, num_partitions=PARTITIONS), NewTopic(f"{TOPIC}.dlq", 1)]
-        for future in admin.create_topics(topics).values():
-            future.result(30)
+        specs = [
+            TopicSpec(name=TOPIC, partitions=PARTITIONS),
+            TopicSpec(name=f"{TOPIC}.dlq", partitions=1),
+        ]
+        ensure_topics(self.kafka, specs)
 
     def _start_service(self, stop: asyncio.Event) -> _Service:
         """The real service, configured through ``stream.config.load`` as ``dcr-stream run`` is."""

@@ -22,12 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from stream.config import parse_positive, parse_uuid, setting
-from stream.errors import DcrStreamError
 from stream.tools.args import EXIT_USAGE, arg_type, at_least_one
 from stream.tools.kafka import (
     CONNECT_TIMEOUT_S,
@@ -36,6 +34,7 @@ from stream.tools.kafka import (
     topic_partitions,
 )
 from stream.tools.progress import Progress
+from stream.topics import TopicSpec, ensure_topics
 
 __all__ = [
     "DEFAULT_LABEL_ID",
@@ -207,23 +206,16 @@ def events(mix: Mix, count: int | None = None) -> Iterator[Event]:
 
 
 def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int) -> int:
-    """The partition count of ``topic``, created with ``partitions`` when it does not exist.
+    """The partition count of ``topic``, created with ``partitions`` only when it does not exist
+    (``stream.topics``).
 
     Raises ``DcrStreamError`` in one line when the cluster cannot be reached.
     """
     # log_level 0: an unreachable broker is reported once, by us, not by librdkafka every second.
-    admin = AdminClient({**config, "log_level": 0})
-    found = topic_partitions(admin, config, topic)
-    if found:
-        return len(found)
-    created = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
-    try:
-        created[topic].result(CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise DcrStreamError(f"cannot create topic {topic}: {exc.args[0].str()}") from None
-        return len(topic_partitions(admin, config, topic))  # someone created it meanwhile
-    return partitions
+    admin_config = {**config, "log_level": 0}
+    topic_partitions(AdminClient(admin_config), config, topic)  # reachable, or one clear line
+    spec = TopicSpec(name=topic, partitions=partitions)
+    return ensure_topics(admin_config, [spec], timeout_s=CONNECT_TIMEOUT_S)[topic]
 
 
 @dataclass(slots=True)

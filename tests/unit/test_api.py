@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from stream.api import Response, parse_retry_after
+from stream.api import Response, parse_retry_after, refused_field
 from stream.delivery import Backoff
 
 
@@ -49,3 +49,27 @@ def test_backoff_is_jittered_capped_and_respects_retry_after() -> None:
     assert all(0 <= d <= 4.0 for d in delays)
     assert max(delays) > 2.0  # the cap is reached, not just the base
     assert backoff.delay(1, 9.0, rng) == 9.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            b'{"field": "label_id", "message": "Request body is invalid", "status": "error"}',
+            "label_id",
+        ),
+        (b'{"field": "call_records[0].label_id", "message": "m", "status": 400}', "label_id"),
+        (
+            b'{"field": "call_records[3].ends_at", "message": "bad label_id", "status": 400}',
+            "ends_at",
+        ),
+        (b'{"slug": "bad_request", "message": "label_id is unknown"}', None),
+        (b'{"field": null, "message": "label"}', None),
+        (b'{"field": 3}', None),
+        (b"[]", None),
+        (b"label_id refused", None),
+        (b"", None),
+    ],
+)
+def test_a_refusal_is_read_by_its_field_only(body: bytes, field: str | None) -> None:
+    assert refused_field(body) == field

@@ -125,6 +125,18 @@ async def test_a_listed_label_passes_at_once_after_the_first_load() -> None:
     await gate.close()
 
 
+async def test_an_id_the_registry_lists_upper_case_admits_its_records() -> None:
+    # Validation lower-cases a record's label id; the registry's ids must be in the same case.
+    endpoint, outcomes = Endpoint({ACCOUNT: dynamic(KNOWN.upper())}), Outcomes()
+    gate = make_gate(endpoint, outcomes)
+    gate.start([ACCOUNT])
+    await until(lambda: gate.registries().get(ACCOUNT, (0, None))[1] is not None, "the load")
+
+    assert [p.source for p in gate.admit([record(KNOWN, n=1)])] == [1]
+    assert outcomes.refused == []
+    await gate.close()
+
+
 async def test_records_before_the_first_load_wait_for_it_and_pass() -> None:
     endpoint, outcomes = Endpoint({ACCOUNT: dynamic(KNOWN)}), Outcomes()
     gate = make_gate(endpoint, outcomes)

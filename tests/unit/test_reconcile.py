@@ -14,13 +14,16 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
+from stream.consumer import ConsumerThread
 from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.metrics import Counts
+from stream.offsets import Ticket
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
@@ -28,6 +31,7 @@ from stream.sandbox.statuses import parse_failure
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
 from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
+from tests.support.waiting import wait_until_async
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
@@ -506,3 +510,168 @@ async def test_final_records_are_reported_and_pending_ones_written_back() -> Non
     assert writes.letters[-1][1].code == "unknown_status"
     [final] = writes.receipts
     assert [(o.offset, o.code) for o in final.outcomes] == [(9, "unknown_status")]
+
+
+# -- a receipt that fails ------------------------------------------------------------------------
+
+
+class _Reader:
+    """Stands in for the originals reader: reads ``sources``, or raises while ``broken``."""
+
+    def __init__(self, sources: list[_Source]) -> None:
+        self.sources = sources
+        self.broken = False
+
+    async def read(self, positions: Any) -> list[_Source]:
+        if self.broken:
+            raise RuntimeError("the reader broke")
+        wanted = {offset for _, _, offset in positions}
+        return [s for s in self.sources if s.offset() in wanted]
+
+
+@pytest.fixture
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff's waits, recorded instead of slept."""
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr("stream.reconcile.asyncio.sleep", sleep)
+    return waits
+
+
+def _failing(
+    writes: _Writes, failures: int
+) -> tuple[Reconciler, _Reader, list[int], Receipt, Ticket]:
+    """A reconciler whose look at a batch raises ``failures`` times (the status answer cannot be
+    matched), then succeeds; with a receipt of offsets 7 and 8, taken from its receipts topic."""
+    reconciler = _reconciler(writes, [5_000])
+    reader = _Reader([_Source(7, "919800000001"), _Source(8, "919900000002")])
+    reconciler._reader = cast(Any, reader)
+    looks: list[int] = []
+    verdicts = reconciler._verdicts
+
+    async def fetch(receipt: Receipt) -> StatusAnswer:
+        return StatusAnswer(200, BatchStatus(data=[]))
+
+    def failing_verdicts(*args: Any) -> Any:
+        looks.append(len(looks) + 1)
+        if len(looks) <= failures:
+            raise ValueError("a status this code did not foresee")
+        return verdicts(*args)
+
+    reconciler._fetch = fetch  # type: ignore[method-assign]
+    reconciler._verdicts = failing_verdicts  # type: ignore[method-assign,assignment]
+    receipt = Receipt(
+        account=ACCOUNT,
+        records=2,
+        status=200,
+        batch_id=BATCH,
+        sent_at_ms=0,
+        sources=offset_ranges(("intents", 0, o) for o in (7, 8)),
+    )
+    reconciler._tracker.assign([("intents.receipts", 0)])
+    ticket = reconciler._tracker.receive("intents.receipts", 0, 41)
+    assert ticket is not None
+    return reconciler, reader, looks, receipt, ticket
+
+
+async def test_a_look_that_raises_is_retried_with_the_backoff(no_sleep: list[float]) -> None:
+    writes = _Writes()
+    reconciler, _, looks, receipt, ticket = _failing(writes, failures=2)
+
+    await reconciler._reconcile(ticket, receipt)
+
+    assert looks == [1, 2, 3]
+    assert len(no_sleep) == 2  # one backoff wait before each retry
+    assert [r.kind for r in writes.receipts] == ["recheck"]  # not listed yet: pending
+    assert writes.letters == []
+    assert reconciler.finished == 1
+    assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+async def test_a_receipt_that_keeps_failing_is_reported_failed_and_finished(
+    no_sleep: list[float],
+) -> None:
+    writes = _Writes()
+    reconciler, _, looks, receipt, ticket = _failing(writes, failures=1_000)
+
+    await reconciler._reconcile(ticket, receipt)
+
+    assert len(looks) == 5
+    assert len(no_sleep) == 4
+    assert [(o, r.code, r.stage) for o, r in writes.letters] == [
+        (7, "unknown_status", "status"),
+        (8, "unknown_status", "status"),
+    ]
+    [outcome] = writes.receipts
+    assert outcome.kind == "outcome"
+    assert [(o.offset, o.status, o.code) for o in outcome.outcomes] == [
+        (7, "failed", "unknown_status"),
+        (8, "failed", "unknown_status"),
+    ]
+    assert "a status this code did not foresee" in (outcome.outcomes[0].message or "")
+    assert reconciler.counts.reconciled == {("failed", "unknown_status"): 2}
+    assert reconciler.finished == 1
+    assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+async def test_a_receipt_whose_originals_cannot_be_read_still_finishes(
+    no_sleep: list[float],
+) -> None:
+    writes = _Writes()
+    reconciler, reader, _, receipt, ticket = _failing(writes, failures=0)
+    reader.broken = True
+
+    await reconciler._reconcile(ticket, receipt)
+
+    # No dead letter without the original; the outcome names every source offset all the same.
+    assert writes.letters == []
+    [outcome] = writes.receipts
+    assert [(o.offset, o.code) for o in outcome.outcomes] == [
+        (7, "unknown_status"),
+        (8, "unknown_status"),
+    ]
+    assert reconciler.finished == 1
+
+
+async def test_a_receipt_that_cannot_be_reported_is_counted_and_finished(
+    no_sleep: list[float],
+) -> None:
+    class _Unwritable(_Writes):
+        async def send(self, item: Any, rejection: Rejection | None = None) -> None:
+            raise RuntimeError("the producer broke")
+
+    reconciler, _, _, receipt, ticket = _failing(_Unwritable(), failures=1_000)
+
+    await reconciler._reconcile(ticket, receipt)
+
+    assert reconciler.counts.reconciled == {("unreconciled", "error"): 2}
+    assert reconciler.finished == 1
+    assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+async def test_the_reconcilers_consumer_thread_that_failed_is_dead() -> None:
+    reconciler = _reconciler(_Writes(), [0])
+    consumer = ConsumerThread(
+        {"bootstrap.servers": "127.0.0.1:1", "group.id": "g.reconcile"},
+        ["t"],
+        loop=asyncio.get_running_loop(),
+        on_messages=reconciler._on_messages,
+        on_assign=lambda tps: None,
+        on_revoke=reconciler._on_revoke,
+        on_lost=reconciler._on_lost,
+        finished=lambda: 0,
+        max_buffered=10,
+    )
+
+    def failing() -> list[Any]:
+        raise KafkaException(KafkaError(KafkaError._FATAL))
+
+    consumer._poll = failing  # type: ignore[method-assign]
+    reconciler._consumer = consumer
+    assert reconciler.threads() == {"reconcile consumer": True, "originals reader": True}
+    consumer.start()
+    await wait_until_async(consumer.done.done, timeout_s=10, what="the consumer thread to end")
+    assert reconciler.threads() == {"reconcile consumer": False, "originals reader": True}

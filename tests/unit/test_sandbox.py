@@ -567,6 +567,19 @@ async def test_labels_are_learned_at_run_time(
         assert r.status == 400
 
 
+async def test_a_label_registered_upper_case_is_listed_so_and_matches_any_case(
+    start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    sandbox = await start(labels={ACCOUNT: frozenset({LABEL.upper()})})
+    async with session.get(
+        f"{sandbox.url}/clients/{ACCOUNT}/labels", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as r:
+        assert LABEL.upper() in [label["id"] for label in await r.json()]
+    mixed = LABEL[:9] + LABEL[9:].upper()
+    for label_id in (LABEL, LABEL.upper(), mixed):
+        assert (await post(session, sandbox, [v1(clock, label_id=label_id)])).status == 200
+
+
 async def test_stats_accepted_and_reset_over_http(
     start: StartSandbox, session: aiohttp.ClientSession, clock: ManualClock
 ) -> None:

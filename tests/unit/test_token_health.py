@@ -50,7 +50,7 @@ def state(tokens: Tokens) -> State:
 async def readyz(tokens: Tokens) -> tuple[int, str]:
     health = Health(
         last_poll=time.monotonic,
-        consumer_alive=lambda: True,
+        threads=dict,
         ready=lambda: True,
         stall_s=60,
         unready=tokens.unready,

@@ -429,6 +429,14 @@ def test_a_record_is_the_event_normalised() -> None:
     )
 
 
+@pytest.mark.parametrize("label", [LABEL, LABEL.upper(), LABEL[:9] + LABEL[9:].upper()])
+def test_the_label_id_is_lower_case_whatever_its_case(label: str) -> None:
+    # The label registry lists lower-case ids too (docs/events.md): any case of an id matches it.
+    record = validate(event(label_id=label), rules=Rules(), now_ms=NOW)
+    assert isinstance(record, Record)
+    assert record.label_id == LABEL
+
+
 @pytest.mark.parametrize(
     ("changes", "rules", "account"),
     [
