@@ -615,8 +615,11 @@ class TokenPool:
                 await self._sync()
             except Exception:  # a bug must not end the pool: its sends would wait forever
                 _log.exception("account %s: keeping the token pool failed", self.account)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes
+            # as the wake is set (the pool then outlives close(), and a stop waits for it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _CHECK_S)
+                async with asyncio.timeout(_CHECK_S):
+                    await self._wake.wait()
 
     async def _sync(self) -> None:
         try:

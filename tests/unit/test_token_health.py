@@ -180,12 +180,13 @@ async def test_a_403_from_labels_keeps_the_token_and_a_401_mints_once(
         await tokens.close()
 
 
-async def test_an_account_refused_for_the_give_up_time_is_given_up_after_the_give_up_time(
+async def test_an_account_refused_for_the_give_up_time_is_given_up_until_its_file_changes(
     tmp_path: Path,
 ) -> None:
     """No credential in the file covers the account: the clock starts at its first look, the
     account is given up on after ``give_up_s`` (by the injected wall clock), without taking the
-    replica out of service."""
+    replica out of service; a changed file gives it a fresh start, and the pool still closes (a
+    cancel that came as the file's change woke it was once swallowed)."""
     wall = [1_000.0]
     path = tmp_path / "credentials.json"
     path.write_text(json.dumps({"00000000-0000-4000-8000-000000000001": {"tokens": ["t"]}}))
@@ -201,5 +202,10 @@ async def test_an_account_refused_for_the_give_up_time_is_given_up_after_the_giv
     assert tokens.refused() == [A]
     assert tokens.unready() is None  # one refused account does not make the replica unready
     assert pool.report().auth_refused == 1
+
+    path.write_text(json.dumps({A: {"tokens": ["sekrit-a"]}}))
+    assert len(pool.usable()) == 1  # read again at once: the file changed
+    assert pool.refused_since is None
+    assert not pool.given_up()
 
     await tokens.close()
