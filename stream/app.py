@@ -316,6 +316,7 @@ class Pipeline:
             ready=self.assigned.is_set,
             stall_s=self.config.liveness_stall_s,
             unready=self._unready,
+            auth_refused=lambda: self._tokens_source.refused() if self._tokens_source else [],
         )
         self.metrics.watch(
             State(

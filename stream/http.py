@@ -32,6 +32,9 @@ class Health:
     """No poll for this long means the consumer is stuck: liveness fails, Kubernetes restarts us."""
     unready: Callable[[], str | None] = lambda: None
     """Why the process cannot send even though it joined (it holds no usable token), or None."""
+    auth_refused: Callable[[], list[str]] = list
+    """Accounts whose records are dead-lettered as ``auth_refused``: named by ``/readyz``, which
+    stays 200 for them (one customer's revoked key does not take the replica out of service)."""
 
     def not_ready(self) -> str | None:
         """Why ``/readyz`` fails (and ``dcr_ready`` is 0), or None: ready."""
@@ -60,6 +63,8 @@ def http_app(metrics: Metrics, health: Health) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if (why := health.not_ready()) is not None:
             return web.json_response({"status": why}, status=503)
+        if refused := health.auth_refused():
+            return web.json_response({"status": "ready", "auth_refused": refused})
         return web.json_response({"status": "ready"})
 
     app = web.Application()

@@ -16,7 +16,7 @@ from tests.faults.verifier import verify, wait_complete
 from tests.support.events import ACCOUNTS, Event, Ledger, intent, valid
 from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.service import Service, get_text
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,8 @@ def test_a_refused_account_is_dead_lettered_and_the_others_flow(
     report.check()
     assert report.dead_lettered == EVENTS // REFUSED_EVERY
     assert committed_s >= GIVE_UP_S  # given up on only once refused for DCR_AUTH_GIVE_UP_S
+    ready = json.loads(get_text(service.http_port(), "/readyz"))
+    assert ready == {"status": "ready", "auth_refused": [REFUSED]}
     metrics = service.metrics()
     assert metrics[f'dcr_account_auth_refused{{account="{REFUSED}"}}'] == 1
     assert metrics['dcr_records_dead_lettered_total{code="auth_refused",stage="api"}'] == (
