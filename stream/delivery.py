@@ -337,13 +337,9 @@ class Delivery(Generic[S]):
 
     def _expire_items(self, batch: Batch[S], now_ms: int) -> bool:
         """Dead-letter ``batch``'s expired records; whether any record is left in it."""
-        live = []
-        for item in batch.items:
-            rejection = check_expiry(item.record.ends_at, now_ms, "expired")
-            if rejection is None:
-                live.append(item)
-            else:
-                self._spawn(self._outcomes.dead_letter(item, rejection, None, None))
+        live, expired = _split_expired(batch.items, now_ms)
+        for item, rejection in expired:
+            self._spawn(self._outcomes.dead_letter(item, rejection, None, None))
         batch.items = live
         if not live and batch.probe is not None:
             batch.probe.set_result(None)
@@ -431,13 +427,9 @@ class Delivery(Generic[S]):
         now_ms = self._wall_ms()
         if min((item.record.ends_at for item in batch.items), default=now_ms) >= now_ms:
             return batch.items  # none expired: one pass, no call per record
-        live = []
-        for item in batch.items:
-            rejection = check_expiry(item.record.ends_at, now_ms, "expired")
-            if rejection is None:
-                live.append(item)
-            else:
-                await self._outcomes.dead_letter(item, rejection, None, None)
+        live, expired = _split_expired(batch.items, now_ms)
+        for item, rejection in expired:
+            await self._outcomes.dead_letter(item, rejection, None, None)
         return live
 
     async def _reject(self, lane: Lane[S], batch: Batch[S], response: Response) -> None:
@@ -619,6 +611,20 @@ class Delivery(Generic[S]):
             delay,
         )
         self._spawn(self._later(delay, functools.partial(lane.put, urgent, front=True)))
+
+
+def _split_expired(
+    items: list[Pending[S]], now_ms: int
+) -> tuple[list[Pending[S]], list[tuple[Pending[S], Rejection]]]:
+    """``items`` whose window is still open, and the others with why they are dead-lettered."""
+    live, expired = [], []
+    for item in items:
+        rejection = check_expiry(item.record.ends_at, now_ms, "expired")
+        if rejection is None:
+            live.append(item)
+        else:
+            expired.append((item, rejection))
+    return live, expired
 
 
 async def _first_free(
