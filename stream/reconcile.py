@@ -658,16 +658,7 @@ class Reconciler:
                 )
                 for topic, partition, offset in positions
             ]
-            await self._write(
-                msgspec.structs.replace(
-                    receipt,
-                    kind="outcome",
-                    records=len(outcomes),
-                    outcomes=outcomes,
-                    check_at_ms=0,
-                    attempt=0,
-                )
-            )
+            await self._write(_outcome(receipt, outcomes, receipt.sources))
         except Exception:
             _log.exception("reconcile: batch %s cannot be reported either", receipt.batch_id)
             self.counts.bump(self.counts.reconciled, ("unreconciled", "error"), receipt.records)
@@ -750,17 +741,7 @@ class Reconciler:
                 )
                 for m, v, i in final
             ]
-            await self._write(
-                msgspec.structs.replace(
-                    receipt,
-                    kind="outcome",
-                    records=len(outcomes),
-                    sources=_sources(m for m, _, _ in final),
-                    outcomes=outcomes,
-                    check_at_ms=0,
-                    attempt=0,
-                )
-            )
+            await self._write(_outcome(receipt, outcomes, _sources(m for m, _, _ in final)))
             for _, verdict, _ in final:
                 key = (verdict.status, verdict.code or "")
                 self.counts.bump(self.counts.reconciled, key)
@@ -814,6 +795,20 @@ class Reconciler:
         if now - self._dlq_logged_at >= 5.0:
             self._dlq_logged_at = now
             _log.error("reconcile: %s; retry %d", exc, attempt)
+
+
+def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:
+    """The ``outcome`` receipt that reports ``outcomes`` of ``receipt``'s batch
+    (docs/operations.md#receipts)."""
+    return msgspec.structs.replace(
+        receipt,
+        kind="outcome",
+        records=len(outcomes),
+        sources=sources,
+        outcomes=outcomes,
+        check_at_ms=0,
+        attempt=0,
+    )
 
 
 def _sources(messages: Iterable[Message]) -> dict[str, list[Range]]:
