@@ -206,7 +206,12 @@ async def test_an_expired_minted_token_is_reminted_for_the_lane(
         stats = sandbox.stats().totals
     assert sorted(recorder.sources) == [1, 2]
     assert stats.tokens == {"200": 2}
-    assert stats.realtime_requests == {"200": 2, "401": 1}
+    # The expired token is refused once (401) and replaced; or, when the second record comes
+    # within the first token's real-time gap (8 ms, a loaded machine), the lane asks for one more
+    # token first and never sends on the expired one. Either way: two mints, no record lost.
+    assert stats.realtime_requests["200"] == 2
+    assert stats.realtime_requests.get("401", 0) <= 1
+    assert set(stats.realtime_requests) <= {"200", "401"}
 
 
 @pytest.mark.parametrize("high", [True, False])
