@@ -34,7 +34,6 @@ from typing import Any
 from confluent_kafka import Message
 
 from bench.harness import ACCOUNT
-from stream.api import Response
 from stream.app import Pipeline, Source
 from stream.batching import Batch
 from stream.config import load
@@ -42,6 +41,7 @@ from stream.delivery import Delivery
 from stream.events import encode_batch
 from stream.labels import LabelGate
 from stream.validation import validate_all
+from stream.wire import Response
 from tests.support.events import LABEL, events
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stages.json"
@@ -123,8 +123,8 @@ def _pipeline(clock: _Clock) -> Pipeline:
         }
     )
     pipeline = Pipeline(config)
-    delivery = _Sent(client=None, outcomes=pipeline, version=config.api_version,  # type: ignore[arg-type]
-                     linger_s=3600, rate_limit_rps=None)  # fmt: skip
+    delivery = _Sent(client=None, tokens=None, outcomes=pipeline,  # type: ignore[arg-type]
+                     version=config.api_version, linger_s=3600, rate_limit_rps=None)  # fmt: skip
     delivery.clock = clock
     clock.ns.update(send=0, delivered=0)
     pipeline._delivery = delivery

@@ -1,72 +1,37 @@
-"""The Dynamic Call Records API over HTTP (docs/api.md): paths, headers, statuses, ``Retry-After``.
+"""The Dynamic Call Records API over HTTP (docs/api.md): paths, headers, bodies, statuses.
 
-One ``aiohttp.ClientSession`` per process, made inside the running loop by :func:`make_session`,
-with explicit timeouts and TLS verification on (an optional CA bundle for private CAs). A request
-never raises for an HTTP status or a transport failure: both come back as a :class:`Response` whose
-:attr:`Response.kind` tells the delivery engine what to do.
+One ``aiohttp.ClientSession`` per process (``stream.wire.make_session``), with explicit timeouts and
+TLS verification on (an optional CA bundle for private CAs). A request never raises for an HTTP
+status or a transport failure: both come back as a ``stream.wire.Response``. The client asks for
+tokens through ``TokenSource`` (``stream.tokens.Tokens`` is one), and tells it what the API said of
+them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import ssl
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
 
 from stream.errors import AuthError
-from stream.tokens import Tokens
+from stream.wire import Response, parse_retry_after
 
 __all__ = [
     "ApiClient",
     "BatchStatus",
     "Label",
     "RecordStatus",
-    "Response",
     "StatusAnswer",
-    "make_session",
+    "TokenSource",
     "parse_batch_id",
-    "parse_retry_after",
     "refused_field",
 ]
 
-Kind = Literal["ok", "auth", "reject", "retry"]
-
 _ACCEPT = "application/vnd.api+json; version=1.0"
-_REJECT = frozenset({400, 413, 422})
-_RETRY = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """What one request came to. ``status`` is 0 when no HTTP answer arrived (see ``error``)."""
-
-    status: int
-    body: bytes = b""
-    retry_after_s: float | None = None
-    batch_id: str | None = None
-    error: str | None = None
-
-    @property
-    def kind(self) -> Kind:
-        """``ok`` (2xx), ``auth`` (401/403), ``reject`` (400/413/422: bisect) or ``retry``.
-
-        Everything else is retried: 429, 408, 425, 5xx and transport failures
-        (docs/design.md#retry), and also other 4xx (404, 405, …), which mean a misconfiguration
-        rather than a bad record, so dead-lettering would turn an operator's typo into data loss.
-        """
-        if 200 <= self.status < 300:
-            return "ok"
-        if self.status in (401, 403):
-            return "auth"
-        if self.status in _REJECT:
-            return "reject"
-        return "retry"
 
 
 class _BatchId(msgspec.Struct):
@@ -166,30 +131,21 @@ class Label(msgspec.Struct, frozen=True):
 _labels = msgspec.json.Decoder(list[Label])
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+class TokenSource(Protocol):
+    """Where the client gets a token for an account, and says what the API answered of it."""
 
+    async def get(self, account: str) -> str:
+        """Any usable token of the account; ``AuthError`` if it has none."""
+        ...
 
-def make_session(
-    *, timeout_s: float, connect_timeout_s: float = 10.0, ca_bundle: str | None = None
-) -> aiohttp.ClientSession:
-    """The process's one session; call it inside the running loop."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s),
-        connector=aiohttp.TCPConnector(ssl=context, limit=256),
-        raise_for_status=False,
-    )
+    def invalidate(self, account: str, token: str) -> None:
+        """A 401: the token is dead."""
+        ...
+
+    def forbidden(self, account: str, endpoint: str) -> None:
+        """A 403 from a read endpoint (``labels``, ``status``): about what was asked; the token
+        is kept."""
+        ...
 
 
 class ApiClient:
@@ -201,7 +157,7 @@ class ApiClient:
         *,
         base_url: str,
         version: Literal["v1", "v2"],
-        tokens: Tokens,
+        tokens: TokenSource,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")

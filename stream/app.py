@@ -26,10 +26,17 @@ from aiohttp import web
 from confluent_kafka import Message
 from msgspec import Struct
 
-from stream.api import ApiClient, Response, make_session, refused_field
+from stream.api import ApiClient, refused_field
 from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
+from stream.credentials import (
+    CredentialsFile,
+    CredentialSource,
+    KeyPair,
+    StaticTokens,
+    TokenFileSource,
+)
 from stream.delivery import Backoff, Delivery, api_rejection
 from stream.dlq import DeadLetter, DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
@@ -38,20 +45,14 @@ from stream.http import Health, http_app
 from stream.labels import LabelGate, Probe
 from stream.leases import KafkaLeases, Leases
 from stream.metrics import Metrics, State
+from stream.minting import Minter
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler
-from stream.tokens import (
-    CredentialsFile,
-    CredentialSource,
-    KeyPair,
-    Minter,
-    Secret,
-    StaticTokens,
-    TokenFileSource,
-    Tokens,
-)
+from stream.secrets import Secret
+from stream.tokens import Tokens
 from stream.validation import Rejection, Rules, validate_all
+from stream.wire import Response, make_session
 
 __all__ = ["Pipeline", "make_source", "make_tokens"]
 
@@ -215,6 +216,7 @@ class Pipeline:
         )
         self._delivery = Delivery(
             client=client,
+            tokens=self._tokens_source,
             outcomes=self,
             version=config.api_version,
             max_records=config.batch_max_records,
@@ -247,6 +249,7 @@ class Pipeline:
                 topic=config.receipts_topic,
                 group_id=f"{config.kafka_group_id}.reconcile",
                 client=client,
+                tokens=self._tokens_source,
                 receipts=self._receipts,
                 dlq=self._dlq,
                 delay_s=config.status_delay_s,

@@ -17,7 +17,7 @@ from msgspec import Struct
 from stream.events import Record
 
 if TYPE_CHECKING:
-    from stream.api import Response
+    from stream.wire import Response
 
 __all__ = ["Batch", "Batcher", "Pending", "Urgent", "record_size"]
 

@@ -19,7 +19,7 @@ import msgspec
 
 from stream.errors import ConfigError
 from stream.events import UUID_PATTERN
-from stream.tokens import Secret
+from stream.secrets import Secret
 
 __all__ = [
     "SETTINGS",

@@ -6,7 +6,7 @@ send time, or refused on its own by the API). Transient failures never leave: th
 with capped, fully jittered exponential backoff for as long as it takes (docs/design.md#retry);
 the caller applies backpressure meanwhile.
 
-Per account there is one ``stream.quota.Lane`` and one dispatcher task that takes a slot on the
+Per account there is one ``stream.lanes.Lane`` and one dispatcher task that takes a slot on the
 token of the account's pool (``stream.tokens``) whose next slot comes first, and only then picks
 the batch, so a high-priority batch that arrives while normal ones wait gets the very next slot
 (docs/design.md#quota). Retries and bisected halves go back to the front of their queue and take
@@ -15,7 +15,7 @@ the front at once, for the next token.
 
 **Urgent records** (high priority, or ``starts_at`` less than ``urgent_within_s`` ahead) skip
 batching when the real-time lane is on (docs/design.md#real-time): each goes alone to the
-single-record endpoint, through the account's ``stream.quota.RealtimeLane`` (a per-token pace of
+single-record endpoint, through the account's ``stream.lanes.RealtimeLane`` (a per-token pace of
 its own), with the same retries, token refreshes, expiry check and dead letters as a batch. When
 that lane is full they join the account's high-priority batch, which, like every high-priority
 batch, does not linger: it leaves with the next free slot.
@@ -36,13 +36,15 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
-from stream.api import ApiClient, Response
+from stream.api import ApiClient
 from stream.batching import Batch, Batcher, Pending, Urgent
 from stream.events import encode_batch, encode_record
+from stream.lanes import Lane, RealtimeLane
 from stream.metrics import Metrics, status_class
-from stream.quota import Lane, Pace, RealtimeLane
-from stream.tokens import Held, TokenPool
+from stream.pacing import Pace
+from stream.tokens import Held, TokenPool, Tokens
 from stream.validation import Rejection, check_expiry
+from stream.wire import Response
 
 __all__ = ["AUTH_REFUSED", "Backoff", "Delivery", "Outcomes", "api_rejection"]
 
@@ -103,6 +105,7 @@ class Delivery(Generic[S]):
         self,
         *,
         client: ApiClient,
+        tokens: Tokens,
         outcomes: Outcomes[S],
         version: Literal["v1", "v2"],
         max_records: int = 500,
@@ -120,6 +123,7 @@ class Delivery(Generic[S]):
         (``DCR_REALTIME_REQUESTS_PER_SECOND``); None turns the real-time lane off
         (``DCR_REALTIME=off``) and every record is batched."""
         self._client = client
+        self._tokens = tokens
         self._outcomes = outcomes
         self._version = version
         self._batcher: Batcher[S] = Batcher(
@@ -218,7 +222,7 @@ class Delivery(Generic[S]):
         now = asyncio.get_running_loop().time()
         rates = {}
         for account, lane in self._lanes.items():
-            held = self._client.tokens.pool(account).held.values()
+            held = self._tokens.pool(account).held.values()
             paced = [h.pace.slots for h in held if h.pace.blocked_until <= now]
             tokens_rps = sum(s.n / s.window_s for s in paced if s is not None)
             if any(s is None for s in paced):
@@ -276,7 +280,7 @@ class Delivery(Generic[S]):
         return lane
 
     async def _run_lane(self, account: str, lane: Lane[S]) -> None:
-        pool = self._client.tokens.pool(account)
+        pool = self._tokens.pool(account)
         holds = self._batcher.holds
         while True:
             while not (lane.high or lane.normal or holds(account, True)):
@@ -493,7 +497,7 @@ class Delivery(Generic[S]):
         if lane is None:
             assert self._realtime_rps is not None
             lane = self._realtime[account] = RealtimeLane(self._realtime_rps)
-            lane.size(sum(h.share for h in self._client.tokens.pool(account).held.values()))
+            lane.size(sum(h.share for h in self._tokens.pool(account).held.values()))
             loop = asyncio.get_running_loop()
             lane.task = loop.create_task(self._run_realtime(account, lane))
         return lane
@@ -501,7 +505,7 @@ class Delivery(Generic[S]):
     async def _run_realtime(self, account: str, lane: RealtimeLane[S]) -> None:
         """One record per request, each as soon as a token's real-time pace allows: never
         waiting for a batch, and as many in flight as the pace lets go."""
-        pool = self._client.tokens.pool(account)
+        pool = self._tokens.pool(account)
         while True:
             while not lane.queue:
                 lane.ready.clear()

@@ -44,9 +44,10 @@ from stream.dlq import DeadLetterProducer
 from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
-from stream.quota import Slots
+from stream.pacing import Slots
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
-from stream.tokens import Secret, Tokens
+from stream.secrets import Secret
+from stream.tokens import Tokens
 from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection
 
@@ -392,6 +393,7 @@ class Reconciler:
         topic: str,
         group_id: str,
         client: ApiClient,
+        tokens: Tokens,
         receipts: Receipts,
         dlq: DeadLetterProducer,
         delay_s: float,
@@ -419,7 +421,7 @@ class Reconciler:
         self._dlq = dlq
         self._delay_ms = int(delay_s * 1000)
         self._give_up_ms = int(give_up_s * 1000)
-        self._budget = StatusBudget(client.tokens, requests_per_minute)
+        self._budget = StatusBudget(tokens, requests_per_minute)
         self._backoff = backoff
         self.counts = counts
         self._loop = loop

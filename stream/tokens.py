@@ -1,87 +1,63 @@
-"""API tokens (docs/api.md, docs/design.md#auth): their sources, and each account's pool of them.
+"""Each account's pool of API tokens in this process (docs/design.md#auth).
 
-**Credentials** (``CredentialSource``), one kind per process:
-
-- static tokens (``DCR_API_TOKEN``, comma-separated), the same for every account;
-- a token file (``DCR_API_TOKEN_FILE``, one token per line), re-read when it changes;
-- a key pair (``DCR_API_KEY_ID`` + ``DCR_API_KEY``) to mint tokens with, for every account;
-- a credentials file (``DCR_API_CREDENTIALS_FILE``, JSON or TOML): per account a key pair or a list
-  of tokens, re-read when it changes.
-
-**Pools.** Each account has a ``TokenPool`` of slots (``stream.leases``: which this process holds).
-A held slot gives a token to send on (``Held``), paced on its own (``stream.quota.Pace``). With
-static tokens slot ``i`` is token ``i`` (or a share of a token, when there are fewer tokens than
-slots). With a key pair the slot's holder mints its token, as demand asks for more tokens, and
-refreshes it ``REFRESH_MARGIN_S`` before it expires. Mints are budgeted per slot: a pool of ``n``
-slots lets each mint ``MAX_MINTS // n`` times in any ``MINT_WINDOW_S``, so the account never
-exceeds the API's 10 per 30 minutes, however many replicas hold its slots and however often they
-restart. A mint is written to the slot's record (``SlotRecord``) before it is asked for, and the
-token after, sealed with a key derived from the account's API key, so the next holder reuses it.
-
-Tokens and keys are held in ``Secret``, whose repr never shows them.
+Each account has a ``TokenPool`` of slots (``stream.leases``: which this process holds). A held slot
+gives a token to send on (``Held``), paced on its own (``stream.pacing.Pace``). The tokens come from
+the process's ``stream.credentials.CredentialSource``. With static tokens slot ``i`` is token ``i``
+(or a share of a token, when there are fewer tokens than slots). With a key pair the slot's holder
+mints its token (``stream.minting``), as demand asks for more tokens, and refreshes it
+``REFRESH_MARGIN_S`` before it expires. Mints are budgeted per slot: a pool of ``n`` slots lets each
+mint ``MAX_MINTS // n`` times in any ``MINT_WINDOW_S``, so the account never exceeds the API's 10
+per 30 minutes, however many replicas hold its slots and however often they restart. A mint is
+written to the slot's record (``stream.minting.SlotRecord``) before it is asked for, and the token
+after, sealed, so the next holder reuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import math
-import os
 import random
 import time
-import tomllib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from stream.credentials import CredentialSource, KeyPair, StaticTokens, TokenFileSource
 from stream.errors import AuthError
 from stream.leases import Leases, LocalLeases
-from stream.quota import Pace, Slots
+from stream.minting import (
+    MAX_MINTS,
+    MINT_WINDOW_S,
+    TOKEN_LIFETIME_S,
+    Minter,
+    SlotRecord,
+    decode,
+    encode,
+    refresh_after,
+    seal,
+    unseal,
+)
+from stream.pacing import Pace, Slots
+from stream.secrets import Secret
 
 __all__ = [
-    "CredentialSource",
-    "Credentials",
-    "CredentialsFile",
     "Held",
-    "KeyPair",
     "MintedTokens",
-    "Minter",
     "PoolReport",
-    "Secret",
-    "SlotRecord",
     "StaticToken",
-    "StaticTokens",
     "TokenFile",
-    "TokenFileSource",
     "TokenPool",
-    "TokenSource",
     "Tokens",
-    "live_token",
 ]
 
 _log = logging.getLogger("stream.tokens")
-
-TOKEN_LIFETIME_S = 3600.0
-"""The API's documented token lifetime (60 minutes)."""
-
-REFRESH_MARGIN_S = 600.0
-"""Mint a new token this long before the old one expires, so no request races the expiry."""
-
-MAX_MINTS = 10
-MINT_WINDOW_S = 1800.0
-"""The API allows at most 10 mints per 30 minutes (per account)."""
 
 _MINT_MARGIN_S = 10.0
 """A slot's mint budget counts a 30-minute window this much longer, for the API's clock."""
@@ -104,310 +80,6 @@ _SLOTS_WAIT_S = 30.0
 no token. At start-up the slots are read in within a second or two of the first record, and a
 registry read that failed in that moment would leave the account's labels unconfirmed (probed one
 record at a time) until the next refresh, minutes later (docs/design.md#labels)."""
-
-
-class Secret:
-    """A string that never shows itself in logs, reprs or exception text."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-# -- credentials --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """An account's credentials: tokens to use as they are, or a key pair to mint with."""
-
-    tokens: tuple[Secret, ...] = ()
-    key_id: str | None = None
-    api_key: Secret | None = None
-
-
-class CredentialSource(Protocol):
-    def credentials(self, account: str) -> Credentials:
-        """The account's credentials now; ``AuthError`` if there are none."""
-        ...
-
-    def reload(self) -> None:
-        """Read again at the next call (a token was refused: it may have been rotated)."""
-        ...
-
-    def changed(self) -> bool:
-        """Whether the credentials may have changed since last read (one ``stat``: asked before
-        every request, so a rotated token is used from the next request on)."""
-        ...
-
-
-class StaticTokens:
-    """``DCR_API_TOKEN``: tokens for every account; nothing to reload."""
-
-    def __init__(self, tokens: Sequence[Secret]) -> None:
-        self._credentials = Credentials(tokens=tuple(tokens))
-
-    def __repr__(self) -> str:
-        return f"StaticTokens({len(self._credentials.tokens)} tokens)"
-
-    def credentials(self, account: str) -> Credentials:
-        return self._credentials
-
-    def reload(self) -> None:
-        """Nothing to reload."""
-
-    def changed(self) -> bool:
-        return False
-
-
-class KeyPair:
-    """``DCR_API_KEY_ID`` + ``DCR_API_KEY``: one key pair, for every account."""
-
-    def __init__(self, key_id: str, api_key: Secret) -> None:
-        self._credentials = Credentials(key_id=key_id, api_key=api_key)
-
-    def __repr__(self) -> str:
-        return f"KeyPair(key_id={self._credentials.key_id!r})"
-
-    def credentials(self, account: str) -> Credentials:
-        return self._credentials
-
-    def reload(self) -> None:
-        """Nothing to reload."""
-
-    def changed(self) -> bool:
-        return False
-
-
-class _WatchedFile:
-    """A file read again whenever its identity, modification time or size changes. Kubernetes
-    rotates a mounted secret by swapping a symlink, so the inode is compared, not only the time."""
-
-    def __init__(self, path: str, parse: Callable[[str], Any]) -> None:
-        self.path = path
-        self._parse = parse
-        self._seen: tuple[int, int, int] | None = None
-        self._value: Any = None
-
-    def read(self, account: str) -> Any:
-        try:
-            info = os.stat(self.path)
-            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-            if stamp != self._seen:
-                # A few bytes, read only when the file changed: not worth a thread hop.
-                with open(self.path, encoding="utf-8") as f:
-                    self._value = self._parse(f.read())
-                self._seen = stamp
-        except OSError as exc:
-            raise AuthError(account, f"cannot read {self.path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise AuthError(account, f"{self.path}: {exc}") from None
-        return self._value
-
-    def forget(self) -> None:
-        self._seen = None
-
-    def changed(self) -> bool:
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return True
-        return (info.st_ino, info.st_mtime_ns, info.st_size) != self._seen
-
-
-def _token_lines(text: str) -> tuple[Secret, ...]:
-    return tuple(Secret(line.strip()) for line in text.splitlines() if line.strip())
-
-
-class TokenFileSource:
-    """``DCR_API_TOKEN_FILE``: one token per line, for every account, re-read when it changes."""
-
-    def __init__(self, path: str) -> None:
-        self._file = _WatchedFile(path, _token_lines)
-
-    def __repr__(self) -> str:
-        return f"TokenFileSource({self._file.path!r})"
-
-    def credentials(self, account: str) -> Credentials:
-        tokens = self._file.read(account)
-        if not tokens:
-            raise AuthError(account, f"the token file {self._file.path} is empty")
-        return Credentials(tokens=tokens)
-
-    def reload(self) -> None:
-        self._file.forget()
-
-    def changed(self) -> bool:
-        return self._file.changed()
-
-
-def parse_credentials(text: str) -> dict[str, Credentials]:
-    """A credentials file: JSON or TOML, account → ``{key_id, api_key}`` or ``{tokens: [...]}``.
-
-    Errors name the account and the field, never a value (they may be secrets).
-    """
-    try:
-        data = json.loads(text)
-    except ValueError:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"neither JSON nor TOML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError("must map account ids to credentials")
-    accounts: dict[str, Credentials] = {}
-    for account, entry in data.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"{account}: must be {{key_id, api_key}} or {{tokens}}")
-        tokens = entry.get("tokens")
-        key_id, api_key = entry.get("key_id"), entry.get("api_key")
-        if tokens is not None and (key_id is not None or api_key is not None):
-            raise ValueError(f"{account}: either tokens or key_id + api_key, not both")
-        if tokens is not None:
-            if not isinstance(tokens, list) or not tokens:
-                raise ValueError(f"{account}: tokens must be a list of at least one token")
-            if not all(isinstance(t, str) and t.strip() for t in tokens):
-                raise ValueError(f"{account}: every token must be a non-empty string")
-            accounts[account.lower()] = Credentials(tokens=tuple(Secret(t.strip()) for t in tokens))
-        elif isinstance(key_id, str) and key_id and isinstance(api_key, str) and api_key:
-            accounts[account.lower()] = Credentials(key_id=key_id, api_key=Secret(api_key))
-        else:
-            raise ValueError(f"{account}: key_id and api_key must both be non-empty strings")
-    return accounts
-
-
-class CredentialsFile:
-    """``DCR_API_CREDENTIALS_FILE``: per account a key pair or tokens, re-read when it changes."""
-
-    def __init__(self, path: str) -> None:
-        self._file = _WatchedFile(path, parse_credentials)
-
-    def __repr__(self) -> str:
-        return f"CredentialsFile({self._file.path!r})"
-
-    def credentials(self, account: str) -> Credentials:
-        accounts: dict[str, Credentials] = self._file.read(account)
-        found = accounts.get(account)
-        if found is None:
-            raise AuthError(
-                account, f"no credentials for this account in {self._file.path}", refused=True
-            )
-        return found
-
-    def reload(self) -> None:
-        self._file.forget()
-
-    def changed(self) -> bool:
-        return self._file.changed()
-
-
-# -- minting ------------------------------------------------------------------------------------
-
-
-class Minter:
-    """``POST {base}/clients/{id}/token`` (docs/api.md#tokens)."""
-
-    def __init__(self, session: aiohttp.ClientSession, *, base_url: str) -> None:
-        self._session = session
-        self._base_url = base_url.rstrip("/")
-
-    def __repr__(self) -> str:
-        return f"Minter(base_url={self._base_url!r})"
-
-    async def mint(self, account: str, key_id: str, api_key: Secret) -> str:
-        """A new token; ``AuthError`` (with the status and ``Retry-After``) if none was had."""
-        from stream.api import parse_retry_after  # stream.api imports this module
-
-        url = f"{self._base_url}/clients/{account}/token"
-        body = {"key_id": key_id, "api_key": api_key.reveal()}
-        try:
-            async with self._session.post(
-                url, json=body, headers={"X-Public-Access": "allow"}
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError as exc:
-            reason = f"token endpoint unreachable: {type(exc).__name__}"
-            raise AuthError(account, reason, reached=False) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthError(account, f"token endpoint failed: {type(exc).__name__}") from None
-        if status // 100 != 2:
-            raise AuthError(
-                account,
-                f"token endpoint answered {status}",
-                status=status,
-                retry_after_s=retry_after,
-            )
-        try:
-            token = json.loads(payload)["token"]
-        except (ValueError, KeyError, TypeError):
-            raise AuthError(account, "token endpoint answered without a token") from None
-        if not isinstance(token, str) or not token:
-            raise AuthError(account, "token endpoint answered without a token")
-        return token
-
-
-class SlotRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a slot remembers (``stream.leases``), written before and after each mint."""
-
-    mints: list[float] = []
-    """Wall times (epoch s) of the mints that may have happened within the budget's window: a mint
-    is written here *before* it is asked for, so a crash cannot hide it."""
-    token: str | None = None
-    """The slot's token, sealed (``_seal``)."""
-    minted_at: float | None = None
-    """Wall time the sealed token was minted."""
-    released_at: float | None = None
-    """Set by a holder that let the slot go (a rebalance, a stop): it sent nothing on the token
-    since, and ``sent`` is its history. Cleared by the next holder before it sends."""
-    sent: list[float] = []
-    """Wall times of the requests the last holder sent on the token within its last minute."""
-
-
-_records = msgspec.json.Decoder(SlotRecord)
-
-
-def _key(account: str, api_key: Secret) -> AESGCM:
-    derived = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=b"dcr-stream token slots",
-        info=account.encode(),
-    ).derive(api_key.reveal().encode())
-    return AESGCM(derived)
-
-
-def _seal(account: str, slot: int, api_key: Secret, token: str) -> str:
-    """AES-GCM with a key derived (HKDF) from the account's API key, bound to the account and slot:
-    only a holder of the same key can read it, and a record moved elsewhere does not open."""
-    nonce = os.urandom(12)
-    sealed = _key(account, api_key).encrypt(nonce, token.encode(), f"{account}/{slot}".encode())
-    return base64.b64encode(nonce + sealed).decode()
-
-
-def _unseal(account: str, slot: int, api_key: Secret, sealed: str) -> str | None:
-    try:
-        raw = base64.b64decode(sealed)
-        opened = _key(account, api_key).decrypt(raw[:12], raw[12:], f"{account}/{slot}".encode())
-    except (ValueError, InvalidTag):
-        return None  # another key (rotated), or not ours: mint instead
-    return opened.decode()
 
 
 # -- pools --------------------------------------------------------------------------------------
@@ -688,9 +360,9 @@ class TokenPool:
                     del self.held[p]
             elif p not in self._refused:
                 record = self._record(p)
-                alive = record.minted_at is not None and now < record.minted_at + _refresh_after()
+                alive = record.minted_at is not None and now < record.minted_at + refresh_after()
                 if record.token is not None and alive:
-                    token = _unseal(account, p, api_key, record.token)
+                    token = unseal(account, p, api_key, record.token)
                     if token is not None:
                         pace = await self._taken_over(p, record)
                         if pace is not None:
@@ -698,7 +370,7 @@ class TokenPool:
         due = [
             p
             for p, h in self.held.items()
-            if h.minted_at is not None and now >= h.minted_at + _refresh_after()
+            if h.minted_at is not None and now >= h.minted_at + refresh_after()
         ]
         empty = [p for p in mintable if p not in self.held] if self._asked else []
         minted_any = False
@@ -737,7 +409,7 @@ class TokenPool:
         # next holder's record is its own (docs/design.md#scaling).
         generation = self._leases.generation(p)
         kept = SlotRecord(mints=recent, token=record.token, minted_at=record.minted_at)
-        if not await self._leases.store(account, p, _encode(SlotRecord(
+        if not await self._leases.store(account, p, encode(SlotRecord(
             mints=[*recent, now], token=record.token, minted_at=record.minted_at
         )), generation=generation):  # fmt: skip
             return False
@@ -746,7 +418,7 @@ class TokenPool:
         except AuthError as exc:
             if exc.status is not None or not exc.reached:
                 # it cannot have minted
-                await self._leases.store(account, p, _encode(kept), generation=generation)
+                await self._leases.store(account, p, encode(kept), generation=generation)
             if exc.status is not None:
                 self.mints_refused += 1
                 self.mints_throttled += exc.status == 429
@@ -765,8 +437,8 @@ class TokenPool:
             return False
         self.mints += 1
         self.failing, self._failures = None, 0
-        if not await self._leases.store(account, p, _encode(SlotRecord(
-            mints=[*recent, now], token=_seal(account, p, api_key, token), minted_at=now
+        if not await self._leases.store(account, p, encode(SlotRecord(
+            mints=[*recent, now], token=seal(account, p, api_key, token), minted_at=now
         )), generation=generation):  # fmt: skip
             _log.info("account %s: token slot %d moved on while minting; token dropped", account, p)
             return False
@@ -787,7 +459,7 @@ class TokenPool:
             return self._pace(None, 1.0)
         taken = SlotRecord(mints=record.mints, token=record.token, minted_at=record.minted_at)
         generation = self._leases.generation(p)
-        if not await self._leases.store(self.account, p, _encode(taken), generation=generation):
+        if not await self._leases.store(self.account, p, encode(taken), generation=generation):
             return None
         loop_now, wall_now = asyncio.get_running_loop().time(), self._wall()
         history = deque(loop_now - (wall_now - t) for t in sorted(record.sent))
@@ -811,7 +483,7 @@ class TokenPool:
                 released_at=wall_now,
                 sent=sent,
             )
-            out.append((p, _encode(released)))
+            out.append((p, encode(released)))
         return out
 
     def _record(self, p: int) -> SlotRecord:
@@ -819,7 +491,7 @@ class TokenPool:
         if raw is None:
             return SlotRecord()
         try:
-            return _records.decode(raw)
+            return decode(raw)
         except msgspec.DecodeError:
             return SlotRecord()
 
@@ -847,16 +519,9 @@ class TokenPool:
             _log.warning("account %s has no token to send on: %s", self.account, self.waiting)
 
 
-class TokenSource(Protocol):
-    """What the labels registry needs: a token, and where to report a refused one."""
-
-    async def get(self, account: str) -> str: ...
-
-    def invalidate(self, account: str, token: str) -> None: ...
-
-
 class Tokens:
-    """Every account's ``TokenPool`` in this process; also a ``TokenSource``."""
+    """Every account's ``TokenPool`` in this process; also the API client's
+    ``stream.api.TokenSource``."""
 
     def __init__(
         self,
@@ -1013,35 +678,6 @@ class MintedTokens(Tokens):
     ) -> None:
         minter = Minter(session, base_url=base_url)
         super().__init__(KeyPair(key_id, api_key), minter=minter, **options)
-
-
-def live_token(
-    account: str, api_key: Secret, records: Mapping[tuple[str, int], bytes], wall_s: float
-) -> str | None:
-    """A token the service's slots hold for ``account`` and that has its refresh margin left, if
-    any: a tool reads it rather than spend a mint (docs/design.md#auth)."""
-    for (owner, slot), raw in sorted(records.items()):
-        if owner != account:
-            continue
-        try:
-            record = _records.decode(raw)
-        except msgspec.DecodeError:
-            continue
-        if record.token is None or record.minted_at is None:
-            continue
-        if wall_s < record.minted_at + _refresh_after():
-            token = _unseal(account, slot, api_key, record.token)
-            if token is not None:
-                return token
-    return None
-
-
-def _refresh_after() -> float:
-    return TOKEN_LIFETIME_S - REFRESH_MARGIN_S
-
-
-def _encode(record: SlotRecord) -> bytes:
-    return msgspec.json.encode(record)
 
 
 def _iso(wall_s: float) -> str:

@@ -24,14 +24,15 @@ from collections import Counter
 
 import msgspec
 
-from stream.api import ApiClient, make_session
+from stream.api import ApiClient
 from stream.app import make_source, make_tokens
 from stream.config import load, parse_uuid
 from stream.errors import ConfigError
 from stream.leases import read_slots
+from stream.minting import live_token
 from stream.reconcile import classify
-from stream.tokens import live_token
 from stream.tools.args import arg_type
+from stream.wire import make_session
 
 __all__ = ["add_parser"]
 

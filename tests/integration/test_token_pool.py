@@ -361,8 +361,11 @@ async def test_two_replicas_swapping_a_slot_twenty_times_mint_at_most_ten(
     the slot's record keeps every mint and the budget of 10 holds (docs/design.md#scaling)."""
     import aiohttp
 
+    from stream.credentials import KeyPair
     from stream.leases import KafkaLeases
-    from stream.tokens import KeyPair, Minter, Secret, Tokens
+    from stream.minting import Minter
+    from stream.secrets import Secret
+    from stream.tokens import Tokens
 
     server = sandbox_thread(**DOCUMENTED)
     group = group_factory()

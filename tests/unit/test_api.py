@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from stream.api import Response, parse_retry_after, refused_field
+from stream.api import refused_field
 from stream.delivery import Backoff
+from stream.wire import Response, parse_retry_after
 
 
 @pytest.mark.parametrize(

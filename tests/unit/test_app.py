@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream.api import Response
 from stream.app import Pipeline
 from stream.batching import Pending
 from stream.events import Record
 from stream.validation import Rejection
+from stream.wire import Response
 
 RECORD = Record(
     account="6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11",

@@ -13,13 +13,15 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from stream.api import ApiClient, Response, make_session
+from stream.api import ApiClient
 from stream.batching import Batch, Pending
 from stream.delivery import Backoff, Delivery
 from stream.events import Record
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
-from stream.tokens import MintedTokens, Secret, StaticToken, TokenFile, Tokens
+from stream.secrets import Secret
+from stream.tokens import MintedTokens, StaticToken, TokenFile, Tokens
 from stream.validation import Rejection
+from stream.wire import Response, make_session
 from tests.support.waiting import wait_until_async
 
 A = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
@@ -93,14 +95,16 @@ def engine(
     linger_s: float = 10.0,
     version: Literal["v1", "v2"] = "v2",
 ) -> Delivery[int]:
+    tokens = tokens or StaticToken(Secret(TOKEN))
     client = ApiClient(
         session,
         base_url=sandbox.url,
         version=version,
-        tokens=tokens or StaticToken(Secret(TOKEN)),
+        tokens=tokens,
     )
     return Delivery(
         client=client,
+        tokens=tokens,
         outcomes=recorder,
         version=version,
         linger_s=linger_s,
@@ -319,7 +323,7 @@ def test_slots_keep_a_rolling_second_and_do_not_add_up_delays() -> None:
     """Clock-free: ``wait_s`` is asked at chosen times. Every 7th request goes out 30 ms late. No 11
     requests ever fall within 1.02 s, nor any two within 0.8 of the mean spacing, and the delays
     cost less than half what they would if every request waited 102 ms after the one before."""
-    from stream.quota import Slots
+    from stream.pacing import Slots
 
     slots = Slots(10.0)
     now, sent, late = 0.0, [], 0

@@ -16,9 +16,10 @@ from stream.api import ApiClient
 from stream.batching import Pending, Urgent
 from stream.delivery import Delivery
 from stream.events import Record
-from stream.quota import RealtimeLane
+from stream.lanes import RealtimeLane
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
-from stream.tokens import MintedTokens, Secret, StaticToken, Tokens
+from stream.secrets import Secret
+from stream.tokens import MintedTokens, StaticToken, Tokens
 from tests.unit.test_delivery import FAST, TOKEN, Recorder, record, session
 from tests.unit.test_delivery import A as ACCOUNT
 
@@ -39,15 +40,17 @@ def engine(
 ) -> Delivery[int]:
     """An engine whose batches never linger out on their own (an hour): a batch that leaves did so
     because it filled, was flushed, or is high priority and took a slot."""
+    tokens = tokens or StaticToken(Secret(TOKEN))
     client = ApiClient(
         session,
         base_url=sandbox.url,
         version="v2",
-        tokens=tokens or StaticToken(Secret(TOKEN)),
+        tokens=tokens,
     )
     options: dict[str, Any] = {} if wall_ms is None else {"wall_ms": wall_ms}
     return Delivery(
         client=client,
+        tokens=tokens,
         outcomes=recorder,
         version="v2",
         linger_s=linger_s,

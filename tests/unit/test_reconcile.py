@@ -20,6 +20,7 @@ from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse
 from stream.api import StatusInfo as Info
 from stream.cli import main
 from stream.consumer import ConsumerThread
+from stream.credentials import StaticTokens
 from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.metrics import Counts
@@ -28,7 +29,8 @@ from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
 from stream.sandbox.statuses import parse_failure
-from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
+from stream.secrets import Secret
+from stream.tokens import StaticToken, Tokens
 from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
 from tests.support.waiting import wait_until_async
@@ -432,13 +434,14 @@ class _Writes:
 
 
 def _reconciler(writes: _Writes, now_ms: list[int]) -> Reconciler:
-    client = cast(ApiClient, SimpleNamespace(tokens=StaticToken(Secret(TOKEN))))
+    client = cast(ApiClient, SimpleNamespace())
     return Reconciler(
         consumer_config={},
         admin_config={},
         topic="intents.receipts",
         group_id="g.reconcile",
         client=client,
+        tokens=StaticToken(Secret(TOKEN)),
         receipts=cast(Receipts, writes),
         dlq=cast(DeadLetterProducer, writes),
         delay_s=1.0,

@@ -12,7 +12,8 @@ import pytest
 
 from stream.api import ApiClient
 from stream.sandbox import Sandbox, SandboxConfig
-from stream.tokens import Secret, StaticToken
+from stream.secrets import Secret
+from stream.tokens import StaticToken
 from tests.support.sandbox import SandboxFactory
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"

@@ -11,21 +11,17 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stream.api import ApiClient, make_session
+from stream.api import ApiClient
 from stream.batching import Pending
+from stream.credentials import CredentialsFile, KeyPair, StaticTokens, TokenFileSource
 from stream.delivery import Backoff, Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
+from stream.minting import Minter
 from stream.sandbox import SandboxConfig
-from stream.tokens import (
-    CredentialsFile,
-    KeyPair,
-    Minter,
-    Secret,
-    StaticTokens,
-    TokenFileSource,
-    Tokens,
-)
+from stream.secrets import Secret
+from stream.tokens import Tokens
+from stream.wire import make_session
 from tests.support.sandbox import SandboxFactory
 from tests.support.waiting import wait_until_async
 from tests.unit.test_delivery import LABEL, A, Recorder, record
@@ -120,6 +116,7 @@ async def test_an_unreachable_token_endpoint_fails_sends_as_requests_and_says_wh
         client = ApiClient(session, base_url="http://127.0.0.1:1", version="v2", tokens=tokens)
         delivery = Delivery(
             client=client,
+            tokens=tokens,
             outcomes=recorder,
             version="v2",
             rate_limit_rps=None,

@@ -19,25 +19,18 @@ import aiohttp
 import msgspec
 import pytest
 
-from stream.api import ApiClient, make_session
+from stream.api import ApiClient
 from stream.batching import Pending
+from stream.credentials import CredentialsFile, KeyPair, StaticTokens, parse_credentials
 from stream.delivery import Backoff, Delivery
 from stream.errors import AuthError
 from stream.leases import LocalLeases, Release
-from stream.quota import Pace, Slots
+from stream.minting import MAX_MINTS, Minter, SlotRecord, live_token
+from stream.pacing import Pace, Slots
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
-from stream.tokens import (
-    MAX_MINTS,
-    CredentialsFile,
-    KeyPair,
-    Minter,
-    Secret,
-    SlotRecord,
-    StaticTokens,
-    Tokens,
-    live_token,
-    parse_credentials,
-)
+from stream.secrets import Secret
+from stream.tokens import Tokens
+from stream.wire import make_session
 from tests.support.waiting import wait_until_async
 from tests.unit.test_delivery import A, Recorder, record
 
@@ -422,6 +415,7 @@ def engine(
     client = ApiClient(session, base_url=url, version="v2", tokens=tokens)
     delivery = Delivery(
         client=client,
+        tokens=tokens,
         outcomes=recorder,
         version="v2",
         linger_s=0.01,

@@ -1,14 +1,11 @@
-"""When a request may go: rolling-window slots, a pace per token, one lane per account
-(docs/design.md#quota).
+"""When a request may go: rolling-window slots and a pace per token (docs/design.md#quota).
 
 Every request goes out on a token of its account's pool (``stream.tokens``), and each token is
 paced on its own (``Pace``): at most ``DCR_TOKEN_REQUESTS_PER_MINUTE`` in any rolling minute, spread
-evenly. A lane holds an account's batches waiting for a slot, in two queues (high priority first),
-and optionally ``DCR_RATE_LIMIT_RPS`` as a cap on the whole account (``Slots``). The lane does not
-send: ``stream.delivery`` runs one dispatcher task per lane that takes the token whose next slot
-comes first, and only then picks the batch, so a high-priority batch that arrives while normal ones
-wait gets the very next slot. A 429 costs only the request it refused: that token backs off
-(``Pace.throttled``), the request goes to the next token, and no other token slows down.
+evenly. ``Slots`` is the rolling window itself, also the optional ``DCR_RATE_LIMIT_RPS`` cap on a
+whole account. A 429 costs only the request it refused: that token backs off (``Pace.throttled``),
+the request goes to the next token, and no other token slows down. The lanes that wait on these
+are ``stream.lanes``.
 """
 
 from __future__ import annotations
@@ -17,13 +14,8 @@ import asyncio
 import math
 import random
 from collections import deque
-from typing import Generic, TypeVar
 
-from stream.batching import Batch, Urgent
-
-__all__ = ["Lane", "Pace", "RealtimeLane", "Slots"]
-
-S = TypeVar("S")
+__all__ = ["Pace", "Slots"]
 
 _WINDOW_MARGIN = 1.02
 """A per-second window is 2% longer than the API's second (see ``Slots``)."""
@@ -165,70 +157,3 @@ class Pace:
 
     def accepted(self) -> None:
         self.throttles = 0
-
-
-class Lane(Generic[S]):
-    """One account's queues, its optional cap and its dispatcher."""
-
-    def __init__(self, rps: float | None) -> None:
-        self.rps = rps
-        """``DCR_RATE_LIMIT_RPS``; None: no cap on the account (only its tokens' paces)."""
-        self.cap = Slots(rps) if rps is not None else None
-        self.high: deque[Batch[S]] = deque()
-        self.normal: deque[Batch[S]] = deque()
-        self.ready = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def put(self, batch: Batch[S], *, front: bool = False) -> None:
-        queue = self.high if batch.high_priority else self.normal
-        if front:
-            queue.appendleft(batch)
-        else:
-            queue.append(batch)
-        self.ready.set()
-
-
-class RealtimeLane(Generic[S]):
-    """One account's urgent records waiting for the single-record endpoint, and each token's pace
-    on it (docs/design.md#real-time).
-
-    That endpoint has a limit of its own, per token and per second, apart from the batch pace: each
-    token gets a second ``Pace`` here, made the first time the token is used for a record. At most
-    ``capacity`` records wait (what the tokens held can send within about a second); the rest
-    overflow to the account's high-priority batch.
-    """
-
-    def __init__(self, rps: float) -> None:
-        self.rps = rps
-        """``DCR_REALTIME_REQUESTS_PER_SECOND``: per token (a static token's share of it, when
-        several slots share one)."""
-        self.capacity = rps
-        """Records that may wait: a second's worth of the tokens last seen (one token's before)."""
-        self.queue: deque[Urgent[S]] = deque()
-        self.ready = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self._paces: dict[int, tuple[object, float, Pace]] = {}
-
-    def pace(self, index: int, token: object, share: float) -> Pace:
-        """The real-time pace of the token held as ``index``: a new one when another token (or
-        another share of it) is held there now."""
-        known = self._paces.get(index)
-        if known is not None and known[0] is token and known[1] == share:
-            return known[2]
-        pace = Pace(Slots(self.rps * share))
-        self._paces[index] = (token, share, pace)
-        return pace
-
-    def size(self, tokens: float) -> None:
-        """The tokens held now (static tokens' shares summed) set how many records may wait."""
-        self.capacity = max(self.rps, self.rps * tokens)
-
-    def room(self) -> bool:
-        return len(self.queue) < self.capacity
-
-    def put(self, urgent: Urgent[S], *, front: bool = False) -> None:
-        if front:
-            self.queue.appendleft(urgent)
-        else:
-            self.queue.append(urgent)
-        self.ready.set()

@@ -1,0 +1,89 @@
+"""Where an account's requests wait for a token (docs/design.md#quota, docs/design.md#real-time).
+
+A ``Lane`` holds an account's batches waiting for a slot, in two queues (high priority first), and
+optionally ``DCR_RATE_LIMIT_RPS`` as a cap on the whole account (``stream.pacing.Slots``). The lane
+does not send: ``stream.delivery`` runs one dispatcher task per lane that takes the token whose next
+slot comes first, and only then picks the batch, so a high-priority batch that arrives while normal
+ones wait gets the very next slot. A ``RealtimeLane`` holds the account's urgent records for the
+single-record endpoint (``stream.realtime``), with a pace per token of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+from stream.batching import Batch, Urgent
+from stream.pacing import Pace, Slots
+
+__all__ = ["Lane", "RealtimeLane"]
+
+S = TypeVar("S")
+
+
+class Lane(Generic[S]):
+    """One account's queues, its optional cap and its dispatcher."""
+
+    def __init__(self, rps: float | None) -> None:
+        self.rps = rps
+        """``DCR_RATE_LIMIT_RPS``; None: no cap on the account (only its tokens' paces)."""
+        self.cap = Slots(rps) if rps is not None else None
+        self.high: deque[Batch[S]] = deque()
+        self.normal: deque[Batch[S]] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def put(self, batch: Batch[S], *, front: bool = False) -> None:
+        queue = self.high if batch.high_priority else self.normal
+        if front:
+            queue.appendleft(batch)
+        else:
+            queue.append(batch)
+        self.ready.set()
+
+
+class RealtimeLane(Generic[S]):
+    """One account's urgent records waiting for the single-record endpoint, and each token's pace
+    on it (docs/design.md#real-time).
+
+    That endpoint has a limit of its own, per token and per second, apart from the batch pace: each
+    token gets a second ``Pace`` here, made the first time the token is used for a record. At most
+    ``capacity`` records wait (what the tokens held can send within about a second); the rest
+    overflow to the account's high-priority batch.
+    """
+
+    def __init__(self, rps: float) -> None:
+        self.rps = rps
+        """``DCR_REALTIME_REQUESTS_PER_SECOND``: per token (a static token's share of it, when
+        several slots share one)."""
+        self.capacity = rps
+        """Records that may wait: a second's worth of the tokens last seen (one token's before)."""
+        self.queue: deque[Urgent[S]] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._paces: dict[int, tuple[object, float, Pace]] = {}
+
+    def pace(self, index: int, token: object, share: float) -> Pace:
+        """The real-time pace of the token held as ``index``: a new one when another token (or
+        another share of it) is held there now."""
+        known = self._paces.get(index)
+        if known is not None and known[0] is token and known[1] == share:
+            return known[2]
+        pace = Pace(Slots(self.rps * share))
+        self._paces[index] = (token, share, pace)
+        return pace
+
+    def size(self, tokens: float) -> None:
+        """The tokens held now (static tokens' shares summed) set how many records may wait."""
+        self.capacity = max(self.rps, self.rps * tokens)
+
+    def room(self) -> bool:
+        return len(self.queue) < self.capacity
+
+    def put(self, urgent: Urgent[S], *, front: bool = False) -> None:
+        if front:
+            self.queue.appendleft(urgent)
+        else:
+            self.queue.append(urgent)
+        self.ready.set()
