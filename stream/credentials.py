@@ -6,7 +6,7 @@
 - a credentials file (``DCR_API_CREDENTIALS_FILE``, JSON or TOML): per account a key pair or a list
   of tokens, re-read when it changes.
 
-A source only reads: minting is ``stream.minting``, the pool that uses both ``stream.tokens``.
+A source only reads: minting is ``stream.minting``, the pool that uses both ``stream.pool``.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from stream.events import encode_batch, encode_record
 from stream.lanes import Lane, RealtimeLane
 from stream.metrics import Metrics, status_class
 from stream.pacing import Pace
-from stream.tokens import Held, TokenPool, Tokens
+from stream.pool import Held, TokenPool
+from stream.tokens import Tokens
 from stream.validation import Rejection, check_expiry
 from stream.wire import Response
 

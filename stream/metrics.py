@@ -78,7 +78,7 @@ class Counts:
 
 
 class PoolState(Protocol):
-    """An account's token pool in this process (``stream.tokens.PoolReport``)."""
+    """An account's token pool in this process (``stream.pool.PoolReport``)."""
 
     @property
     def live(self) -> int: ...

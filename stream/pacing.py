@@ -1,6 +1,6 @@
 """When a request may go: rolling-window slots and a pace per token (docs/design.md#quota).
 
-Every request goes out on a token of its account's pool (``stream.tokens``), and each token is
+Every request goes out on a token of its account's pool (``stream.pool``), and each token is
 paced on its own (``Pace``): at most ``DCR_TOKEN_REQUESTS_PER_MINUTE`` in any rolling minute, spread
 evenly. ``Slots`` is the rolling window itself, also the optional ``DCR_RATE_LIMIT_RPS`` cap on a
 whole account. A 429 costs only the request it refused: that token backs off (``Pace.throttled``),

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("primitives", ("validation", "pacing", "offsets", "metrics", "topics", "producer")),
     ("kafka", ("consumer", "commits", "leases", "dlq", "receipts")),
     ("credentials", ("credentials", "minting")),
-    ("tokens", ("tokens",)),
+    ("tokens", ("pool", "tokens")),
     ("api", ("api",)),
     ("engines", ("batching", "lanes", "outcomes", "delivery", "realtime", "labels")),
     ("reconciliation", ("statuses", "originals", "reconcile")),
