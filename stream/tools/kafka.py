@@ -10,8 +10,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from stream.config import client_properties, setting
+from stream.config import client_properties
 from stream.errors import DcrStreamError
+from stream.settings import setting
 
 __all__ = ["CONNECT_TIMEOUT_S", "add_bootstrap_servers", "kafka_config", "topic_partitions"]
 

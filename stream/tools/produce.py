@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from stream.config import parse_positive, parse_uuid, setting
+from stream.settings import parse_positive, parse_uuid, setting
 from stream.tools.args import EXIT_USAGE, arg_type, at_least_one
 from stream.tools.kafka import (
     CONNECT_TIMEOUT_S,

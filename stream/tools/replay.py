@@ -30,7 +30,6 @@ from typing import Any, TextIO, get_args
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from stream.config import default_dlq_topic as _default_dlq
-from stream.config import setting
 from stream.dlq import (
     ERROR_CODE,
     ERROR_STAGE,
@@ -41,6 +40,7 @@ from stream.dlq import (
     is_ours,
 )
 from stream.errors import ConfigError, DcrStreamError
+from stream.settings import setting
 from stream.tools.args import arg_type
 from stream.tools.kafka import (
     CONNECT_TIMEOUT_S,

@@ -26,11 +26,12 @@ import msgspec
 
 from stream.api import ApiClient
 from stream.app import make_source, make_tokens
-from stream.config import load, parse_uuid
+from stream.config import load
 from stream.errors import ConfigError
 from stream.leases import read_slots
 from stream.minting import live_token
 from stream.reconcile import classify
+from stream.settings import parse_uuid
 from stream.tools.args import arg_type
 from stream.wire import make_session
 

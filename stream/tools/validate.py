@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from stream.config import SETTINGS
 from stream.errors import ConfigError
+from stream.settings import SETTINGS
 from stream.tools.args import EXIT_USAGE
 from stream.validation import Rejection, Rules, validate
 

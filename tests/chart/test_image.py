@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import SETTINGS
+from stream.settings import SETTINGS
 from tests.support.helm import REPO, VALUES, Helm, config, container, only
 
 pytestmark = pytest.mark.chart

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import SETTINGS, load
+from stream.config import load
+from stream.settings import SETTINGS
 from tests.support.helm import (
     CHART,
     VALUES,

@@ -26,7 +26,10 @@ MAX_LINES = 500
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("errors", "secrets", "wire", "events", "logs")),
-    ("primitives", ("validation", "pacing", "offsets", "metrics", "topics", "producer")),
+    (
+        "primitives",
+        ("settings", "validation", "pacing", "offsets", "metrics", "topics", "producer"),
+    ),
     ("kafka", ("consumer", "commits", "leases", "dlq", "receipts")),
     ("credentials", ("credentials", "minting")),
     ("tokens", ("pool", "tokens")),

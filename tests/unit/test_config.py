@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from stream.cli import main
-from stream.config import SETTINGS, load
+from stream.config import load
 from stream.errors import ConfigError
+from stream.settings import SETTINGS
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"

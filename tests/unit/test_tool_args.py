@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from stream.config import parse_positive, parse_uuid
+from stream.settings import parse_positive, parse_uuid
 from stream.tools.args import arg_type, at_least_one
 
 
