@@ -163,3 +163,9 @@ def test_readme_lists_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     listed = set(re.findall(r"^\| `(DCR_[A-Z_]+)` \|", readme, re.M))
     assert {s.env for s in SETTINGS} <= listed
+
+
+def test_configuration_md_files_every_setting_under_a_concern() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    table = text.split("By concern:", 1)[1].split("\n\n", 2)[1]
+    assert {s.env for s in SETTINGS} <= set(re.findall(r"`(DCR_[A-Z_]+)`", table))
