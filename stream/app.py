@@ -114,6 +114,7 @@ def make_tokens(
         backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
         rng=rng,
         give_up_s=config.auth_give_up_s,
+        budget=config.minting,
     )
 
 

@@ -18,6 +18,7 @@ import msgspec
 
 from stream.errors import ConfigError
 from stream.events import UUID_PATTERN
+from stream.minting import MintBudget
 from stream.secrets import Secret
 from stream.settings import SETTINGS, parse_setting
 
@@ -73,6 +74,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_rps: float | None
     token_pool_size: int
     token_requests_per_minute: float
+    token_lifetime_s: float
+    mint_budget: int
+    mint_window_s: float
     token_topic: str
     realtime: bool
     urgent_within_s: float
@@ -90,6 +94,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     liveness_stall_s: float
     stuck_warn_s: float
     log_level: str
+
+    @property
+    def minting(self) -> MintBudget:
+        """The API's token numbers, as the token pools use them."""
+        return MintBudget(self.token_lifetime_s, self.mint_budget, self.mint_window_s)
 
     def consumer_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties: ours, then the pass-through (which may override any of them).

@@ -3,9 +3,9 @@
 A held token slot (``stream.leases``) gives a token to send on (``Held``), paced on its own
 (``stream.pacing.Pace``). With static tokens slot ``i`` is token ``i`` (or a share of one, when
 there are fewer tokens than slots). With a key pair the slot's holder mints its token
-(``stream.minting``) as demand asks for more, and again ``REFRESH_MARGIN_S`` before it expires.
-Each of ``n`` slots may mint ``MAX_MINTS // n`` times in any ``MINT_WINDOW_S``: the account never
-exceeds the API's 10 per 30 minutes, however many replicas hold its slots, however often they move.
+(``stream.minting``) as demand asks for more, and again before it expires. Each of ``n`` slots may
+mint ``budget // n`` times per window (``stream.minting.MintBudget``): the account never exceeds the
+API's 10 per 30 minutes, however many replicas hold its slots, however often they move.
 """
 
 from __future__ import annotations
@@ -26,27 +26,13 @@ import msgspec
 from stream.credentials import CredentialSource
 from stream.errors import AuthError
 from stream.leases import Leases
-from stream.minting import (
-    MAX_MINTS,
-    MINT_WINDOW_S,
-    TOKEN_LIFETIME_S,
-    Minter,
-    SlotRecord,
-    decode,
-    encode,
-    refresh_after,
-    seal,
-    unseal,
-)
+from stream.minting import MintBudget, Minter, SlotRecord, decode, encode, seal, unseal
 from stream.pacing import Pace, Slots
 from stream.secrets import Secret
 
 __all__ = ["CHECK_S", "Held", "PoolReport", "TokenPool"]
 
 _log = logging.getLogger("stream.tokens")
-
-_MINT_MARGIN_S = 10.0
-"""A slot's mint budget counts a 30-minute window this much longer, for the API's clock."""
 
 _HELD_BACK_LOG_S = 60.0
 """Why an account waits for a token is logged at most this often."""
@@ -116,8 +102,10 @@ class TokenPool:
         backoff: tuple[float, float],
         rng: random.Random,
         give_up_s: float = math.inf,
+        budget: MintBudget | None = None,
     ) -> None:
         self.account = account
+        self._budget = budget or MintBudget()
         self._source = source
         self._minter = minter
         self._leases = leases
@@ -326,18 +314,21 @@ class TokenPool:
     async def _sync_minted(self, key_id: str, api_key: Secret, owned: frozenset[int]) -> None:
         assert self._minter is not None, "a key pair needs a Minter"
         account, now = self.account, self._wall()
-        mintable = sorted(p for p in owned if p < MAX_MINTS)
-        per_slot = max(1, MAX_MINTS // min(self._leases.slots, MAX_MINTS))
+        budget = self._budget
+        mintable = sorted(p for p in owned if p < budget.mints)
+        per_slot = budget.per_slot(self._leases.slots)
         for p in [p for p in self.held if p not in mintable]:
             del self.held[p]
         for p in mintable:
             held = self.held.get(p)
             if held is not None and held.minted_at is not None:
-                if now >= held.minted_at + TOKEN_LIFETIME_S:
+                if now >= held.minted_at + budget.lifetime_s:
                     del self.held[p]
             elif p not in self._refused:
                 record = self._record(p)
-                alive = record.minted_at is not None and now < record.minted_at + refresh_after()
+                alive = (
+                    record.minted_at is not None and now < record.minted_at + budget.refresh_after_s
+                )
                 if record.token is not None and alive:
                     token = unseal(account, p, api_key, record.token)
                     if token is not None:
@@ -347,7 +338,7 @@ class TokenPool:
         due = [
             p
             for p, h in self.held.items()
-            if h.minted_at is not None and now >= h.minted_at + refresh_after()
+            if h.minted_at is not None and now >= h.minted_at + budget.refresh_after_s
         ]
         empty = [p for p in mintable if p not in self.held] if self._asked else []
         minted_any = False
@@ -356,10 +347,8 @@ class TokenPool:
             if p in empty and not self._asked:
                 break
             record = self._record(p)
-            recent = [t for t in record.mints if now - t < MINT_WINDOW_S + _MINT_MARGIN_S]
-            allowed_at = self._next_mint
-            if len(recent) >= per_slot:
-                allowed_at = max(allowed_at, recent[-per_slot] + MINT_WINDOW_S + _MINT_MARGIN_S)
+            recent = budget.recent(record.mints, now)
+            allowed_at = max(self._next_mint, budget.allowed_at(recent, per_slot))
             if now < allowed_at:
                 earliest = allowed_at if earliest is None else min(earliest, allowed_at)
                 if (p, allowed_at) not in self._held_back_seen:
@@ -373,7 +362,7 @@ class TokenPool:
                 self._asked = False
         if not self.held and not minted_any and self._asked:
             refused = self._refusal if now < self._next_mint else None
-            why = refused or "every slot held here spent its mint budget (10 per 30 minutes)"
+            why = refused or f"every slot held here spent its mint budget ({budget})"
             self._held_back(why, earliest)
 
     async def _mint(

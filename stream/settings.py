@@ -252,6 +252,26 @@ SETTINGS: tuple[Setting, ...] = (
         "requests per token in any rolling minute, spread evenly (the API allows 60)",
     ),
     Setting(
+        "token_lifetime_s",
+        parse_positive,
+        "3600",
+        "lifetime of a minted token (the API's: 60 minutes); a slot mints its next token 10 "
+        "minutes (a sixth of a shorter life) before its token ends",
+    ),
+    Setting(
+        "mint_budget",
+        _int(1),
+        "10",
+        "tokens the API mints per account in any DCR_MINT_WINDOW_S (the API's: 10); each of the "
+        "DCR_TOKEN_POOL_SIZE slots may spend its share, and slots beyond the budget never mint",
+    ),
+    Setting(
+        "mint_window_s",
+        parse_positive,
+        "1800",
+        "the window of DCR_MINT_BUDGET (the API's: 30 minutes)",
+    ),
+    Setting(
         "token_topic",
         _text,
         None,

@@ -23,7 +23,7 @@ import aiohttp
 from stream.credentials import CredentialSource, KeyPair, StaticTokens, TokenFileSource
 from stream.errors import AuthError
 from stream.leases import Leases, LocalLeases
-from stream.minting import MAX_MINTS, Minter
+from stream.minting import MintBudget, Minter
 from stream.pool import CHECK_S, PoolReport, TokenPool
 from stream.secrets import Secret
 
@@ -53,13 +53,15 @@ class Tokens:
         backoff: tuple[float, float] = (0.5, 30.0),
         rng: random.Random | None = None,
         give_up_s: float = math.inf,
+        budget: MintBudget | None = None,
     ) -> None:
         """``give_up_s``: ``DCR_AUTH_GIVE_UP_S``, how long an account's credentials may be refused
         before its records are dead-lettered (``TokenPool.given_up``)."""
         self._source = source
         self._give_up_s = give_up_s
         self._minter = minter
-        self.leases: Leases = leases if leases is not None else LocalLeases(MAX_MINTS)
+        self._budget = budget or MintBudget()
+        self.leases: Leases = leases if leases is not None else LocalLeases(self._budget.mints)
         self._rpm = requests_per_minute
         self._wall = wall
         self._backoff = backoff
@@ -85,6 +87,7 @@ class Tokens:
                 backoff=self._backoff,
                 rng=self._rng,
                 give_up_s=self._give_up_s,
+                budget=self._budget,
             )
         pool.start()
         return pool

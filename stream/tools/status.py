@@ -77,7 +77,7 @@ def _handle(args: argparse.Namespace) -> int:
     token = None
     if api_key is not None:
         records = read_slots(config.consumer_config(), config.token_topic)
-        token = live_token(account, api_key, records, time.time())
+        token = live_token(account, api_key, records, time.time(), config.minting)
         if token is None:
             print(
                 f"dcr-stream status: no live token in the service's slots ({config.token_topic}); "
