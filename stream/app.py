@@ -345,7 +345,8 @@ class Pipeline:
                 oldest_unfinished=self.tracker.oldest,
                 dlq_blocked=lambda: self._dlq_blocked,
                 ready=lambda: health.not_ready() is None,
-            )
+            ),
+            per_account=self.config.metrics_per_account,
         )
         runner = web.AppRunner(http_app(self.metrics, health), access_log=None)
         await runner.setup()

@@ -93,6 +93,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout_s: float
     liveness_stall_s: float
     stuck_warn_s: float
+    metrics_per_account: bool
     log_level: str
 
     @property

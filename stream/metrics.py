@@ -5,9 +5,11 @@ collector turns them into Prometheus counters at scrape time, together with the 
 state (buffered records, partitions, lag) read from the objects that own that state. Only the
 histograms are observed directly, once per request.
 
-Label sets stay bounded: accounts (a deployment serves a handful), status classes, rejection codes
-and stages (fixed lists), topic and partition (what the group owns). No record or phone number is
-ever a label.
+Label sets stay bounded: accounts, status classes, rejection codes and stages (fixed lists), topic
+and partition (what the group owns). No record or phone number is ever a label. A deployment that
+serves many accounts turns the per-account series into one (``DCR_METRICS_PER_ACCOUNT=off``): every
+``account`` and ``slot`` label is then ``*``, counters and rates summed, ages the oldest
+(docs/operations.md#metrics).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 __all__ = ["Counts", "Metrics", "State", "status_class"]
 
@@ -170,8 +173,11 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, state: State) -> None:
-        self.registry.register(_Collector(self.counts, state))
+    def watch(self, state: State, *, per_account: bool = True) -> None:
+        """Collect ``state`` at each scrape; ``per_account`` False: ``DCR_METRICS_PER_ACCOUNT=off``
+        (every account's and slot's series summed into one)."""
+        collector = _Collector(self.counts, state)
+        self.registry.register(collector if per_account else _AllAccounts(collector))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -427,3 +433,36 @@ def _labelled(
     for key, value in sorted(table.items()):
         family.add_metric([key] if isinstance(key, str) else list(key), value)
     return family
+
+
+_MERGED = ("account", "slot")
+"""The labels ``DCR_METRICS_PER_ACCOUNT=off`` merges: their value becomes ``*``."""
+
+
+class _AllAccounts(Collector):
+    """A collector's families with the per-account (and per-slot) series merged into one each:
+    summed, but for ages (``*_seconds`` gauges), where the oldest is what an alert wants."""
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            if not any(k in sample.labels for sample in family.samples for k in _MERGED):
+                yield family
+                continue
+            oldest = family.type == "gauge" and family.name.endswith("_seconds")
+            merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                labels = {k: "*" if k in _MERGED else v for k, v in sample.labels.items()}
+                key = (sample.name, tuple(sorted(labels.items())))
+                known = merged.get(key)
+                if known is None:
+                    merged[key] = sample.value
+                else:
+                    merged[key] = max(known, sample.value) if oldest else known + sample.value
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [
+                Sample(name, dict(labels), value) for (name, labels), value in merged.items()
+            ]
+            yield out

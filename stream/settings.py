@@ -337,6 +337,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a warning is logged (once per stall) when a partition's oldest unfinished record is older "
         "than this (docs/design.md#bounded-progress)",
     ),
+    Setting(
+        "metrics_per_account",
+        _on_off,
+        "on",
+        "`on`: metrics carry each account (and token slot) as a label; `off`: one series for all "
+        "accounts (label `*`), for deployments that serve many (docs/operations.md#metrics)",
+    ),
     Setting("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "log level"),
 )
 
