@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -32,7 +33,7 @@ from typing import Any, Generic, Literal, TypeVar
 from stream.api import ApiClient
 from stream.batching import Pending
 
-__all__ = ["MISS_REFRESH_S", "LabelGate", "Probe"]
+__all__ = ["MISS_REFRESH_S", "LabelGate", "Probe", "due"]
 
 S = TypeVar("S")
 _log = logging.getLogger("stream.labels")
@@ -42,6 +43,9 @@ MISS_REFRESH_S = 5.0
 
 _PAGE_SIZE = 1000
 """Labels per page: the endpoint's own default and, we assume, its maximum."""
+
+_TICK_S = 1.0
+"""The periodic refresh looks for accounts due this often (at most)."""
 
 _LOG_EVERY_S = 60.0
 """A registry that cannot be read is logged at most this often per account."""
@@ -269,12 +273,17 @@ class LabelGate(Generic[S]):
             self._release(passed)
 
     async def _refresh_every(self) -> None:
+        """Refresh each registry ``refresh_s`` after its last refresh started, spread: at most
+        twice the accounts' mean rate starts in one tick, the longest due first, so a platform's
+        1,000 accounts (first read together at start-up) refresh a few a second, not in one
+        burst (docs/design.md#labels)."""
+        tick_s = min(_TICK_S, self._refresh_s)
         while True:
-            await asyncio.sleep(self._refresh_s)
+            await asyncio.sleep(tick_s)
+            idle = {a: s.refresh_started for a, s in self._accounts.items() if s.refresh is None}
             now = asyncio.get_running_loop().time()
-            for account, state in self._accounts.items():
-                if now - state.refresh_started >= self._refresh_s:
-                    self._refresh_soon(account, state)
+            for account in due(idle, len(self._accounts), now, self._refresh_s, tick_s):
+                self._refresh_soon(account, self._accounts[account])
 
     # -- the rest ----------------------------------------------------------------------------------
 
@@ -317,3 +326,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     """A bug in a refresh or a probe would leave records held for good: say so loudly."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         _log.error("the label gate failed; records may be held", exc_info=exc)
+
+
+def due(
+    started: Mapping[str, float], accounts: int, now: float, refresh_s: float, tick_s: float
+) -> list[str]:
+    """The accounts whose refresh starts this tick: of those idle (``started``: when their last
+    refresh started) and due (``refresh_s`` ago or more), the longest due first, at most twice the
+    mean rate of ``accounts`` refreshing every ``refresh_s``."""
+    per_tick = math.ceil(2 * accounts * tick_s / refresh_s)
+    ready = sorted((t, a) for a, t in started.items() if now - t >= refresh_s)
+    return [account for _, account in ready[:per_tick]]

@@ -4,6 +4,7 @@ coalescing, paging, probes while the registry cannot be read, and the override."
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from stream.api import Label
 from stream.batching import Pending
 from stream.events import Record
-from stream.labels import LabelGate, Probe
+from stream.labels import LabelGate, Probe, due
 
 ACCOUNT = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
 OTHER_ACCOUNT = "7f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a12"
@@ -263,3 +264,24 @@ async def test_the_registry_is_refreshed_every_interval() -> None:
     await until(lambda: endpoint.refreshes() >= 3, "periodic refreshes")
     assert gate.refreshes[(ACCOUNT, "ok")] >= 3
     await gate.close()
+
+
+def test_many_registries_refresh_spread_not_in_one_burst() -> None:
+    """1,000 accounts first read in the same second (a platform's start-up) refresh at most 7 a
+    second (twice 1,000 per 300 s), the longest due first, and each within 150 s of its due time;
+    none twice while others wait."""
+    accounts = [f"{n:04d}" for n in range(1000)]
+    started = dict.fromkeys(accounts, 0.0)
+    per_second: list[int] = []
+    now = 0.0
+    while now < 600:
+        now += 1.0
+        going = due(started, len(accounts), now, refresh_s=300, tick_s=1.0)
+        per_second.append(len(going))
+        for account in going:
+            started[account] = now
+    assert max(per_second) == 7
+    assert sum(per_second[:299]) == 0  # nothing is due before its 300 s
+    first_round = per_second[299 : 299 + 143]
+    assert sum(first_round) == 1000  # all refreshed again within 143 s of being due
+    assert Counter(started.values()).most_common(1)[0][1] <= 7
