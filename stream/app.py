@@ -30,7 +30,7 @@ from stream.api import ApiClient, Response, make_session, refused_field
 from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
-from stream.delivery import Backoff, Delivery, api_rejection
+from stream.delivery import Delivery, api_rejection
 from stream.dlq import DeadLetter, DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.events import Record
@@ -41,6 +41,7 @@ from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler
+from stream.retry import Backoff
 from stream.tokens import (
     CredentialsFile,
     CredentialSource,

@@ -39,13 +39,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream.api import ApiClient, RecordStatus, StatusAnswer
 from stream.consumer import ConsumerThread
-from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.quota import Slots
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
+from stream.retry import Backoff
 from stream.tokens import Secret, Tokens
 from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from stream.api import Response, parse_retry_after, refused_field
-from stream.delivery import Backoff
+from stream.retry import Backoff
 
 
 @pytest.mark.parametrize(

@@ -20,12 +20,12 @@ from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse
 from stream.api import StatusInfo as Info
 from stream.cli import main
 from stream.consumer import ConsumerThread
-from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.metrics import Counts
 from stream.offsets import Ticket
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
+from stream.retry import Backoff
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
 from stream.sandbox.statuses import parse_failure
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens

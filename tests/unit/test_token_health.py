@@ -13,9 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stream.api import ApiClient, make_session
 from stream.batching import Pending
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
+from stream.retry import Backoff
 from stream.sandbox import SandboxConfig
 from stream.tokens import (
     CredentialsFile,

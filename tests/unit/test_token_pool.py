@@ -21,10 +21,11 @@ import pytest
 
 from stream.api import ApiClient, make_session
 from stream.batching import Pending
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Delivery
 from stream.errors import AuthError
 from stream.leases import LocalLeases, Release
 from stream.quota import Pace, Slots
+from stream.retry import Backoff
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.tokens import (
     MAX_MINTS,
