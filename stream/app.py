@@ -31,7 +31,7 @@ from stream.batching import Batch, Pending
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Delivery, api_rejection
-from stream.dlq import DeadLetter, DeadLetterProducer
+from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.events import Record
 from stream.http import Health, http_app
@@ -41,7 +41,7 @@ from stream.metrics import Metrics, State
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler
-from stream.retry import Backoff
+from stream.retry import AckedWriter, Backoff
 from stream.tokens import (
     CredentialsFile,
     CredentialSource,
@@ -76,9 +76,6 @@ _UNKNOWN_LABEL = Rejection(
     message="label_id is not a dynamic label of the account",
     stage="validate",
 )
-
-_DLQ_LOG_EVERY_S = 5.0
-"""Dead-letter write failures are logged at most this often (see ``_log_dlq_failure``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +152,18 @@ class Pipeline:
         self.tracker = OffsetTracker()
         self.metrics = Metrics()
         self.counts = self.metrics.counts
+        self._dlq_writes = AckedWriter(
+            DeadLetterError,
+            what="dead-letter writes",
+            backoff=self._backoff,
+            rng=self._rng,
+            log=_log,
+            count=self._dlq_write_failed,
+            context=self._dlq_blocked_note,
+        )
+        self._receipt_writes = AckedWriter(
+            ReceiptError, what="receipt writes", backoff=self._backoff, rng=self._rng, log=_log
+        )
         self.finished = 0
         """Records delivered or dead-lettered since start; the consumer thread reads it."""
         self.finished_high = 0
@@ -171,7 +180,6 @@ class Pipeline:
         self._leases: KafkaLeases | None = None
         self._reconciler: Reconciler | None = None
         self.last_commit_s = 0.0
-        self._dlq_logged_at = -_DLQ_LOG_EVERY_S
         self._dlq_blocked: dict[TopicPartitionKey, int] = {}
         """Per partition, records whose dead letter Kafka refuses until an operator acts
         (docs/dlq.md#writing)."""
@@ -250,6 +258,8 @@ class Pipeline:
                 client=client,
                 receipts=self._receipts,
                 dlq=self._dlq,
+                receipt_writes=self._receipt_writes,
+                dlq_writes=self._dlq_writes,
                 delay_s=config.status_delay_s,
                 give_up_s=config.status_give_up_s,
                 requests_per_minute=config.status_requests_per_minute,
@@ -545,17 +555,9 @@ class Pipeline:
             self._spawn(self._write_receipt(tickets, receipt))
 
     async def _write_receipt(self, tickets: list[Ticket], receipt: Receipt) -> None:
-        assert self._receipts is not None
-        attempt = 0
-        while True:
-            try:
-                await self._receipts.send(receipt)
-                break
-            except ReceiptError as exc:
-                attempt += 1
-                delay = self._backoff.delay(attempt, None, self._rng)
-                _log.error("%s; retry %d in %.1f s", exc, attempt, delay)
-                await asyncio.sleep(delay)
+        receipts = self._receipts
+        assert receipts is not None
+        await self._receipt_writes.write(lambda: receipts.send(receipt))
         self._finish(tickets)
 
     async def dead_letter(
@@ -575,30 +577,25 @@ class Pipeline:
         a refusal no retry cures (``DeadLetterError.permanent``) blocks the partition loudly until
         it is written (docs/design.md#bounded-progress). Once the partition is no longer ours, its
         next owner reads the record again and writes the letter: this one stops trying."""
-        assert self._dlq is not None
+        dlq = self._dlq
+        assert dlq is not None
         ticket, message = source.ticket, source.message
-        attempt = 0
         blocked = False
-        letter: DeadLetter | None = None
+
+        def refused(exc: DeadLetterError) -> None:
+            nonlocal blocked
+            if exc.permanent:
+                self._dlq_blocked_by = exc.reason
+                if not blocked:
+                    blocked = True
+                    self._dlq_blocked[ticket.tp] = self._dlq_blocked.get(ticket.tp, 0) + 1
+
         try:
-            while letter is None:
-                try:
-                    letter = await self._dlq.send(
-                        message, rejection, http_status=status, http_body=body
-                    )
-                except DeadLetterError as exc:
-                    attempt += 1
-                    self.counts.dlq_write_failures += 1
-                    if not self.tracker.tracks(ticket.run):
-                        break
-                    if exc.permanent:
-                        self._dlq_blocked_by = exc.reason
-                        if not blocked:
-                            blocked = True
-                            self._dlq_blocked[ticket.tp] = self._dlq_blocked.get(ticket.tp, 0) + 1
-                    delay = self._backoff.delay(attempt, None, self._rng)
-                    self._log_dlq_failure(exc, attempt, delay)
-                    await asyncio.sleep(delay)
+            letter = await self._dlq_writes.write(
+                lambda: dlq.send(message, rejection, http_status=status, http_body=body),
+                ours=lambda: self.tracker.tracks(ticket.run),
+                refused=refused,
+            )
         finally:
             if blocked:
                 self._unblock(ticket.tp)
@@ -614,27 +611,18 @@ class Pipeline:
         else:
             del self._dlq_blocked[tp]
 
-    def _log_dlq_failure(self, exc: DeadLetterError, attempt: int, delay: float) -> None:
-        """One error line per ``_DLQ_LOG_EVERY_S`` at most: while the DLQ is unwritable every stuck
-        record retries, and a line per retry would flood the logs (the counter counts them all)."""
-        now = time.monotonic()
-        if now - self._dlq_logged_at >= _DLQ_LOG_EVERY_S:
-            self._dlq_logged_at = now
-            blocked = ""
-            if self._dlq_blocked:
-                blocked = (
-                    f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
-                    f"{sum(self._dlq_blocked.values())} records on partitions "
-                    f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
-                )
-            _log.error(
-                "%s; retry %d in %.1f s (%d dead-letter writes failed so far)%s",
-                exc,
-                attempt,
-                delay,
-                self.counts.dlq_write_failures,
-                blocked,
-            )
+    def _dlq_write_failed(self) -> None:
+        self.counts.dlq_write_failures += 1
+
+    def _dlq_blocked_note(self) -> str:
+        """What the dead-letter error line adds while the topic refuses letters for good."""
+        if not self._dlq_blocked:
+            return ""
+        return (
+            f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
+            f"{sum(self._dlq_blocked.values())} records on partitions "
+            f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
+        )
 
     # -- labels (called by LabelGate) ---------------------------------------------------------
 

@@ -45,7 +45,7 @@ from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.quota import Slots
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
-from stream.retry import Backoff
+from stream.retry import AckedWriter, Backoff
 from stream.tokens import Secret, Tokens
 from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection
@@ -394,6 +394,8 @@ class Reconciler:
         client: ApiClient,
         receipts: Receipts,
         dlq: DeadLetterProducer,
+        receipt_writes: AckedWriter[ReceiptError],
+        dlq_writes: AckedWriter[DeadLetterError],
         delay_s: float,
         give_up_s: float,
         requests_per_minute: float,
@@ -417,6 +419,10 @@ class Reconciler:
         self._client = client
         self._receipts = receipts
         self._dlq = dlq
+        self._receipt_writes = receipt_writes
+        """The pipeline's: one rate-limited error line for every receipt write that fails."""
+        self._dlq_writes = dlq_writes
+        """The pipeline's, counted in ``dcr_dlq_write_failures`` with the input's dead letters."""
         self._delay_ms = int(delay_s * 1000)
         self._give_up_ms = int(give_up_s * 1000)
         self._budget = StatusBudget(client.tokens, requests_per_minute)
@@ -436,7 +442,6 @@ class Reconciler:
         self._reader: OriginalReader | None = None
         self._committer: asyncio.Task[None] | None = None
         self._decoder = msgspec.json.Decoder(Receipt)
-        self._dlq_logged_at = 0.0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -767,34 +772,11 @@ class Reconciler:
         rejection = Rejection(
             code=code, field=None, message=verdict.message or CODES[code], stage="status"
         )
-        attempt = 0
-        while True:
-            try:
-                await self._dlq.send(message, rejection)
-                break
-            except DeadLetterError as exc:
-                attempt += 1
-                self.counts.dlq_write_failures += 1
-                self._log_write_failure(exc, attempt)
-                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
+        await self._dlq_writes.write(lambda: self._dlq.send(message, rejection))
         self.counts.bump(self.counts.dead_lettered, (code, "status"))
 
     async def _write(self, receipt: Receipt) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._receipts.send(receipt)
-                return
-            except ReceiptError as exc:
-                attempt += 1
-                self._log_write_failure(exc, attempt)
-                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
-
-    def _log_write_failure(self, exc: Exception, attempt: int) -> None:
-        now = time.monotonic()
-        if now - self._dlq_logged_at >= 5.0:
-            self._dlq_logged_at = now
-            _log.error("reconcile: %s; retry %d", exc, attempt)
+        await self._receipt_writes.write(lambda: self._receipts.send(receipt))
 
 
 def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:
