@@ -28,6 +28,7 @@ from msgspec import Struct
 
 from stream.api import ApiClient, Response, make_session, refused_field
 from stream.batching import Batch, Pending
+from stream.commits import Committer
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.delivery import Delivery, api_rejection
@@ -179,7 +180,7 @@ class Pipeline:
         self._tokens_source: Tokens | None = None
         self._leases: KafkaLeases | None = None
         self._reconciler: Reconciler | None = None
-        self.last_commit_s = 0.0
+        self._committer: Committer | None = None
         self._dlq_blocked: dict[TopicPartitionKey, int] = {}
         """Per partition, records whose dead letter Kafka refuses until an operator acts
         (docs/dlq.md#writing)."""
@@ -284,13 +285,21 @@ class Pipeline:
             high_topics=config.kafka_high_priority_topics,
             finished_high=lambda: self.finished_high,
         )
+        self._committer = Committer(
+            self.tracker,
+            self._consumer.commit,
+            group="input",
+            interval_s=config.commit_interval_ms / 1000,
+            counts=self.counts,
+            each_round=self._warn_stalls,
+        )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
         http = await self._serve_http(self._consumer)
         # What exists now lives as long as the process: out of the collector's full passes,
         # which otherwise walk it all again and again (docs/design.md#the-hot-path).
         gc.freeze()
         self._consumer.start()
-        committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
+        committer = loop.create_task(self._committer.run())
         consumer_done = asyncio.wrap_future(self._consumer.done)
         stopped = loop.create_task(stop.wait())
         try:
@@ -336,7 +345,7 @@ class Pipeline:
                 paused=lambda: len(consumer.paused_partitions),
                 assigned=lambda: len(consumer.assignment),
                 lag=lambda: consumer.lag,
-                last_commit=lambda: self.last_commit_s,
+                last_commit=lambda: self._committer.last_commit_s if self._committer else 0.0,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
                 rates=lambda: self._delivery.rates() if self._delivery else {},
                 label_registries=lambda: self._labels.registries() if self._labels else {},
@@ -408,6 +417,7 @@ class Pipeline:
         assert self._consumer is not None
         assert self._delivery is not None
         assert self._labels is not None
+        assert self._committer is not None
         loop = asyncio.get_running_loop()
         budget = self.budget
         started = loop.time()
@@ -422,7 +432,7 @@ class Pipeline:
             task.cancel()
         self._revoke_wait_s = 0.0
         with contextlib.suppress(Exception):  # logged by the consumer thread
-            await asyncio.wait_for(self._commit(), self._stop_by - loop.time())
+            await asyncio.wait_for(self._committer.commit_once(), self._stop_by - loop.time())
         left = self.tracker.uncommitted()
         try:
             await asyncio.wait_for(asyncio.shield(self._consumer.close()), self._left(loop))
@@ -648,15 +658,6 @@ class Pipeline:
 
     # -- commits -------------------------------------------------------------------------------
 
-    async def _commit_every(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            self._warn_stalls()
-            try:
-                await self._commit()
-            except Exception:  # the next round tries again; the positions are still there
-                _log.exception("periodic commit failed")
-
     def _warn_stalls(self) -> None:
         """A warning when a partition's oldest unfinished record passes ``DCR_STUCK_WARN_S``, once
         per stall, and a line when it moves on (docs/design.md#bounded-progress)."""
@@ -674,17 +675,6 @@ class Pipeline:
             )
         for topic, partition in ended:
             _log.info("partition %s[%d] moves on: its stall is over", topic, partition)
-
-    async def _commit(self) -> None:
-        """Commit every partition whose finished prefix moved since its last commit."""
-        assert self._consumer is not None
-        positions = self.tracker.to_commit()
-        if positions:
-            accepted = await self._consumer.commit(positions)
-            self.tracker.committed(accepted)
-            self.counts.commit_failures += len(positions) - len(accepted)
-            if accepted:
-                self.last_commit_s = time.time()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -38,6 +38,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream.api import ApiClient, RecordStatus, StatusAnswer
+from stream.commits import Committer
 from stream.consumer import ConsumerThread
 from stream.dlq import DeadLetterProducer
 from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
@@ -104,7 +105,7 @@ _MAX_RECEIPTS = 20_000
 """Receipts taken and not yet finished, beyond which the receipts partitions pause."""
 
 _COMMIT_INTERVAL_S = 1.0
-_RETRY_S = 5.0
+"""How often the receipts consumed are committed (their finished prefix)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +441,8 @@ class Reconciler:
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
         self._consumer: ConsumerThread | None = None
         self._reader: OriginalReader | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._commits: Committer | None = None
+        self._committing: asyncio.Task[None] | None = None
         self._decoder = msgspec.json.Decoder(Receipt)
         self._closed = False
 
@@ -465,7 +467,14 @@ class Reconciler:
             max_buffered=_MAX_RECEIPTS,
         )
         self._consumer.start()
-        self._committer = self._loop.create_task(self._commit_every())
+        self._commits = Committer(
+            self._tracker,
+            self._consumer.commit,
+            group="reconcile",
+            interval_s=_COMMIT_INTERVAL_S,
+            counts=self.counts,
+        )
+        self._committing = self._loop.create_task(self._commits.run())
 
     async def close(self, timeout_s: float) -> None:
         """Stop reconciling: what is unfinished is left to the next owner of its receipts (which
@@ -473,14 +482,15 @@ class Reconciler:
         if self._closed:
             return
         self._closed = True
-        if self._committer is not None:
-            self._committer.cancel()
+        if self._committing is not None:
+            self._committing.cancel()
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
         if self._consumer is not None:
+            assert self._commits is not None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._commit(), timeout_s)
+                await asyncio.wait_for(self._commits.commit_once(), timeout_s)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._consumer.close()), timeout_s)
         if self._reader is not None:
@@ -571,20 +581,6 @@ class Reconciler:
                 if not task.done():
                     task.cancel()
                     self.finished += 1
-
-    async def _commit_every(self) -> None:
-        while True:
-            await asyncio.sleep(_COMMIT_INTERVAL_S)
-            try:
-                await self._commit()
-            except Exception:
-                _log.exception("reconcile: periodic commit failed")
-
-    async def _commit(self) -> None:
-        assert self._consumer is not None
-        positions = self._tracker.to_commit()
-        if positions:
-            self._tracker.committed(await self._consumer.commit(positions))
 
     # -- one receipt -------------------------------------------------------------------------------
 
