@@ -29,7 +29,7 @@ from stream.app import make_source, make_tokens
 from stream.config import load, parse_uuid
 from stream.errors import ConfigError
 from stream.leases import read_slots
-from stream.reconcile import classify
+from stream.statuses import classify
 from stream.tokens import live_token
 from stream.tools.args import arg_type
 

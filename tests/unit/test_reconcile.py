@@ -27,10 +27,11 @@ from stream.errors import DeadLetterError, ReceiptError
 from stream.metrics import Counts
 from stream.offsets import Ticket
 from stream.receipts import Receipt, Receipts, offset_ranges
-from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
+from stream.reconcile import Reconciler
 from stream.retry import AckedWriter, Backoff
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
 from stream.sandbox.statuses import parse_failure
+from stream.statuses import StatusBudget, Verdict, classify, match
 from stream.tokens import Secret, StaticToken, StaticTokens, Tokens
 from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
