@@ -28,6 +28,7 @@ from msgspec import Struct
 
 from stream.api import ApiClient, refused_field
 from stream.batching import Batch, Pending
+from stream.commits import Committer
 from stream.config import Config
 from stream.consumer import REVOKE_WAIT_S, ConsumerThread
 from stream.credentials import (
@@ -37,8 +38,8 @@ from stream.credentials import (
     StaticTokens,
     TokenFileSource,
 )
-from stream.delivery import Backoff, Delivery, api_rejection
-from stream.dlq import DeadLetter, DeadLetterProducer
+from stream.delivery import Delivery, api_rejection
+from stream.dlq import DeadLetterProducer
 from stream.errors import DeadLetterError, ReceiptError
 from stream.events import Record
 from stream.http import Health, http_app
@@ -49,6 +50,7 @@ from stream.minting import Minter
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipt, Receipts, offset_ranges
 from stream.reconcile import Reconciler
+from stream.retry import AckedWriter, Backoff
 from stream.secrets import Secret
 from stream.tokens import Tokens
 from stream.validation import Rejection, Rules, validate_all
@@ -76,9 +78,6 @@ _UNKNOWN_LABEL = Rejection(
     message="label_id is not a dynamic label of the account",
     stage="validate",
 )
-
-_DLQ_LOG_EVERY_S = 5.0
-"""Dead-letter write failures are logged at most this often (see ``_log_dlq_failure``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +155,18 @@ class Pipeline:
         self.tracker = OffsetTracker()
         self.metrics = Metrics()
         self.counts = self.metrics.counts
+        self._dlq_writes = AckedWriter(
+            DeadLetterError,
+            what="dead-letter writes",
+            backoff=self._backoff,
+            rng=self._rng,
+            log=_log,
+            count=self._dlq_write_failed,
+            context=self._dlq_blocked_note,
+        )
+        self._receipt_writes = AckedWriter(
+            ReceiptError, what="receipt writes", backoff=self._backoff, rng=self._rng, log=_log
+        )
         self.finished = 0
         """Records delivered or dead-lettered since start; the consumer thread reads it."""
         self.finished_high = 0
@@ -171,8 +182,7 @@ class Pipeline:
         self._tokens_source: Tokens | None = None
         self._leases: KafkaLeases | None = None
         self._reconciler: Reconciler | None = None
-        self.last_commit_s = 0.0
-        self._dlq_logged_at = -_DLQ_LOG_EVERY_S
+        self._committer: Committer | None = None
         self._dlq_blocked: dict[TopicPartitionKey, int] = {}
         """Per partition, records whose dead letter Kafka refuses until an operator acts
         (docs/dlq.md#writing)."""
@@ -253,6 +263,8 @@ class Pipeline:
                 tokens=self._tokens_source,
                 receipts=self._receipts,
                 dlq=self._dlq,
+                receipt_writes=self._receipt_writes,
+                dlq_writes=self._dlq_writes,
                 delay_s=config.status_delay_s,
                 give_up_s=config.status_give_up_s,
                 requests_per_minute=config.status_requests_per_minute,
@@ -277,13 +289,21 @@ class Pipeline:
             high_topics=config.kafka_high_priority_topics,
             finished_high=lambda: self.finished_high,
         )
+        self._committer = Committer(
+            self.tracker,
+            self._consumer.commit,
+            group="input",
+            interval_s=config.commit_interval_ms / 1000,
+            counts=self.counts,
+            each_round=self._warn_stalls,
+        )
         _log.info("starting: topics %s, group %s", config.kafka_topics, config.kafka_group_id)
         http = await self._serve_http(self._consumer)
         # What exists now lives as long as the process: out of the collector's full passes,
         # which otherwise walk it all again and again (docs/design.md#the-hot-path).
         gc.freeze()
         self._consumer.start()
-        committer = loop.create_task(self._commit_every(config.commit_interval_ms / 1000))
+        committer = loop.create_task(self._committer.run())
         consumer_done = asyncio.wrap_future(self._consumer.done)
         stopped = loop.create_task(stop.wait())
         try:
@@ -329,7 +349,7 @@ class Pipeline:
                 paused=lambda: len(consumer.paused_partitions),
                 assigned=lambda: len(consumer.assignment),
                 lag=lambda: consumer.lag,
-                last_commit=lambda: self.last_commit_s,
+                last_commit=lambda: self._committer.last_commit_s if self._committer else 0.0,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
                 rates=lambda: self._delivery.rates() if self._delivery else {},
                 label_registries=lambda: self._labels.registries() if self._labels else {},
@@ -402,6 +422,7 @@ class Pipeline:
         assert self._consumer is not None
         assert self._delivery is not None
         assert self._labels is not None
+        assert self._committer is not None
         loop = asyncio.get_running_loop()
         budget = self.budget
         started = loop.time()
@@ -416,7 +437,7 @@ class Pipeline:
             task.cancel()
         self._revoke_wait_s = 0.0
         with contextlib.suppress(Exception):  # logged by the consumer thread
-            await asyncio.wait_for(self._commit(), self._stop_by - loop.time())
+            await asyncio.wait_for(self._committer.commit_once(), self._stop_by - loop.time())
         left = self.tracker.uncommitted()
         try:
             await asyncio.wait_for(asyncio.shield(self._consumer.close()), self._left(loop))
@@ -549,17 +570,9 @@ class Pipeline:
             self._spawn(self._write_receipt(tickets, receipt))
 
     async def _write_receipt(self, tickets: list[Ticket], receipt: Receipt) -> None:
-        assert self._receipts is not None
-        attempt = 0
-        while True:
-            try:
-                await self._receipts.send(receipt)
-                break
-            except ReceiptError as exc:
-                attempt += 1
-                delay = self._backoff.delay(attempt, None, self._rng)
-                _log.error("%s; retry %d in %.1f s", exc, attempt, delay)
-                await asyncio.sleep(delay)
+        receipts = self._receipts
+        assert receipts is not None
+        await self._receipt_writes.write(lambda: receipts.send(receipt))
         self._finish(tickets)
 
     async def dead_letter(
@@ -579,30 +592,25 @@ class Pipeline:
         a refusal no retry cures (``DeadLetterError.permanent``) blocks the partition loudly until
         it is written (docs/design.md#bounded-progress). Once the partition is no longer ours, its
         next owner reads the record again and writes the letter: this one stops trying."""
-        assert self._dlq is not None
+        dlq = self._dlq
+        assert dlq is not None
         ticket, message = source.ticket, source.message
-        attempt = 0
         blocked = False
-        letter: DeadLetter | None = None
+
+        def refused(exc: DeadLetterError) -> None:
+            nonlocal blocked
+            if exc.permanent:
+                self._dlq_blocked_by = exc.reason
+                if not blocked:
+                    blocked = True
+                    self._dlq_blocked[ticket.tp] = self._dlq_blocked.get(ticket.tp, 0) + 1
+
         try:
-            while letter is None:
-                try:
-                    letter = await self._dlq.send(
-                        message, rejection, http_status=status, http_body=body
-                    )
-                except DeadLetterError as exc:
-                    attempt += 1
-                    self.counts.dlq_write_failures += 1
-                    if not self.tracker.tracks(ticket.run):
-                        break
-                    if exc.permanent:
-                        self._dlq_blocked_by = exc.reason
-                        if not blocked:
-                            blocked = True
-                            self._dlq_blocked[ticket.tp] = self._dlq_blocked.get(ticket.tp, 0) + 1
-                    delay = self._backoff.delay(attempt, None, self._rng)
-                    self._log_dlq_failure(exc, attempt, delay)
-                    await asyncio.sleep(delay)
+            letter = await self._dlq_writes.write(
+                lambda: dlq.send(message, rejection, http_status=status, http_body=body),
+                ours=lambda: self.tracker.tracks(ticket.run),
+                refused=refused,
+            )
         finally:
             if blocked:
                 self._unblock(ticket.tp)
@@ -618,27 +626,18 @@ class Pipeline:
         else:
             del self._dlq_blocked[tp]
 
-    def _log_dlq_failure(self, exc: DeadLetterError, attempt: int, delay: float) -> None:
-        """One error line per ``_DLQ_LOG_EVERY_S`` at most: while the DLQ is unwritable every stuck
-        record retries, and a line per retry would flood the logs (the counter counts them all)."""
-        now = time.monotonic()
-        if now - self._dlq_logged_at >= _DLQ_LOG_EVERY_S:
-            self._dlq_logged_at = now
-            blocked = ""
-            if self._dlq_blocked:
-                blocked = (
-                    f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
-                    f"{sum(self._dlq_blocked.values())} records on partitions "
-                    f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
-                )
-            _log.error(
-                "%s; retry %d in %.1f s (%d dead-letter writes failed so far)%s",
-                exc,
-                attempt,
-                delay,
-                self.counts.dlq_write_failures,
-                blocked,
-            )
+    def _dlq_write_failed(self) -> None:
+        self.counts.dlq_write_failures += 1
+
+    def _dlq_blocked_note(self) -> str:
+        """What the dead-letter error line adds while the topic refuses letters for good."""
+        if not self._dlq_blocked:
+            return ""
+        return (
+            f"; the topic {self.config.dlq_topic} refuses it until an operator acts: "
+            f"{sum(self._dlq_blocked.values())} records on partitions "
+            f"{_partitions(self._dlq_blocked)} wait, and their commits stop"
+        )
 
     # -- labels (called by LabelGate) ---------------------------------------------------------
 
@@ -664,15 +663,6 @@ class Pipeline:
 
     # -- commits -------------------------------------------------------------------------------
 
-    async def _commit_every(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            self._warn_stalls()
-            try:
-                await self._commit()
-            except Exception:  # the next round tries again; the positions are still there
-                _log.exception("periodic commit failed")
-
     def _warn_stalls(self) -> None:
         """A warning when a partition's oldest unfinished record passes ``DCR_STUCK_WARN_S``, once
         per stall, and a line when it moves on (docs/design.md#bounded-progress)."""
@@ -690,17 +680,6 @@ class Pipeline:
             )
         for topic, partition in ended:
             _log.info("partition %s[%d] moves on: its stall is over", topic, partition)
-
-    async def _commit(self) -> None:
-        """Commit every partition whose finished prefix moved since its last commit."""
-        assert self._consumer is not None
-        positions = self.tracker.to_commit()
-        if positions:
-            accepted = await self._consumer.commit(positions)
-            self.tracker.committed(accepted)
-            self.counts.commit_failures += len(positions) - len(accepted)
-            if accepted:
-                self.last_commit_s = time.time()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -31,7 +31,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
@@ -43,11 +42,12 @@ from stream.lanes import Lane, RealtimeLane
 from stream.metrics import Metrics, status_class
 from stream.pacing import Pace
 from stream.pool import Held, TokenPool
+from stream.retry import Backoff
 from stream.tokens import Tokens
 from stream.validation import Rejection, check_expiry
 from stream.wire import Response
 
-__all__ = ["AUTH_REFUSED", "Backoff", "Delivery", "Outcomes", "api_rejection"]
+__all__ = ["AUTH_REFUSED", "Delivery", "Outcomes", "api_rejection"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -85,18 +85,6 @@ def api_rejection(status: int) -> Rejection:
         message=f"the API answered {status} for this record",
         stage="api",
     )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backoff:
-    """Capped exponential backoff with full jitter, never shorter than a ``Retry-After``."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        jittered = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
-        return max(jittered, retry_after_s or 0.0)
 
 
 class Delivery(Generic[S]):

@@ -32,6 +32,7 @@ from confluent_kafka import (
 )
 
 from stream.errors import TopicError
+from stream.producer import acked, make_producer
 from stream.topics import TopicSpec, ensure_topics
 
 __all__ = ["KafkaLeases", "Leases", "LocalLeases", "read_slots"]
@@ -270,25 +271,15 @@ class KafkaLeases:
         if slot not in self._owned or self.generation(slot) != generation:
             _log.info("token slot %d: not written, the slot is no longer held here", slot)
             return False
-        acked: asyncio.Future[None] = self._loop.create_future()
-
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            def settle() -> None:
-                if acked.done():
-                    return
-                if error is None:
-                    acked.set_result(None)
-                else:
-                    acked.set_exception(KafkaException(error))
-
-            self._loop.call_soon_threadsafe(settle)
-
+        done, delivered = acked(self._loop)
         self._producer.produce(
             self.topic, key=account.encode(), value=value, partition=slot, on_delivery=delivered
         )
         # Mints are rare: wait for this write at once rather than for the next poll.
         await asyncio.to_thread(self._producer.flush, 30)
-        await acked
+        error = await done
+        if error is not None:
+            raise KafkaException(error)
         if self.generation(slot) != generation:
             return False
         self._records[(account, slot)] = value
@@ -299,9 +290,7 @@ class KafkaLeases:
     async def start(self) -> None:
         """Start the thread: it makes sure the topic exists with a partition per slot (trying
         again while the broker cannot say), then joins the group. No slot is held meanwhile."""
-        self._producer = Producer(
-            {**self._producer_config, "acks": "all", "enable.idempotence": True}
-        )
+        self._producer = make_producer(self._producer_config)
         self._thread = threading.Thread(target=self._run, name="dcr-token-slots", daemon=True)
         self._thread.start()
 

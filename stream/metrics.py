@@ -63,7 +63,8 @@ class Counts:
     throttled_by: dict[tuple[str, str], int] = field(default_factory=dict)
     """(account, cause) → 429s: ``request`` (a batch request; its token backs off) or ``mint``."""
     bisections: int = 0
-    commit_failures: int = 0
+    commit_failures: dict[str, int] = field(default_factory=dict)
+    """group (``input``, ``reconcile``) → partition commits Kafka refused (``stream.commits``)."""
     dlq_write_failures: int = 0
     """Dead-letter writes Kafka did not acknowledge (each is retried)."""
     dlq_truncated: int = 0
@@ -226,8 +227,11 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "dcr_api_bisections", "Batches split after 400/413/422", c.bisections
         )
-        yield CounterMetricFamily(
-            "dcr_commit_failures", "Partition commits Kafka refused", c.commit_failures
+        yield _labelled(
+            "dcr_commit_failures",
+            "Partition commits Kafka refused, by consumer group (input, reconcile)",
+            ["group"],
+            c.commit_failures,
         )
         yield CounterMetricFamily(
             "dcr_dlq_write_failures",

@@ -6,12 +6,15 @@ input path::
 
     receipts topic (kind ``accepted`` / ``recheck``), group ``<DCR_KAFKA_GROUP_ID>.reconcile``
     → wait until ``sent_at_ms + DCR_STATUS_DELAY_S`` (a recheck: until its ``check_at_ms``)
-    → fetch the batch status (its own per-token budget, ``StatusBudget``; retried with backoff)
-    → read the original events at the receipt's source offsets (``OriginalReader``)
-    → match each status to its event by (caller, receiver, label, starts_at)
+    → fetch the batch status (its own per-token budget, ``stream.statuses.StatusBudget``; retried
+      with backoff)
+    → read the original events at the receipt's source offsets (``stream.originals``)
+    → match each status to its event by (caller, receiver, label, starts_at) and classify it
+      (``stream.statuses``)
     → failed records to the DLQ (stage ``status``), then one ``outcome`` receipt for the final
       ones, and one ``recheck`` receipt for those still pending, each acknowledged by Kafka
-    → commit the receipt's offset (the finished prefix of each receipts partition)
+    → commit the receipt's offset (the finished prefix of each receipts partition,
+      ``stream.commits``)
 
 Its memory is Kafka: a receipt is committed only after everything it led to was acknowledged, so a
 crash (``kill -9`` included) or a rebalance re-processes it (at-least-once: an outcome may be
@@ -27,54 +30,31 @@ import contextlib
 import functools
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 
-from stream.api import ApiClient, RecordStatus, StatusAnswer
+from stream.api import ApiClient, StatusAnswer
+from stream.commits import Committer
 from stream.consumer import ConsumerThread
-from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
 from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
-from stream.pacing import Slots
+from stream.originals import OriginalReader
 from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
-from stream.secrets import Secret
+from stream.retry import AckedWriter, Backoff
+from stream.statuses import StatusBudget, Verdict, classify, match
 from stream.tokens import Tokens
 from stream.topics import TopicSpec, ensure_topics, partitions
 from stream.validation import CODES, Rejection
 
-__all__ = [
-    "OriginalReader",
-    "Reconciler",
-    "StatusBudget",
-    "Verdict",
-    "classify",
-    "match",
-]
+__all__ = ["Reconciler"]
 
 _log = logging.getLogger("stream.reconcile")
-
-Status = Literal["delivered", "failed", "pending"]
-
-_DELIVERED = frozenset({"success", "successful", "delivered", "pushed", "sent", "completed"})
-_PENDING = frozenset({"", "pending", "processing", "queued", "in_progress", "accepted", "new"})
-_FAILED = frozenset({"failed", "failure", "error", "rejected", "not_delivered", "undelivered"})
-_REASONS = (
-    # (words in the status's reason or message, code): the first that matches wins.
-    (("not a truecaller user", "not truecaller user", "non truecaller"), "not_truecaller_user"),
-    (("os not supported", "android only", "unsupported os"), "os_not_supported"),
-    (("app version",), "app_version_not_supported"),
-    (("failed to push", "push failed", "unreachable"), "push_failed"),
-    (("invalid",), "invalid_input"),
-)
 
 _FETCH_ATTEMPTS = 5
 """Status requests tried in a row for one receipt before it is written back as a recheck."""
@@ -87,298 +67,11 @@ _RECHECK_CAP_S = 300.0
 """The longest wait between two looks at a pending status (the first waits DCR_STATUS_DELAY_S,
 each next one twice as long)."""
 
-_READ_IDLE_S = 10.0
-"""Reading originals gives up on offsets not seen for this long (deleted by retention)."""
-
-_READ_POLL_S = 0.05
-"""The longest a read waits for the next fetched message before it looks again."""
-
-_READ_STUCK_S = 120.0
-"""A read of originals running this long is stuck (it gives up after ``_READ_IDLE_S`` without a
-message, and a batch's records span far fewer offsets than it reads meanwhile): liveness fails."""
-
-_READ_FAILURES_DEAD = 5
-"""Reads of originals that raise in a row after which the reader counts as dead (its consumer
-broken for good): liveness fails, and a restart makes a new one."""
-
 _MAX_RECEIPTS = 20_000
 """Receipts taken and not yet finished, beyond which the receipts partitions pause."""
 
 _COMMIT_INTERVAL_S = 1.0
-_RETRY_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One record's status as the reconciler reads it."""
-
-    status: Status
-    code: str | None = None
-    """For ``failed``: a code of stage ``status``."""
-    message: str | None = None
-
-
-def classify(record: RecordStatus) -> Verdict:
-    """A status entry's verdict (docs/api.md#batch-status). The API documents the failure
-    reasons, not their wording: a failure is coded by the words of its reason or message, and
-    ``unknown_status`` when none fits; an unrecognised status word is a failure if its words name a
-    reason, else still pending (it ends as ``unknown_status`` after ``DCR_STATUS_GIVE_UP_S``)."""
-    info = record.status_info
-    status = info.status.strip().lower().replace(" ", "_")
-    message = info.message or info.reason
-    if status in _DELIVERED:
-        return Verdict("delivered", message=message)
-    words = " ".join(filter(None, (info.reason, info.message, info.status)))
-    words = words.lower().replace("_", " ")
-    code = next((c for keys, c in _REASONS if any(k in words for k in keys)), None)
-    if status in _FAILED:
-        return Verdict("failed", code or "unknown_status", message)
-    if status in _PENDING or code is None:
-        return Verdict("pending", message=message)
-    return Verdict("failed", code, message)
-
-
-# -- matching ------------------------------------------------------------------------------------
-
-
-class _Original(msgspec.Struct):
-    """The fields of a call intent a status is matched on (the rest is ignored)."""
-
-    caller: str = ""
-    receiver: str = ""
-    label_id: str = ""
-    starts_at: int = 0
-
-
-_original = msgspec.json.Decoder(_Original)
-
-Key = tuple[str, str, str, int]
-
-
-def _digits(number: str | None) -> str:
-    return "".join(c for c in number or "" if c.isdigit())
-
-
-def _millis(value: int | str | None) -> int:
-    """``starts_at`` as epoch milliseconds: a number (seconds if plainly so), digits, or ISO."""
-    if isinstance(value, str):
-        if value.strip().isdigit():
-            value = int(value.strip())
-        else:
-            with contextlib.suppress(ValueError):
-                return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-            return -1
-    if value is None:
-        return -1
-    return value * 1000 if 0 < value < 100_000_000_000 else value
-
-
-def original_key(value: bytes | None) -> Key | None:
-    """The match key of an original event's value; None if it cannot be read."""
-    try:
-        event = _original.decode(value or b"")
-    except msgspec.DecodeError:
-        return None
-    return (
-        _digits(event.caller),
-        _digits(event.receiver),
-        event.label_id.strip().lower(),
-        event.starts_at,
-    )
-
-
-def status_key(record: RecordStatus) -> Key:
-    return (
-        _digits(record.caller_number or record.caller),
-        _digits(record.receiver_number or record.receiver),
-        (record.label_id or "").strip().lower(),
-        _millis(record.starts_at),
-    )
-
-
-def match(
-    originals: list[Message], statuses: list[RecordStatus]
-) -> tuple[list[tuple[Message, RecordStatus | None]], int]:
-    """Pair each original with its status by (caller, receiver, label, starts_at); equal keys pair
-    in order. What is left on both sides pairs in order too (the API lists a batch's records as
-    they were sent); an original without a status gets None (not listed yet: pending). Returns the
-    pairs and how many statuses matched no original."""
-    by_key: dict[Key, list[RecordStatus]] = {}
-    for status in statuses:
-        by_key.setdefault(status_key(status), []).append(status)
-    pairs: list[tuple[Message, RecordStatus | None]] = []
-    unmatched: list[int] = []
-    for message in originals:
-        found = by_key.get(original_key(message.value()) or ("", "", "", -1))
-        if found:
-            pairs.append((message, found.pop(0)))
-        else:
-            unmatched.append(len(pairs))
-            pairs.append((message, None))
-    left = [status for group in by_key.values() for status in group]
-    left.sort(key=statuses.index)
-    for index in unmatched:
-        if left:
-            pairs[index] = (pairs[index][0], left.pop(0))
-    return pairs, len(left)
-
-
-# -- the status budget ----------------------------------------------------------------------------
-
-
-class StatusBudget:
-    """Status requests on the account's tokens, ``DCR_STATUS_REQUESTS_PER_MINUTE`` per token, paced
-    apart from the batch quota: a status request never takes a batch request's slot
-    (docs/design.md#reconciliation). Only tokens this process holds are used, so the budget holds
-    across replicas as the batch quota does (docs/design.md#scaling)."""
-
-    def __init__(self, tokens: Tokens, requests_per_minute: float) -> None:
-        self._tokens = tokens
-        self._rpm = requests_per_minute
-        self._slots: dict[Secret, tuple[float, Slots]] = {}
-        """Per token: the share of its rate this process holds, and its status slots."""
-
-    def __repr__(self) -> str:
-        return f"StatusBudget(requests_per_minute={self._rpm})"
-
-    async def take(self, account: str) -> str:
-        """A token to ask about a batch on, once its status budget has a slot; ``AuthError`` if
-        the account has no token."""
-        loop = asyncio.get_running_loop()
-        while True:
-            held = self._tokens.pool(account).usable()
-            if not held:
-                await self._tokens.get(account)
-                continue
-            now = loop.time()
-            waits = [(self._slots_of(h.token, h.share).wait_s(now), h.token) for h in held]
-            wait_s, token = min(waits, key=lambda w: w[0])
-            if wait_s <= 0:
-                self._slots[token][1].take(now)
-                return token.reveal()
-            await asyncio.sleep(wait_s)
-
-    def _slots_of(self, token: Secret, share: float) -> Slots:
-        """A token's status slots at ``share`` of the budget (a static token shared by more slots
-        than this process holds: docs/design.md#scaling); its history outlives a new share."""
-        known = self._slots.get(token)
-        if known is None or known[0] != share:
-            sent = known[1].sent if known is not None else None
-            known = self._slots[token] = (share, Slots.per_minute(self._rpm * share, sent))
-        return known[1]
-
-
-# -- the originals ---------------------------------------------------------------------------------
-
-
-class OriginalReader:
-    """Reads input records back at given offsets: a consumer of no group's (assign and seek, never
-    a commit), one read at a time on a worker thread."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._consumer = Consumer(
-            {
-                **config,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                # The records asked for exist: a fetch need not wait for more to arrive.
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        self._lock = asyncio.Lock()
-        self._reading = threading.Lock()
-        """Held by the thread that reads: a read cancelled on the loop goes on until it sees
-        ``_closed``, and the consumer is closed only after it."""
-        self._closed = False
-        self._reading_since: float | None = None
-        """Monotonic time the read in progress started; None between reads."""
-        self._failures = 0
-        """Reads that raised in a row."""
-
-    def __repr__(self) -> str:
-        return "OriginalReader()"
-
-    @property
-    def alive(self) -> bool:
-        """False while a read is stuck (``_READ_STUCK_S``) or after ``_READ_FAILURES_DEAD`` reads
-        raised in a row (liveness: docs/operations.md#health)."""
-        since = self._reading_since
-        stuck = since is not None and time.monotonic() - since > _READ_STUCK_S
-        return not stuck and self._failures < _READ_FAILURES_DEAD
-
-    async def read(self, positions: Iterable[tuple[str, int, int]]) -> list[Message]:
-        """The records at ``positions``, in the order given; any that could not be read (deleted
-        by retention) are left out."""
-        wanted = list(positions)
-        async with self._lock:
-            found = await asyncio.to_thread(self._read, wanted)
-        return [found[p] for p in wanted if p in found]
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        with self._reading, contextlib.suppress(Exception):
-            self._consumer.close()
-
-    def _read(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
-        with self._reading:
-            if self._closed:
-                return {}
-            self._reading_since = time.monotonic()
-            try:
-                found = self._read_held(wanted)
-            except Exception:
-                self._failures += 1
-                raise
-            finally:
-                self._reading_since = None
-            self._failures = 0
-            return found
-
-    def _read_held(self, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], Message]:
-        want = set(wanted)
-        bounds: dict[TopicPartitionKey, tuple[int, int]] = {}
-        for topic, partition, offset in wanted:
-            low, high = bounds.get((topic, partition), (offset, offset))
-            bounds[(topic, partition)] = (min(low, offset), max(high, offset))
-        self._consumer.assign([TopicPartition(t, p, low) for (t, p), (low, _) in bounds.items()])
-        found: dict[tuple[str, int, int], Message] = {}
-        open_ = set(bounds)
-        idle_since = time.monotonic()
-        while open_ and not self._closed and time.monotonic() - idle_since < _READ_IDLE_S:
-            for message in self._fetched():
-                topic, partition = message.topic() or "", message.partition() or 0
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        open_.discard((topic, partition))
-                    else:
-                        _log.warning("reading originals: %s", error)
-                    continue
-                idle_since = time.monotonic()
-                position = (topic, partition, message.offset() or 0)
-                if position in want:
-                    found[position] = message
-                if position[2] >= bounds[(topic, partition)][1]:
-                    open_.discard((topic, partition))
-        self._consumer.unassign()
-        return found
-
-    def _fetched(self) -> list[Message]:
-        """What has arrived, else the first message within a short wait: ``consume(n, t)`` would
-        wait for ``n`` messages or all of ``t`` (see ``stream.consumer``)."""
-        messages = self._consumer.consume(500, 0)
-        if messages:
-            return messages
-        first = self._consumer.poll(_READ_POLL_S)
-        return [] if first is None else [first, *self._consumer.consume(499, 0)]
-
-
-# -- the reconciler ------------------------------------------------------------------------------
+"""How often the receipts consumed are committed (their finished prefix)."""
 
 
 class Reconciler:
@@ -396,6 +89,8 @@ class Reconciler:
         tokens: Tokens,
         receipts: Receipts,
         dlq: DeadLetterProducer,
+        receipt_writes: AckedWriter[ReceiptError],
+        dlq_writes: AckedWriter[DeadLetterError],
         delay_s: float,
         give_up_s: float,
         requests_per_minute: float,
@@ -419,6 +114,10 @@ class Reconciler:
         self._client = client
         self._receipts = receipts
         self._dlq = dlq
+        self._receipt_writes = receipt_writes
+        """The pipeline's: one rate-limited error line for every receipt write that fails."""
+        self._dlq_writes = dlq_writes
+        """The pipeline's, counted in ``dcr_dlq_write_failures`` with the input's dead letters."""
         self._delay_ms = int(delay_s * 1000)
         self._give_up_ms = int(give_up_s * 1000)
         self._budget = StatusBudget(tokens, requests_per_minute)
@@ -436,9 +135,9 @@ class Reconciler:
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
         self._consumer: ConsumerThread | None = None
         self._reader: OriginalReader | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._commits: Committer | None = None
+        self._committing: asyncio.Task[None] | None = None
         self._decoder = msgspec.json.Decoder(Receipt)
-        self._dlq_logged_at = 0.0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -462,7 +161,14 @@ class Reconciler:
             max_buffered=_MAX_RECEIPTS,
         )
         self._consumer.start()
-        self._committer = self._loop.create_task(self._commit_every())
+        self._commits = Committer(
+            self._tracker,
+            self._consumer.commit,
+            group="reconcile",
+            interval_s=_COMMIT_INTERVAL_S,
+            counts=self.counts,
+        )
+        self._committing = self._loop.create_task(self._commits.run())
 
     async def close(self, timeout_s: float) -> None:
         """Stop reconciling: what is unfinished is left to the next owner of its receipts (which
@@ -470,14 +176,15 @@ class Reconciler:
         if self._closed:
             return
         self._closed = True
-        if self._committer is not None:
-            self._committer.cancel()
+        if self._committing is not None:
+            self._committing.cancel()
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
         if self._consumer is not None:
+            assert self._commits is not None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._commit(), timeout_s)
+                await asyncio.wait_for(self._commits.commit_once(), timeout_s)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._consumer.close()), timeout_s)
         if self._reader is not None:
@@ -568,20 +275,6 @@ class Reconciler:
                 if not task.done():
                     task.cancel()
                     self.finished += 1
-
-    async def _commit_every(self) -> None:
-        while True:
-            await asyncio.sleep(_COMMIT_INTERVAL_S)
-            try:
-                await self._commit()
-            except Exception:
-                _log.exception("reconcile: periodic commit failed")
-
-    async def _commit(self) -> None:
-        assert self._consumer is not None
-        positions = self._tracker.to_commit()
-        if positions:
-            self._tracker.committed(await self._consumer.commit(positions))
 
     # -- one receipt -------------------------------------------------------------------------------
 
@@ -769,34 +462,11 @@ class Reconciler:
         rejection = Rejection(
             code=code, field=None, message=verdict.message or CODES[code], stage="status"
         )
-        attempt = 0
-        while True:
-            try:
-                await self._dlq.send(message, rejection)
-                break
-            except DeadLetterError as exc:
-                attempt += 1
-                self.counts.dlq_write_failures += 1
-                self._log_write_failure(exc, attempt)
-                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
+        await self._dlq_writes.write(lambda: self._dlq.send(message, rejection))
         self.counts.bump(self.counts.dead_lettered, (code, "status"))
 
     async def _write(self, receipt: Receipt) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._receipts.send(receipt)
-                return
-            except ReceiptError as exc:
-                attempt += 1
-                self._log_write_failure(exc, attempt)
-                await asyncio.sleep(self._backoff.delay(attempt, None, self._rng))
-
-    def _log_write_failure(self, exc: Exception, attempt: int) -> None:
-        now = time.monotonic()
-        if now - self._dlq_logged_at >= 5.0:
-            self._dlq_logged_at = now
-            _log.error("reconcile: %s; retry %d", exc, attempt)
+        await self._receipt_writes.write(lambda: self._receipts.send(receipt))
 
 
 def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:

@@ -30,8 +30,8 @@ from stream.config import load
 from stream.errors import ConfigError
 from stream.leases import read_slots
 from stream.minting import live_token
-from stream.reconcile import classify
 from stream.settings import parse_uuid
+from stream.statuses import classify
 from stream.tools.args import arg_type
 from stream.wire import make_session
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from stream.api import refused_field
-from stream.delivery import Backoff
+from stream.retry import Backoff
 from stream.wire import Response, parse_retry_after
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from stream.api import ApiClient
 from stream.batching import Batch, Pending
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Delivery
 from stream.events import Record
+from stream.retry import Backoff
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import MintedTokens, StaticToken, TokenFile, Tokens

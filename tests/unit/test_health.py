@@ -18,8 +18,8 @@ from stream.app import Pipeline
 from stream.http import Health, http_app
 from stream.leases import KafkaLeases
 from stream.metrics import Metrics
+from stream.originals import OriginalReader
 from stream.producer import AckedProducer
-from stream.reconcile import OriginalReader
 from tests.support.waiting import wait_until, wait_until_async
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:1"}
@@ -115,7 +115,7 @@ async def test_a_stuck_read_makes_the_reader_dead(
     await wait_until_async(started.is_set, timeout_s=10, what="the read to start")
     assert reader.alive
     now = time.monotonic()
-    monkeypatch.setattr("stream.reconcile.time", SimpleNamespace(monotonic=lambda: now + 121))
+    monkeypatch.setattr("stream.originals.time", SimpleNamespace(monotonic=lambda: now + 121))
     assert not reader.alive
     release.set()
     assert await read == []

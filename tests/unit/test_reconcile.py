@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import threading
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -21,15 +23,17 @@ from stream.api import StatusInfo as Info
 from stream.cli import main
 from stream.consumer import ConsumerThread
 from stream.credentials import StaticTokens
-from stream.delivery import Backoff
 from stream.dlq import DeadLetterProducer
+from stream.errors import DeadLetterError, ReceiptError
 from stream.metrics import Counts
 from stream.offsets import Ticket
 from stream.receipts import Receipt, Receipts, offset_ranges
-from stream.reconcile import Reconciler, StatusBudget, Verdict, classify, match
+from stream.reconcile import Reconciler
+from stream.retry import AckedWriter, Backoff
 from stream.sandbox import REASONS, ManualClock, Sandbox, SandboxConfig, StatusRules
 from stream.sandbox.statuses import parse_failure
 from stream.secrets import Secret
+from stream.statuses import StatusBudget, Verdict, classify, match
 from stream.tokens import StaticToken, Tokens
 from stream.validation import Rejection
 from tests.support.sandbox import SandboxFactory, SandboxThread
@@ -435,6 +439,8 @@ class _Writes:
 
 def _reconciler(writes: _Writes, now_ms: list[int]) -> Reconciler:
     client = cast(ApiClient, SimpleNamespace())
+    client = cast(ApiClient, SimpleNamespace(tokens=StaticToken(Secret(TOKEN))))
+    backoff, rng, log = Backoff(), random.Random(), logging.getLogger("tests.reconcile")
     return Reconciler(
         consumer_config={},
         admin_config={},
@@ -444,10 +450,16 @@ def _reconciler(writes: _Writes, now_ms: list[int]) -> Reconciler:
         tokens=StaticToken(Secret(TOKEN)),
         receipts=cast(Receipts, writes),
         dlq=cast(DeadLetterProducer, writes),
+        receipt_writes=AckedWriter(
+            ReceiptError, what="receipt writes", backoff=backoff, rng=rng, log=log
+        ),
+        dlq_writes=AckedWriter(
+            DeadLetterError, what="dead-letter writes", backoff=backoff, rng=rng, log=log
+        ),
         delay_s=1.0,
         give_up_s=10.0,
         requests_per_minute=30,
-        backoff=Backoff(),
+        backoff=backoff,
         counts=Counts(),
         loop=asyncio.get_running_loop(),
         wall_ms=lambda: now_ms[0],

@@ -14,10 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from stream.api import ApiClient
 from stream.batching import Pending
 from stream.credentials import CredentialsFile, KeyPair, StaticTokens, TokenFileSource
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
 from stream.minting import Minter
+from stream.retry import Backoff
 from stream.sandbox import SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import Tokens

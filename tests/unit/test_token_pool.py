@@ -22,11 +22,12 @@ import pytest
 from stream.api import ApiClient
 from stream.batching import Pending
 from stream.credentials import CredentialsFile, KeyPair, StaticTokens, parse_credentials
-from stream.delivery import Backoff, Delivery
+from stream.delivery import Delivery
 from stream.errors import AuthError
 from stream.leases import LocalLeases, Release
 from stream.minting import MAX_MINTS, Minter, SlotRecord, live_token
 from stream.pacing import Pace, Slots
+from stream.retry import Backoff
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import Tokens
