@@ -39,7 +39,7 @@ import msgspec
 from stream.api import ApiClient
 from stream.batching import Batch, Batcher, Pending, Urgent
 from stream.events import encode_batch, encode_record
-from stream.lanes import Lane, RealtimeLane
+from stream.lanes import Lane, RealtimeLane, first_free
 from stream.metrics import Metrics, status_class
 from stream.pacing import Pace
 from stream.tokens import Held, TokenPool, Tokens
@@ -49,7 +49,6 @@ from stream.wire import Response
 __all__ = ["AUTH_REFUSED", "Backoff", "Delivery", "Outcomes", "api_rejection"]
 
 S = TypeVar("S")
-T = TypeVar("T")
 _log = logging.getLogger("stream.delivery")
 
 
@@ -71,9 +70,6 @@ AUTH_REFUSED = Rejection(
     stage="api",
 )
 """Why the records of an account given up on are dead-lettered (docs/design.md#auth)."""
-
-_EXPIRY_CHECK_S = 1.0
-"""How often records waiting for a token or a slot are checked for a closed window."""
 
 
 def api_rejection(status: int) -> Rejection:
@@ -320,7 +316,7 @@ class Delivery(Generic[S]):
                     lane.cap.take(now)
             return wait_s, held
 
-        return await _first_free(pool, pick, waiting)
+        return await first_free(pool, pick, waiting)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -542,7 +538,7 @@ class Delivery(Generic[S]):
                 pool.want_more()
             return wait_s, (held, pace)
 
-        return await _first_free(pool, pick, waiting)
+        return await first_free(pool, pick, waiting)
 
     async def _send_record(
         self, lane: RealtimeLane[S], pool: TokenPool, held: Held, pace: Pace, urgent: Urgent[S]
@@ -629,36 +625,3 @@ def _split_expired(
         else:
             expired.append((item, rejection))
     return live, expired
-
-
-async def _first_free(
-    pool: TokenPool,
-    pick: Callable[[list[Held], float], tuple[float, T]],
-    waiting: Callable[[], None],
-) -> T | None:
-    """Wait until ``pick`` finds a free slot among the pool's usable tokens (it takes the slot and
-    returns 0, or returns how long until one frees up), and return what it picked. None when the
-    pool has no token because getting one fails (``TokenPool.failing``) or the account is given up
-    on (``TokenPool.given_up``). While it waits, ``waiting`` runs about once a second (records whose
-    window closed meanwhile leave)."""
-    loop = asyncio.get_running_loop()
-    checked = loop.time()
-    while True:
-        now = loop.time()
-        usable = pool.usable()
-        if not usable and (pool.failing is not None or pool.given_up()):
-            return None
-        if usable:
-            wait_s, picked = pick(usable, now)
-            if wait_s <= 0:
-                return picked
-        else:
-            pool.want_more()
-            wait_s = 1.0
-        if now - checked >= _EXPIRY_CHECK_S:
-            checked = now
-            waiting()
-        # A sleep never ends early; a token that becomes usable meanwhile wakes it.
-        pool.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pool.changed.wait(), min(wait_s, _EXPIRY_CHECK_S))
