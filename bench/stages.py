@@ -92,8 +92,8 @@ class _Clock:
 
 class _Sent(Delivery[Source]):
     """``Delivery`` whose full batches go out at once, synchronously, to an API that accepts them:
-    the per-record work of ``_try_send`` (``_drop_expired``, encode) and the outcome, without the
-    lanes."""
+    the per-record work of ``Delivery._send`` (``_drop_expired``, encode) and the outcome, without
+    the lanes."""
 
     clock: _Clock
 
@@ -108,7 +108,7 @@ class _Sent(Delivery[Source]):
         encode_batch([p.record for p in batch.items], self._version)
         sent = time.perf_counter_ns()
         clock.ns["send"] += sent - started
-        self._outcomes.delivered(batch, Response(status=200))
+        self._answers.outcomes.delivered(batch, Response(status=200))
         clock.ns["delivered"] += time.perf_counter_ns() - sent
 
 

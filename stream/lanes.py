@@ -5,21 +5,29 @@ optionally ``DCR_RATE_LIMIT_RPS`` as a cap on the whole account (``stream.pacing
 does not send: ``stream.delivery`` runs one dispatcher task per lane that takes the token whose next
 slot comes first, and only then picks the batch, so a high-priority batch that arrives while normal
 ones wait gets the very next slot. A ``RealtimeLane`` holds the account's urgent records for the
-single-record endpoint (``stream.realtime``), with a pace per token of its own.
+single-record endpoint (``stream.realtime``), with a pace per token of its own. Both dispatchers
+wait for a token's slot with :func:`first_free`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from stream.batching import Batch, Urgent
 from stream.pacing import Pace, Slots
+from stream.pool import Held, TokenPool
 
-__all__ = ["Lane", "RealtimeLane"]
+__all__ = ["Lane", "RealtimeLane", "first_free"]
 
 S = TypeVar("S")
+T = TypeVar("T")
+
+_EXPIRY_CHECK_S = 1.0
+"""How often records waiting for a token or a slot are checked for a closed window."""
 
 
 class Lane(Generic[S]):
@@ -87,3 +95,36 @@ class RealtimeLane(Generic[S]):
         else:
             self.queue.append(urgent)
         self.ready.set()
+
+
+async def first_free(
+    pool: TokenPool,
+    pick: Callable[[list[Held], float], tuple[float, T]],
+    waiting: Callable[[], None],
+) -> T | None:
+    """Wait until ``pick`` finds a free slot among the pool's usable tokens (it takes the slot and
+    returns 0, or returns how long until one frees up), and return what it picked. None when the
+    pool has no token because getting one fails (``TokenPool.failing``) or the account is given up
+    on (``TokenPool.given_up``). While it waits, ``waiting`` runs about once a second (records whose
+    window closed meanwhile leave)."""
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
+    while True:
+        now = loop.time()
+        usable = pool.usable()
+        if not usable and (pool.failing is not None or pool.given_up()):
+            return None
+        if usable:
+            wait_s, picked = pick(usable, now)
+            if wait_s <= 0:
+                return picked
+        else:
+            pool.want_more()
+            wait_s = 1.0
+        if now - checked >= _EXPIRY_CHECK_S:
+            checked = now
+            waiting()
+        # A sleep never ends early; a token that becomes usable meanwhile wakes it.
+        pool.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.changed.wait(), min(wait_s, _EXPIRY_CHECK_S))

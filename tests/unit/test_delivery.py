@@ -6,112 +6,23 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
 import aiohttp
 import pytest
 
-from stream.api import ApiClient
-from stream.batching import Batch, Pending
-from stream.delivery import Delivery
-from stream.events import Record
-from stream.retry import Backoff
+from stream.batching import Pending
+from stream.pacing import Slots
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
-from stream.tokens import MintedTokens, StaticToken, TokenFile, Tokens
-from stream.validation import Rejection
-from stream.wire import Response, make_session
+from stream.tokens import MintedTokens, TokenFile
+from tests.support.delivery import DEADLINE_S, LABEL, TOKEN, A, B, engine, record, session
 from tests.support.waiting import wait_until_async
 
-A = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11"
-B = "7f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a12"
-LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
+__all__ = ["session"]  # the fixture
+
 UNKNOWN_LABEL = "1b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
-TOKEN = "static-token-for-tests"
-FAST = Backoff(base_s=0.01, cap_s=0.2)
-DEADLINE_S = 60.0
-
-
-def record(n: int, account: str = A, *, high: bool = False, label: str = LABEL) -> Record:
-    """Record ``n``: its receiver number identifies it at the sandbox."""
-    now = int(time.time() * 1000)
-    return Record(
-        account=account,
-        caller="918040001000",
-        receiver=f"9198{n:08d}",
-        label_id=label,
-        label_name=None,
-        call_reason=None,
-        starts_at=now,
-        ends_at=now + 3_600_000,
-        high_priority=high,
-    )
-
-
-class Recorder:
-    """The engine's outcomes, as the pipeline would see them."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[Batch[int], Response, float]] = []
-        self.dead: list[tuple[int, Rejection, int | None, bytes | None]] = []
-
-    @property
-    def sources(self) -> list[int]:
-        """The records delivered, by their source handle."""
-        return [item.source for batch, _, _ in self.batches for item in batch.items]
-
-    def resolved(self) -> int:
-        return len(self.sources) + len(self.dead)
-
-    async def until_resolved(self, count: int) -> None:
-        """Wait until ``count`` records were delivered or dead-lettered."""
-        await wait_until_async(
-            lambda: self.resolved() == count, timeout_s=DEADLINE_S, what=f"{count} resolved"
-        )
-
-    def delivered(self, batch: Batch[int], response: Response) -> None:
-        self.batches.append((batch, response, time.monotonic()))
-
-    async def dead_letter(
-        self, item: Pending[int], rejection: Rejection, status: int | None, body: bytes | None
-    ) -> None:
-        self.dead.append((item.source, rejection, status, body))
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(timeout_s=10) as s:
-        yield s
-
-
-def engine(
-    session: aiohttp.ClientSession,
-    sandbox: Sandbox,
-    recorder: Recorder,
-    *,
-    tokens: Tokens | None = None,
-    rps: float = 1000,
-    linger_s: float = 10.0,
-    version: Literal["v1", "v2"] = "v2",
-) -> Delivery[int]:
-    tokens = tokens or StaticToken(Secret(TOKEN))
-    client = ApiClient(
-        session,
-        base_url=sandbox.url,
-        version=version,
-        tokens=tokens,
-    )
-    return Delivery(
-        client=client,
-        tokens=tokens,
-        outcomes=recorder,
-        version=version,
-        linger_s=linger_s,
-        rate_limit_rps=rps,
-        backoff=FAST,
-    )
 
 
 def batch_sizes(sandbox: Sandbox) -> list[int]:
@@ -123,8 +34,7 @@ async def test_1200_records_make_exactly_three_requests(
     session: aiohttp.ClientSession, version: Literal["v1", "v2"]
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=100)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, linger_s=0.2, version=version)
+        delivery, recorder = engine(session, sandbox.url, linger_s=0.2, version=version)
         for n in range(1200):
             delivery.submit(Pending(record(n), n))
         await recorder.until_resolved(1200)
@@ -138,8 +48,7 @@ async def test_1200_records_make_exactly_three_requests(
 
 async def test_a_lone_record_waits_for_the_linger(session: aiohttp.ClientSession) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, linger_s=0.2)
+        delivery, recorder = engine(session, sandbox.url, linger_s=0.2)
         submitted = time.monotonic()
         delivery.submit(Pending(record(1), 1))
         await recorder.until_resolved(1)
@@ -151,8 +60,7 @@ async def test_a_lone_record_waits_for_the_linger(session: aiohttp.ClientSession
 
 async def test_two_accounts_never_share_a_request(session: aiohttp.ClientSession) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, linger_s=0.05)
+        delivery, recorder = engine(session, sandbox.url, linger_s=0.05)
         for n in range(700):
             delivery.submit(Pending(record(n, A if n % 3 else B), n))
         await recorder.until_resolved(700)
@@ -166,8 +74,7 @@ async def test_two_accounts_never_share_a_request(session: aiohttp.ClientSession
 
 async def test_quota_of_10_per_second_is_kept(session: aiohttp.ClientSession) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=10)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, rps=10)
+        delivery, recorder = engine(session, sandbox.url, rate_limit_rps=10)
         for n in range(100 * 500):
             delivery.submit(Pending(record(n), n))
         await recorder.until_resolved(50_000)
@@ -185,8 +92,7 @@ async def test_errors_and_429_bursts_lose_nothing(session: aiohttp.ClientSession
     config = SandboxConfig(static_token=TOKEN, rate_limit_rps=1000, seed=7)
     async with Sandbox(config) as sandbox:
         sandbox.set_faults(error_rate=0.3)
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, linger_s=0.01)
+        delivery, recorder = engine(session, sandbox.url, linger_s=0.01)
         for round_ in range(5):  # a 429 burst per round, with and without Retry-After
             sandbox.set_faults(throttle_next=3, throttle_retry_after_s=1 if round_ % 2 else None)
             for n in range(round_ * 1000, round_ * 1000 + 1000):
@@ -204,8 +110,7 @@ async def test_errors_and_429_bursts_lose_nothing(session: aiohttp.ClientSession
 async def test_retry_after_is_honoured(session: aiohttp.ClientSession) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
         sandbox.set_faults(throttle_next=1, throttle_retry_after_s=1)
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder)
+        delivery, recorder = engine(session, sandbox.url)
         started = time.monotonic()
         delivery.submit(Pending(record(1), 1))
         delivery.flush_open()
@@ -219,8 +124,7 @@ async def test_bisection_isolates_three_bad_records(session: aiohttp.ClientSessi
     config = SandboxConfig(static_token=TOKEN, labels={A: frozenset({LABEL})}, rate_limit_rps=1000)
     bad = {17, 250, 499}
     async with Sandbox(config) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder)
+        delivery, recorder = engine(session, sandbox.url)
         for n in range(500):
             delivery.submit(Pending(record(n, label=UNKNOWN_LABEL if n in bad else LABEL), n))
         await recorder.until_resolved(500)
@@ -239,11 +143,10 @@ async def test_expiring_minted_tokens_are_reminted(session: aiohttp.ClientSessio
     clock = ManualClock()
     config = SandboxConfig(key_id="key", api_key="secret-key", token_lifetime_s=3)
     async with Sandbox(config, clock=clock) as sandbox:
-        recorder = Recorder()
         tokens = MintedTokens(
             session, base_url=sandbox.url, key_id="key", api_key=Secret("secret-key")
         )
-        delivery = engine(session, sandbox, recorder, tokens=tokens)
+        delivery, recorder = engine(session, sandbox.url, tokens=tokens)
         for round_ in range(5):
             for n in range(round_ * 100, round_ * 100 + 100):
                 delivery.submit(Pending(record(n), n))
@@ -279,8 +182,7 @@ async def test_a_rotated_token_file_is_picked_up(
             os.replace(link, mounted)
 
         await rotate()
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, tokens=TokenFile(str(mounted)))
+        delivery, recorder = engine(session, sandbox.url, tokens=TokenFile(str(mounted)))
         delivery.submit(Pending(record(1), 1))
         delivery.flush_open()
         await recorder.until_resolved(1)
@@ -299,8 +201,7 @@ async def test_high_priority_takes_one_of_the_next_two_slots(
     session: aiohttp.ClientSession,
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, rps=5, linger_s=0.01)
+        delivery, recorder = engine(session, sandbox.url, rate_limit_rps=5, linger_s=0.01)
         for n in range(20 * 500):
             delivery.submit(Pending(record(n), n))
         await wait_until_async(lambda: len(recorder.batches) >= 3, timeout_s=DEADLINE_S)
@@ -324,8 +225,6 @@ def test_slots_keep_a_rolling_second_and_do_not_add_up_delays() -> None:
     """Clock-free: ``wait_s`` is asked at chosen times. Every 7th request goes out 30 ms late. No 11
     requests ever fall within 1.02 s, nor any two within 0.8 of the mean spacing, and the delays
     cost less than half what they would if every request waited 102 ms after the one before."""
-    from stream.pacing import Slots
-
     slots = Slots(10.0)
     now, sent, late = 0.0, [], 0
     for n in range(200):

@@ -5,61 +5,30 @@ the overflow to high-priority batches, and high-priority batches that leave with
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
 
-from stream.api import ApiClient
 from stream.batching import Pending, Urgent
-from stream.delivery import Delivery
 from stream.events import Record
 from stream.lanes import RealtimeLane
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
-from stream.tokens import MintedTokens, StaticToken, Tokens
-from tests.unit.test_delivery import FAST, TOKEN, Recorder, record, session
-from tests.unit.test_delivery import A as ACCOUNT
+from stream.tokens import MintedTokens
+from tests.support.delivery import TOKEN, engine, record, session
+from tests.support.delivery import A as ACCOUNT
 
-__all__ = ["session"]  # the fixture, shared with test_delivery
+__all__ = ["session"]  # the fixture
 
 SECOND_MS = 1000
-
-
-def engine(
-    session: aiohttp.ClientSession,
-    sandbox: Sandbox,
-    recorder: Recorder,
-    *,
-    realtime_rps: float | None = 100.0,
-    tokens: Tokens | None = None,
-    linger_s: float = 3600.0,
-    wall_ms: Callable[[], int] | None = None,
-) -> Delivery[int]:
-    """An engine whose batches never linger out on their own (an hour): a batch that leaves did so
-    because it filled, was flushed, or is high priority and took a slot."""
-    tokens = tokens or StaticToken(Secret(TOKEN))
-    client = ApiClient(
-        session,
-        base_url=sandbox.url,
-        version="v2",
-        tokens=tokens,
-    )
-    options: dict[str, Any] = {} if wall_ms is None else {"wall_ms": wall_ms}
-    return Delivery(
-        client=client,
-        tokens=tokens,
-        outcomes=recorder,
-        version="v2",
-        linger_s=linger_s,
-        rate_limit_rps=1000,
-        backoff=FAST,
-        realtime_rps=realtime_rps,
-        urgent_within_s=60,
-        **options,
-    )
+HOUR_S = 3600.0
+"""How long batches linger here: a batch that leaves did so because it filled, was flushed, or is
+high priority and took a slot."""
+RPS = 100.0
+"""The real-time lane's requests per token and second. A record is urgent by time when it starts
+within a minute (``Delivery``'s default ``urgent_within_s``)."""
 
 
 def starting_in(n: int, seconds: float, **changes: Any) -> Record:
@@ -84,8 +53,7 @@ async def test_urgent_records_go_alone_and_at_once_the_others_wait_for_their_bat
     session: aiohttp.ClientSession,
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder)
+        delivery, recorder = engine(session, sandbox.url, linger_s=HOUR_S, realtime_rps=RPS)
         delivery.submit_all(
             [
                 Pending(record(1, high=True), 1),  # high priority
@@ -121,8 +89,7 @@ async def test_with_the_lane_off_a_high_priority_batch_leaves_with_the_next_slot
     session: aiohttp.ClientSession,
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder, realtime_rps=None)
+        delivery, recorder = engine(session, sandbox.url, linger_s=HOUR_S)
         delivery.submit_all([Pending(record(n, high=n < 3), n) for n in range(6)])
         await recorder.until_resolved(3)  # the normal ones linger for an hour
         await delivery.close()
@@ -137,8 +104,7 @@ async def test_a_refused_record_is_dead_lettered_with_the_status_and_body(
     known = "1b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
     config = SandboxConfig(static_token=TOKEN, labels={ACCOUNT: frozenset({known})})
     async with Sandbox(config) as sandbox:
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder)
+        delivery, recorder = engine(session, sandbox.url, linger_s=HOUR_S, realtime_rps=RPS)
         delivery.submit_all(
             [Pending(record(1, high=True), 1), Pending(record(2, high=True, label=known), 2)]
         )
@@ -156,8 +122,7 @@ async def test_5xx_429_and_timeouts_are_retried_on_the_lane(
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
         sandbox.set_faults(fail_next=3, throttle_next=2, throttle_retry_after_s=0)
-        recorder = Recorder()
-        delivery = engine(session, sandbox, recorder)
+        delivery, recorder = engine(session, sandbox.url, linger_s=HOUR_S, realtime_rps=RPS)
         delivery.submit_all([Pending(record(n, high=True), n) for n in range(20)])
         await recorder.until_resolved(20)
         await delivery.close()
@@ -174,10 +139,13 @@ async def test_a_record_whose_window_closed_while_it_waited_is_dead_lettered_uns
     session: aiohttp.ClientSession,
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
         late = [0]
-        delivery = engine(
-            session, sandbox, recorder, wall_ms=lambda: int(time.time() * 1000) + late[0]
+        delivery, recorder = engine(
+            session,
+            sandbox.url,
+            linger_s=HOUR_S,
+            realtime_rps=RPS,
+            wall_ms=lambda: int(time.time() * 1000) + late[0],
         )
         sandbox.set_faults(fail_next=1)
         delivery.submit(Pending(record(1, high=True), 1))
@@ -195,11 +163,12 @@ async def test_an_expired_minted_token_is_reminted_for_the_lane(
     clock = ManualClock()
     config = SandboxConfig(key_id="key", api_key="secret-key", token_lifetime_s=3)
     async with Sandbox(config, clock=clock) as sandbox:
-        recorder = Recorder()
         tokens = MintedTokens(
             session, base_url=sandbox.url, key_id="key", api_key=Secret("secret-key")
         )
-        delivery = engine(session, sandbox, recorder, tokens=tokens)
+        delivery, recorder = engine(
+            session, sandbox.url, tokens=tokens, linger_s=HOUR_S, realtime_rps=RPS
+        )
         delivery.submit(Pending(record(1, high=True), 1))
         await recorder.until_resolved(1)
         clock.advance(5)  # the token has expired
@@ -222,9 +191,8 @@ async def test_a_full_lane_overflows_to_a_high_priority_batch_and_nothing_is_los
     session: aiohttp.ClientSession, high: bool
 ) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
-        recorder = Recorder()
         # One request a second: the lane lets one record wait; the rest overflow.
-        delivery = engine(session, sandbox, recorder, realtime_rps=1)
+        delivery, recorder = engine(session, sandbox.url, linger_s=HOUR_S, realtime_rps=1)
         urgent = [starting_in(n, 30, high_priority=high) for n in range(50)]
         delivery.submit_all([Pending(r, n) for n, r in enumerate(urgent)])
         await recorder.until_resolved(50)

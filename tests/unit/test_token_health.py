@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from stream.api import ApiClient
 from stream.batching import Pending
 from stream.credentials import CredentialsFile, KeyPair, StaticTokens, TokenFileSource
-from stream.delivery import Delivery
 from stream.http import Health, http_app
 from stream.metrics import Metrics, State
 from stream.minting import Minter
@@ -23,9 +22,9 @@ from stream.sandbox import SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import Tokens
 from stream.wire import make_session
+from tests.support.delivery import LABEL, A, engine, record
 from tests.support.sandbox import SandboxFactory
 from tests.support.waiting import wait_until_async
-from tests.unit.test_delivery import LABEL, A, Recorder, record
 from tests.unit.test_token_pool import SomeLeases
 
 
@@ -113,13 +112,11 @@ async def test_an_unreachable_token_endpoint_fails_sends_as_requests_and_says_wh
             leases=SomeLeases(10, {0}),
             backoff=(0.01, 0.05),
         )
-        recorder = Recorder()
-        client = ApiClient(session, base_url="http://127.0.0.1:1", version="v2", tokens=tokens)
-        delivery = Delivery(
-            client=client,
+        delivery, recorder = engine(
+            session,
+            "http://127.0.0.1:1",
             tokens=tokens,
-            outcomes=recorder,
-            version="v2",
+            linger_s=1.0,
             rate_limit_rps=None,
             backoff=Backoff(base_s=0.01, cap_s=0.05),
         )

@@ -12,28 +12,26 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
 
-from stream.api import ApiClient
 from stream.batching import Pending
 from stream.credentials import CredentialsFile, KeyPair, StaticTokens, parse_credentials
-from stream.delivery import Delivery
 from stream.errors import AuthError
 from stream.leases import LocalLeases, Release
 from stream.minting import MAX_MINTS, Minter, SlotRecord, live_token
 from stream.pacing import Pace, Slots
-from stream.retry import Backoff
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import Tokens
-from stream.wire import make_session
+from tests.support.delivery import A, engine, record, session
 from tests.support.waiting import wait_until_async
-from tests.unit.test_delivery import A, Recorder, record
+
+__all__ = ["session"]  # the fixture
 
 KEY_ID, API_KEY = "key-1", "api-key-secret-1"
 
@@ -78,12 +76,6 @@ class SomeLeases(LocalLeases):
     def share(self, other: LocalLeases) -> None:
         """Remember in ``other``'s records: as two processes reading one topic."""
         self._records = other._records
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(timeout_s=10) as s:
-        yield s
 
 
 # -- paces (no clock) ---------------------------------------------------------------------------
@@ -409,23 +401,6 @@ def test_a_credentials_file_is_json_or_toml_and_never_shows_a_secret(tmp_path: P
 # -- delivery -----------------------------------------------------------------------------------
 
 
-def engine(
-    session: aiohttp.ClientSession, url: str, tokens: Tokens
-) -> tuple[Delivery[int], Recorder]:
-    recorder = Recorder()
-    client = ApiClient(session, base_url=url, version="v2", tokens=tokens)
-    delivery = Delivery(
-        client=client,
-        tokens=tokens,
-        outcomes=recorder,
-        version="v2",
-        linger_s=0.01,
-        rate_limit_rps=None,
-        backoff=Backoff(base_s=0.01, cap_s=0.2),
-    )
-    return delivery, recorder
-
-
 async def test_a_429_costs_one_request_and_the_batch_goes_to_the_next_token(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -438,7 +413,9 @@ async def test_a_429_costs_one_request_and_the_batch_goes_to_the_next_token(
             leases=LocalLeases(3),
             requests_per_minute=600,
         )
-        delivery, recorder = engine(session, sandbox.url, tokens)
+        delivery, recorder = engine(
+            session, sandbox.url, tokens=tokens, linger_s=0.01, rate_limit_rps=None
+        )
         started = time.monotonic()
         for n in range(30 * 10):
             delivery.submit(Pending(record(n), n))
@@ -468,7 +445,9 @@ async def test_requests_spread_over_the_tokens_at_each_tokens_pace(
             leases=LocalLeases(3),
             requests_per_minute=600,  # 10 a second each: 30 a second for the pool
         )
-        delivery, recorder = engine(session, sandbox.url, tokens)
+        delivery, recorder = engine(
+            session, sandbox.url, tokens=tokens, linger_s=0.01, rate_limit_rps=None
+        )
         for n in range(60):
             delivery.submit(Pending(record(n), n))
             delivery.flush_open()  # one record a request: 60 requests
