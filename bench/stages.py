@@ -34,11 +34,12 @@ from typing import Any
 from confluent_kafka import Message
 
 from bench.harness import ACCOUNT
-from stream.app import Pipeline, Source
+from stream.app import Pipeline
 from stream.batching import Batch
 from stream.config import load
 from stream.delivery import Delivery
 from stream.events import encode_batch
+from stream.finishing import Finisher, Source
 from stream.labels import LabelGate
 from stream.validation import validate_all
 from stream.wire import Response
@@ -123,18 +124,29 @@ def _pipeline(clock: _Clock) -> Pipeline:
         }
     )
     pipeline = Pipeline(config)
-    delivery = _Sent(client=None, tokens=None, outcomes=pipeline,  # type: ignore[arg-type]
+    finisher = pipeline._finisher = Finisher(
+        pipeline.tracker,
+        pipeline.counts,
+        dlq=None,  # type: ignore[arg-type]  # every record is valid and accepted
+        receipts=None,
+        reconciling=False,
+        high_topics=(),
+        backoff=pipeline._backoff,
+        rng=pipeline._rng,
+        wall_ms=pipeline._wall_ms,
+    )
+    delivery = _Sent(client=None, tokens=None, outcomes=finisher,  # type: ignore[arg-type]
                      version=config.api_version, linger_s=3600, rate_limit_rps=None)  # fmt: skip
     delivery.clock = clock
     clock.ns.update(send=0, delivered=0)
-    pipeline._delivery = delivery
+    pipeline._delivery = finisher.delivery = delivery
     pipeline._labels = LabelGate(
         None,  # type: ignore[arg-type]
         refresh_s=3600,
         overridden=config.allowed_label_ids,
         release=delivery.submit_all,
-        refuse=pipeline._unknown_label,
-        probe=pipeline._probe,
+        refuse=finisher.unknown_label,
+        probe=finisher.probe,
     )
     pipeline.tracker.assign((TOPIC, p) for p in range(PARTITIONS))
     return pipeline

@@ -20,14 +20,21 @@ from typing import Any
 
 import aiohttp
 
-from stream.credentials import CredentialSource, KeyPair, StaticTokens, TokenFileSource
+from stream.config import Config
+from stream.credentials import (
+    CredentialsFile,
+    CredentialSource,
+    KeyPair,
+    StaticTokens,
+    TokenFileSource,
+)
 from stream.errors import AuthError
 from stream.leases import Leases, LocalLeases
 from stream.minting import MintBudget, Minter
 from stream.pool import CHECK_S, PoolReport, TokenPool
 from stream.secrets import Secret
 
-__all__ = ["MintedTokens", "StaticToken", "TokenFile", "Tokens"]
+__all__ = ["MintedTokens", "StaticToken", "TokenFile", "Tokens", "make_source", "make_tokens"]
 
 _log = logging.getLogger("stream.tokens")
 
@@ -200,3 +207,34 @@ class MintedTokens(Tokens):
     ) -> None:
         minter = Minter(session, base_url=base_url)
         super().__init__(KeyPair(key_id, api_key), minter=minter, **options)
+
+
+def make_tokens(
+    config: Config, session: Any, leases: Leases | None, rng: random.Random | None = None
+) -> Tokens:
+    """Each account's token pool, from the one way to authenticate configured (``leases`` None:
+    every slot held here, for a tool such as ``dcr-stream status``)."""
+    return Tokens(
+        make_source(config),
+        minter=Minter(session, base_url=config.api_base_url),
+        leases=leases,
+        requests_per_minute=config.token_requests_per_minute,
+        backoff=(config.retry_base_ms / 1000, config.retry_cap_ms / 1000),
+        rng=rng,
+        give_up_s=config.auth_give_up_s,
+        budget=config.minting,
+    )
+
+
+def make_source(config: Config) -> CredentialSource:
+    """The one way to authenticate configured."""
+    if config.api_token is not None:
+        tokens = [t.strip() for t in config.api_token.reveal().split(",") if t.strip()]
+        return StaticTokens([Secret(t) for t in tokens])
+    if config.api_token_file is not None:
+        return TokenFileSource(config.api_token_file)
+    if config.api_credentials_file is not None:
+        return CredentialsFile(config.api_credentials_file)
+    assert config.api_key_id is not None
+    assert config.api_key is not None
+    return KeyPair(config.api_key_id, config.api_key)

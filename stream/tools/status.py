@@ -25,13 +25,13 @@ from collections import Counter
 import msgspec
 
 from stream.api import ApiClient
-from stream.app import make_source, make_tokens
 from stream.config import load
 from stream.errors import ConfigError
 from stream.leases import read_slots
 from stream.minting import live_token
 from stream.settings import parse_uuid
 from stream.statuses import classify
+from stream.tokens import make_source, make_tokens
 from stream.tools.args import arg_type
 from stream.wire import make_session
 

@@ -32,11 +32,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("kafka", ("consumer", "commits", "leases", "dlq", "receipts")),
     ("credentials", ("credentials", "minting")),
+    ("configuration", ("config",)),
     ("tokens", ("pool", "tokens")),
     ("api", ("api",)),
     ("engines", ("batching", "lanes", "outcomes", "delivery", "realtime", "labels")),
     ("reconciliation", ("statuses", "originals", "reconcile")),
-    ("process", ("config", "http", "app")),
+    ("process", ("http", "finishing", "app")),
     ("command line", ("cli", "__main__", "__init__")),
 )
 """Bottom to top. A module imports only modules of its own layer or of a lower one. Names not

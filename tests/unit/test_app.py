@@ -1,4 +1,4 @@
-"""The pipeline's own decisions, without a broker: how a probe's answer is read
+"""The finisher's own decisions, without a broker: how a probe's answer is read
 (docs/design.md#labels)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream.app import Pipeline
 from stream.batching import Pending
 from stream.events import Record
+from stream.finishing import Finisher
 from stream.validation import Rejection
 from stream.wire import Response
 
@@ -26,27 +26,27 @@ RECORD = Record(
 )
 
 
-class _Pipeline:
-    """What ``Pipeline._probe`` uses: a delivery that answers ``answer``, and the dead letters."""
+class _Finisher:
+    """What ``Finisher.probe`` uses: a delivery that answers ``answer``, and the dead letters."""
 
     def __init__(self, answer: Response) -> None:
-        self._delivery = SimpleNamespace(probe=self._send)
+        self.delivery = SimpleNamespace(probe=self._send)
         self.answer = answer
         self.letters: list[tuple[str, int | None]] = []
 
     async def _send(self, item: Pending[str]) -> Response:
         return self.answer
 
-    async def _dead_letter(
+    async def write_dead_letter(
         self, source: str, rejection: Rejection, status: int | None, body: bytes | None
     ) -> None:
         self.letters.append((rejection.code, status))
 
 
 async def probe(answer: Response) -> tuple[str, list[tuple[str, int | None]]]:
-    pipeline = _Pipeline(answer)
-    outcome = await Pipeline._probe(pipeline, Pending(RECORD, "source"))  # type: ignore[arg-type]
-    return outcome, pipeline.letters
+    finisher = _Finisher(answer)
+    outcome = await Finisher.probe(finisher, Pending(RECORD, "source"))  # type: ignore[arg-type]
+    return outcome, finisher.letters
 
 
 @pytest.mark.parametrize(
