@@ -6,6 +6,7 @@ provide the binary, every chart test errors: a missing helm fails the run, it ne
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -31,6 +33,11 @@ ALERTS_VALUES = VALUES_DIR / "alerts.yaml"
 """The alerting rules on (tests/chart/test_alerts.py)."""
 
 Manifest = dict[str, Any]
+
+CUSTOM_KINDS = {"PrometheusRule", "ScaledObject", "ServiceMonitor"}
+"""Kinds from CRDs: the Kubernetes schemas do not know them (tests/chart/test_matrix.py)."""
+POD_NAME = "dcr-stream-7d9f8c6b5-x2k4q"
+"""The pod's name, as ``service_env`` gives it to the downward API's ``metadata.name``."""
 
 
 class HelmError(Exception):
@@ -129,6 +136,25 @@ def container(manifests: Sequence[Manifest]) -> Manifest:
     return dict(containers[0])
 
 
+def pod_spec(manifests: Sequence[Manifest]) -> Manifest:
+    return dict(only(manifests, "Deployment")["spec"]["template"]["spec"])
+
+
+def kubernetes_problems(manifests: Sequence[Manifest], kube_version: str) -> list[str]:
+    """What a strict check against the Kubernetes ``kube_version`` schemas finds wrong with each
+    object (CRDs' kinds left out), as ``Kind at path: message``."""
+    problems = []
+    for manifest in manifests:
+        if manifest["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(manifest, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            problems.append(f"{manifest['kind']} at {path}: {exc.message}")
+    return problems
+
+
 def config(manifests: Sequence[Manifest]) -> dict[str, str]:
     """The settings ConfigMap's ``DCR_*`` settings (not the dashboard's ConfigMap)."""
     settings = [
@@ -136,6 +162,33 @@ def config(manifests: Sequence[Manifest]) -> dict[str, str]:
     ]
     assert len(settings) == 1, "expected one ConfigMap of settings"
     return dict(settings[0]["data"])
+
+
+def service_env(manifests: Sequence[Manifest]) -> dict[str, str]:
+    """The environment the service starts with: the ConfigMap, then the container's own variables.
+
+    Values from the chart's Secret are decoded; a Secret the chart does not render (an existing
+    one) gives a stand-in, or nothing when the reference is optional; the pod's name is
+    ``POD_NAME``.
+    """
+    env = config(manifests)
+    secrets = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "Secret"}
+    for var in container(manifests)["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        if "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
+            env[var["name"]] = POD_NAME
+            continue
+        ref = var["valueFrom"]["secretKeyRef"]
+        data = secrets.get(ref["name"], {})
+        if ref["key"] in data:
+            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        elif not ref.get("optional"):
+            assert ref["name"] not in secrets, f"the chart's Secret lacks {ref['key']}"
+            env[var["name"]] = "stand-in-from-an-existing-secret"
+    return env
 
 
 def alert_rules(helm: Helm) -> list[dict[str, Any]]:
