@@ -388,11 +388,27 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["auth.token="], "auth.token is required"),
-        (["auth.mode=keyPair", "auth.keyId=k"], "auth.keyId and auth.key are both required"),
         (["auth.existingSecret=mine"], "auth.existingSecret is set: put the credentials into"),
         (
+            [
+                "auth.token=",
+                "auth.existingSecret=mine",
+                "auth.mode=credentialsFile",
+                "auth.credentials.5f0c2a55-2b8e-4a7e-9d3c-6a1f0e9b7c11.tokens={t}",
+            ],
+            "auth.existingSecret is set: put the credentials into",
+        ),
+        (
             ["auth.mode=keyPair", "auth.keyId=k", "auth.key=s", "auth.mountTokenAsFile=true"],
+            "auth.mountTokenAsFile needs auth.mode=token",
+        ),
+        (
+            [
+                "auth.existingSecret=mine",
+                "auth.token=",
+                "auth.mode=credentialsFile",
+                "auth.mountTokenAsFile=true",
+            ],
             "auth.mountTokenAsFile needs auth.mode=token",
         ),
         (["kafka.config.sasl\\.password=p"], "is a secret: move it to kafka.secretConfig"),
@@ -405,6 +421,22 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
             "autoscaling.minReplicas (5) is greater than autoscaling.maxReplicas (4)",
         ),
         (["extraConfig.DCR_LOG_LEVEL=DEBUG"], "extraConfig.DCR_LOG_LEVEL is set by the chart"),
+        (
+            ["extraConfig.DCR_API_CREDENTIALS_FILE=/etc/credentials.json"],
+            "extraConfig.DCR_API_CREDENTIALS_FILE is set by the chart: use auth.mode instead",
+        ),
+        (
+            ["extraConfig.DCR_API_CA_BUNDLE=/etc/ssl/ca.pem"],
+            "extraConfig.DCR_API_CA_BUNDLE is set by the chart: use api.caBundle instead",
+        ),
+        (
+            ["extraConfig.DCR_API_TOKEN=t"],
+            "extraConfig.DCR_API_TOKEN is set by the chart: use auth.mode instead",
+        ),
+        (
+            ["kafka.staticMembership=false", "extraConfig.DCR_KAFKA_INSTANCE_ID=i"],
+            "extraConfig.DCR_KAFKA_INSTANCE_ID is set by the chart",
+        ),
         (
             ["replicaCount=11"],
             "11 replicas but quota.tokenPoolSize=10 token slots",
