@@ -3,22 +3,28 @@
 Each ``auth.mode`` (``token``, the token as a file, ``keyPair``, ``credentialsFile``) with no CA
 bundle, one from a Secret and one from a ConfigMap renders valid Kubernetes objects and exactly
 one way to authenticate for the service's own loader; each file the service reads is on a
-read-only directory mount, never a ``subPath``, so the kubelet's updates reach it.
+read-only directory mount, never a ``subPath``, so the kubelet's updates reach it. Then the
+service itself runs on a rendered credentials-file pod (the volumes written here as the kubelet
+writes them) against the broker and an HTTPS sandbox whose certificate only the mounted CA bundle
+vouches for: it mints for the account with a key pair, sends on the other's static token, and
+takes a rotated token from an updated Secret without a restart.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stream.config import load
 from stream.credentials import Credentials, parse_credentials
 from stream.secrets import Secret
-from tests.support.events import ACCOUNTS
+from tests.support.events import ACCOUNTS, Ledger, events
 from tests.support.helm import (
     RELEASE,
     VALUES_DIR,
@@ -27,10 +33,16 @@ from tests.support.helm import (
     container,
     kinds,
     kubernetes_problems,
+    local_env,
     only,
     pod_spec,
+    project,
     service_env,
 )
+from tests.support.kafka import Broker, wait_committed
+from tests.support.sandbox import SandboxThread
+from tests.support.service import RUN_TIMEOUT_S, Service, get_text
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.chart
 
@@ -72,6 +84,7 @@ FILES = {
 }
 """Per mode and CA source, the variables that name a file, and where the file comes from: the
 volume's kind, the object's name and the key in it."""
+EVENTS = 200
 
 
 def _render(helm: Helm, mode: str, ca: str, kube_version: str = "") -> list[Manifest]:
@@ -157,3 +170,97 @@ def test_changed_credentials_in_the_charts_secret_roll_the_pods(helm: Helm) -> N
 
     rotated = f"auth.credentials.{TOKENS_ACCOUNT}.tokens={{test-token-rotated}}"
     assert checksum(rotated) != checksum()
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key (PEM files)."""
+    cert, key = tmp_path / "api.pem", tmp_path / "api.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.integration
+def test_the_service_runs_on_a_rendered_credentials_file_and_takes_its_updates(
+    helm: Helm,
+    kafka: Broker,
+    tmp_path: Path,
+    self_signed: tuple[Path, Path],
+    topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+    sandbox_thread: Callable[..., SandboxThread],
+) -> None:
+    values = yaml.safe_load(CREDENTIALS_FILE.read_text())
+    key_pair = values["auth"]["credentials"][KEY_PAIR_ACCOUNT]
+    (token,) = values["auth"]["credentials"][TOKENS_ACCOUNT]["tokens"]
+    rotated = "test-token-rotated-not-a-secret"
+    cert, key = self_signed
+    sandbox = sandbox_thread(
+        static_token=None,
+        static_tokens=(token, rotated),
+        token_rate_limit=60,  # the API's, the chart's default; and the sandbox counts token use
+        key_id=key_pair["key_id"],
+        api_key=key_pair["api_key"],
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    assert sandbox.url.startswith("https://")
+    topic, group = topic_factory(partitions=2), group_factory()
+    manifests = helm.render(
+        [CREDENTIALS_FILE],
+        sets=[
+            f"api.baseUrl={sandbox.url}",
+            f"json:kafka.bootstrapServers={json.dumps(kafka.bootstrap_servers)}",
+            f"json:kafka.topics={json.dumps([topic])}",
+            f"kafka.groupId={group}",
+        ],
+    )
+    ca = {values["api"]["caBundle"]["configMapName"]: {"ca.crt": cert.read_bytes()}}
+    # Port 0: the tests share this host, and a chart's port is 1024 or above.
+    env = local_env(manifests, tmp_path / "pod", ca) | {"DCR_HTTP_PORT": "0"}
+    credentials = Path(env["DCR_API_CREDENTIALS_FILE"])
+    ledger = Ledger(kafka.bootstrap_servers, topic, 2)
+
+    def delivered() -> bool:
+        return set(sandbox.accepted_receivers()) == ledger.valid
+
+    def token_use() -> dict[str, dict[str, object]]:
+        stats = sandbox.run(sandbox.sandbox.stats).accounts
+        return {account: dict(stats[account].token_use) for account in ACCOUNTS}
+
+    settings = {name.removeprefix("DCR_").lower(): value for name, value in env.items()}
+    with Service(tmp_path / "service.log", **settings) as service:
+        ledger.produce(events(EVENTS))
+        wait_until(
+            lambda: service.alive() and delivered(), timeout_s=RUN_TIMEOUT_S, what="delivered"
+        )
+        ready = json.loads(get_text(service.http_port(), "/readyz"))
+        assert ready["status"] == "ready", ready
+        stats = sandbox.run(sandbox.sandbox.stats).accounts
+        assert stats[KEY_PAIR_ACCOUNT].tokens.get("200", 0) >= 1, "no token minted"
+        assert stats[TOKENS_ACCOUNT].tokens == {}, "minted for the account with a static token"
+        before = token_use()
+        assert before[KEY_PAIR_ACCOUNT], "no request on a minted token"
+        assert all(label.startswith("minted-") for label in before[KEY_PAIR_ACCOUNT])
+        assert set(before[TOKENS_ACCOUNT]) == {"static-0"}
+
+        # The Secret is updated: the kubelet swaps the volume's files, the service reads them again.
+        updated = json.loads(credentials.read_text())
+        updated[TOKENS_ACCOUNT] = {"tokens": [rotated]}
+        project(credentials.parent, {credentials.name: json.dumps(updated).encode()})
+        ledger.produce(events(EVENTS, start=EVENTS))
+        wait_until(
+            lambda: service.alive() and delivered(), timeout_s=RUN_TIMEOUT_S, what="delivered"
+        )
+        after = token_use()[TOKENS_ACCOUNT]
+        assert after["static-0"] == before[TOKENS_ACCOUNT]["static-0"], "the old token used"
+        assert "static-1" in after, "the rotated token not used"
+        wait_committed(kafka.bootstrap_servers, group, topic, 2, timeout_s=RUN_TIMEOUT_S)
