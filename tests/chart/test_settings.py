@@ -17,14 +17,16 @@ from stream.config import load
 from stream.settings import SETTINGS
 from tests.support.helm import (
     CHART,
+    POD_NAME,
     VALUES,
     VALUES_DIR,
     Helm,
-    Manifest,
     config,
     container,
     kinds,
     only,
+    pod_spec,
+    service_env,
 )
 
 pytestmark = pytest.mark.chart
@@ -44,44 +46,10 @@ def _ids(paths: Sequence[Path]) -> list[str]:
     return [path.stem for path in paths]
 
 
-POD_NAME = "dcr-stream-7d9f8c6b5-x2k4q"
-
-
-def _pod_spec(manifests: Sequence[Manifest]) -> Manifest:
-    return dict(only(manifests, "Deployment")["spec"]["template"]["spec"])
-
-
-def _service_env(manifests: Sequence[Manifest]) -> dict[str, str]:
-    """The environment the service starts with: the ConfigMap, then the container's own variables.
-
-    Values from the chart's Secret are decoded; a Secret the chart does not render (an existing
-    one) gives a stand-in, or nothing when the reference is optional; the pod's name is
-    ``POD_NAME``.
-    """
-    env = config(manifests)
-    secrets = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "Secret"}
-    for var in container(manifests)["env"]:
-        if "value" in var:
-            env[var["name"]] = var["value"]
-            continue
-        if "fieldRef" in var["valueFrom"]:
-            assert var["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
-            env[var["name"]] = POD_NAME
-            continue
-        ref = var["valueFrom"]["secretKeyRef"]
-        data = secrets.get(ref["name"], {})
-        if ref["key"] in data:
-            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
-        elif not ref.get("optional"):
-            assert ref["name"] not in secrets, f"the chart's Secret lacks {ref['key']}"
-            env[var["name"]] = "stand-in-from-an-existing-secret"
-    return env
-
-
 @pytest.mark.parametrize("values", VALUES, ids=_ids(VALUES))
 def test_the_service_accepts_the_rendered_configuration(helm: Helm, values: Path) -> None:
     manifests = helm.render([values])
-    env = _service_env(manifests)
+    env = service_env(manifests)
     assert set(env) <= SERVICE_SETTINGS, "a name the service does not read"
     loaded = load(env)
     assert loaded.token_pool_size == int(env["DCR_TOKEN_POOL_SIZE"])
@@ -123,7 +91,7 @@ def test_every_setting_the_chart_owns_reaches_the_config_map(helm: Helm) -> None
         "DCR_STATUS_REQUESTS_PER_MINUTE",
         "DCR_STATUS_GIVE_UP_S",
     }
-    loaded = load(_service_env(manifests))
+    loaded = load(service_env(manifests))
     assert loaded.allowed_label_ids == {
         "5f0c2a55-2b8e-4a7e-9d3c-6a1f0e9b7c11": frozenset(
             {"0b7e3a8e-5d0a-4a39-8f8e-0d5b8f6f2c33", "7d1f4c2a-9e3b-4f6d-8a5c-2b0e1f3d4c55"}
@@ -148,7 +116,7 @@ def test_kafka_secrets_stay_in_the_secret(helm: Helm) -> None:
         "sasl.password": "test-password-not-a-secret"
     }
     assert "test-password-not-a-secret" not in json.dumps(config(manifests))
-    loaded = load(_service_env(manifests))
+    loaded = load(service_env(manifests))
     assert loaded.consumer_config()["sasl.password"] == "test-password-not-a-secret"
 
 
@@ -186,7 +154,7 @@ def test_the_quota_values_reach_the_service(helm: Helm) -> None:
 @pytest.mark.parametrize("values", VALUES, ids=_ids(VALUES))
 def test_pods_run_hardened(helm: Helm, values: Path) -> None:
     manifests = helm.render([values])
-    pod = _pod_spec(manifests)
+    pod = pod_spec(manifests)
     assert pod["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 10001,
@@ -214,14 +182,14 @@ def test_pods_run_hardened(helm: Helm, values: Path) -> None:
 @pytest.mark.parametrize("values", VALUES, ids=_ids(VALUES))
 def test_the_grace_period_outlasts_the_shutdown_timeout(helm: Helm, values: Path) -> None:
     manifests = helm.render([values])
-    grace = _pod_spec(manifests)["terminationGracePeriodSeconds"]
+    grace = pod_spec(manifests)["terminationGracePeriodSeconds"]
     assert grace > float(config(manifests)["DCR_SHUTDOWN_TIMEOUT_S"])
 
 
 def test_the_grace_period_follows_the_shutdown_timeout(helm: Helm) -> None:
     manifests = helm.render([MINIMAL], sets=["shutdownTimeoutSeconds=60"])
     assert config(manifests)["DCR_SHUTDOWN_TIMEOUT_S"] == "60"
-    assert _pod_spec(manifests)["terminationGracePeriodSeconds"] == 70
+    assert pod_spec(manifests)["terminationGracePeriodSeconds"] == 70
 
 
 @pytest.mark.parametrize("values", VALUES, ids=_ids(VALUES))
@@ -325,7 +293,7 @@ def test_key_pair_credentials(helm: Helm) -> None:
     manifests = helm.render([KEY_PAIR])
     secret = only(manifests, "Secret")
     assert secret["data"].keys() == {"DCR_API_KEY_ID", "DCR_API_KEY"}
-    env = _service_env(manifests)
+    env = service_env(manifests)
     assert (env["DCR_API_KEY_ID"], env["DCR_API_KEY"]) == ("test-key-id", "test-key-not-a-secret")
     assert "DCR_API_TOKEN" not in env
 
@@ -338,7 +306,7 @@ def test_the_token_can_be_mounted_as_a_file(helm: Helm) -> None:
     path = env["DCR_API_TOKEN_FILE"]["value"]
     mount = next(m for m in main["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     assert mount["readOnly"] is True
-    volume = next(v for v in _pod_spec(manifests)["volumes"] if v["name"] == mount["name"])
+    volume = next(v for v in pod_spec(manifests)["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == only(manifests, "Secret")["metadata"]["name"]
     assert volume["secret"]["items"] == [{"key": "DCR_API_TOKEN", "path": Path(path).name}]
 
@@ -347,7 +315,7 @@ def test_the_service_account_carries_no_token(helm: Helm) -> None:
     manifests = helm.render([MINIMAL])
     account = only(manifests, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
-    assert _pod_spec(manifests)["serviceAccountName"] == account["metadata"]["name"]
+    assert pod_spec(manifests)["serviceAccountName"] == account["metadata"]["name"]
 
 
 def test_disruption_budget_lets_one_pod_go_at_a_time(helm: Helm) -> None:
@@ -420,11 +388,27 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["auth.token="], "auth.token is required"),
-        (["auth.mode=keyPair", "auth.keyId=k"], "auth.keyId and auth.key are both required"),
         (["auth.existingSecret=mine"], "auth.existingSecret is set: put the credentials into"),
         (
+            [
+                "auth.token=",
+                "auth.existingSecret=mine",
+                "auth.mode=credentialsFile",
+                "auth.credentials.5f0c2a55-2b8e-4a7e-9d3c-6a1f0e9b7c11.tokens={t}",
+            ],
+            "auth.existingSecret is set: put the credentials into",
+        ),
+        (
             ["auth.mode=keyPair", "auth.keyId=k", "auth.key=s", "auth.mountTokenAsFile=true"],
+            "auth.mountTokenAsFile needs auth.mode=token",
+        ),
+        (
+            [
+                "auth.existingSecret=mine",
+                "auth.token=",
+                "auth.mode=credentialsFile",
+                "auth.mountTokenAsFile=true",
+            ],
             "auth.mountTokenAsFile needs auth.mode=token",
         ),
         (["kafka.config.sasl\\.password=p"], "is a secret: move it to kafka.secretConfig"),
@@ -437,6 +421,22 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
             "autoscaling.minReplicas (5) is greater than autoscaling.maxReplicas (4)",
         ),
         (["extraConfig.DCR_LOG_LEVEL=DEBUG"], "extraConfig.DCR_LOG_LEVEL is set by the chart"),
+        (
+            ["extraConfig.DCR_API_CREDENTIALS_FILE=/etc/credentials.json"],
+            "extraConfig.DCR_API_CREDENTIALS_FILE is set by the chart: use auth.mode instead",
+        ),
+        (
+            ["extraConfig.DCR_API_CA_BUNDLE=/etc/ssl/ca.pem"],
+            "extraConfig.DCR_API_CA_BUNDLE is set by the chart: use api.caBundle instead",
+        ),
+        (
+            ["extraConfig.DCR_API_TOKEN=t"],
+            "extraConfig.DCR_API_TOKEN is set by the chart: use auth.mode instead",
+        ),
+        (
+            ["kafka.staticMembership=false", "extraConfig.DCR_KAFKA_INSTANCE_ID=i"],
+            "extraConfig.DCR_KAFKA_INSTANCE_ID is set by the chart",
+        ),
         (
             ["replicaCount=11"],
             "11 replicas but quota.tokenPoolSize=10 token slots",
@@ -454,7 +454,7 @@ def test_inconsistent_values_fail_with_a_clear_message(
 
 
 def test_the_realtime_values_reach_the_service(helm: Helm) -> None:
-    defaults = load(_service_env(helm.render([MINIMAL])))
+    defaults = load(service_env(helm.render([MINIMAL])))
     assert (defaults.realtime, defaults.urgent_within_s) == (True, 60)
     assert defaults.realtime_requests_per_second == 100
     sets = [
@@ -466,13 +466,13 @@ def test_the_realtime_values_reach_the_service(helm: Helm) -> None:
     assert settings["DCR_REALTIME"] == "off"
     assert settings["DCR_URGENT_WITHIN_S"] == "0"
     assert settings["DCR_REALTIME_REQUESTS_PER_SECOND"] == "50.5"
-    loaded = load(_service_env(helm.render([MINIMAL], sets=sets)))
+    loaded = load(service_env(helm.render([MINIMAL], sets=sets)))
     assert (loaded.realtime, loaded.urgent_within_s) == (False, 0)
 
 
 def test_static_membership_takes_the_pod_name_and_can_be_turned_off(helm: Helm) -> None:
-    loaded = load(_service_env(helm.render([KAFKA_SASL])))
+    loaded = load(service_env(helm.render([KAFKA_SASL])))
     assert loaded.kafka_instance_id == POD_NAME
     assert loaded.consumer_config()["group.instance.id"] == POD_NAME
     manifests = helm.render([KAFKA_SASL], sets=["kafka.staticMembership=false"])
-    assert "DCR_KAFKA_INSTANCE_ID" not in _service_env(manifests)
+    assert "DCR_KAFKA_INSTANCE_ID" not in service_env(manifests)

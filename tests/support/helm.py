@@ -2,19 +2,27 @@
 
 ``scripts/helm.sh`` builds helm from its Go module once and caches it outside the repo. If it cannot
 provide the binary, every chart test errors: a missing helm fails the run, it never skips it.
+
+``local_env`` plays the kubelet for a rendered pod on this host: the service's environment, with
+the pod's Secret and ConfigMap volumes written where the service can read them (``project`` writes
+and updates a volume as the kubelet does), so that a test starts the service as the chart sets it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -31,6 +39,11 @@ ALERTS_VALUES = VALUES_DIR / "alerts.yaml"
 """The alerting rules on (tests/chart/test_alerts.py)."""
 
 Manifest = dict[str, Any]
+
+CUSTOM_KINDS = {"PrometheusRule", "ScaledObject", "ServiceMonitor"}
+"""Kinds from CRDs: the Kubernetes schemas do not know them (tests/chart/test_matrix.py)."""
+POD_NAME = "dcr-stream-7d9f8c6b5-x2k4q"
+"""The pod's name, as ``service_env`` gives it to the downward API's ``metadata.name``."""
 
 
 class HelmError(Exception):
@@ -129,6 +142,25 @@ def container(manifests: Sequence[Manifest]) -> Manifest:
     return dict(containers[0])
 
 
+def pod_spec(manifests: Sequence[Manifest]) -> Manifest:
+    return dict(only(manifests, "Deployment")["spec"]["template"]["spec"])
+
+
+def kubernetes_problems(manifests: Sequence[Manifest], kube_version: str) -> list[str]:
+    """What a strict check against the Kubernetes ``kube_version`` schemas finds wrong with each
+    object (CRDs' kinds left out), as ``Kind at path: message``."""
+    problems = []
+    for manifest in manifests:
+        if manifest["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(manifest, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            problems.append(f"{manifest['kind']} at {path}: {exc.message}")
+    return problems
+
+
 def config(manifests: Sequence[Manifest]) -> dict[str, str]:
     """The settings ConfigMap's ``DCR_*`` settings (not the dashboard's ConfigMap)."""
     settings = [
@@ -136,6 +168,88 @@ def config(manifests: Sequence[Manifest]) -> dict[str, str]:
     ]
     assert len(settings) == 1, "expected one ConfigMap of settings"
     return dict(settings[0]["data"])
+
+
+def service_env(manifests: Sequence[Manifest]) -> dict[str, str]:
+    """The environment the service starts with: the ConfigMap, then the container's own variables.
+
+    Values from the chart's Secret are decoded; a Secret the chart does not render (an existing
+    one) gives a stand-in, or nothing when the reference is optional; the pod's name is
+    ``POD_NAME``.
+    """
+    env = config(manifests)
+    secrets = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "Secret"}
+    for var in container(manifests)["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        if "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
+            env[var["name"]] = POD_NAME
+            continue
+        ref = var["valueFrom"]["secretKeyRef"]
+        data = secrets.get(ref["name"], {})
+        if ref["key"] in data:
+            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        elif not ref.get("optional"):
+            assert ref["name"] not in secrets, f"the chart's Secret lacks {ref['key']}"
+            env[var["name"]] = "stand-in-from-an-existing-secret"
+    return env
+
+
+def project(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` into ``directory`` as the kubelet writes a Secret or ConfigMap volume, and
+    as it updates one: into a new hidden directory, to which the ``..data`` symlink is then swapped
+    in one rename (the old one goes); each file is a symlink through ``..data``. A reader sees the
+    old files or the new ones, never a mix, and a changed file has a new inode."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "..data"
+    old = data.resolve() if data.is_symlink() else None
+    version = directory / f"..{time.time_ns()}"
+    version.mkdir()
+    for name, content in files.items():
+        (version / name).write_bytes(content)
+    staged = directory / "..data_tmp"
+    staged.symlink_to(version.name)
+    staged.replace(data)
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def local_env(
+    manifests: Sequence[Manifest],
+    root: Path,
+    objects: Mapping[str, Mapping[str, bytes]] | None = None,
+) -> dict[str, str]:
+    """``service_env`` for the rendered pod run on this host: each Secret and ConfigMap volume of
+    the container is written to ``root/<volume>`` by ``project``, from the Secret the chart rendered
+    or from ``objects`` (name → key → content: the Secrets and ConfigMaps the chart only names),
+    and each path into a volume becomes the path of its file here."""
+    volumes = {volume["name"]: volume for volume in pod_spec(manifests)["volumes"]}
+    rendered = {
+        m["metadata"]["name"]: {k: base64.b64decode(v) for k, v in m["data"].items()}
+        for m in manifests
+        if m["kind"] == "Secret"
+    }
+    sources = {**(objects or {}), **rendered}
+    env = service_env(manifests)
+    for mount in container(manifests)["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        source = volume.get("secret") or volume.get("configMap")
+        if source is None:
+            continue  # an emptyDir: the service makes its own files there
+        data = sources[source.get("secretName") or source["name"]]
+        directory = root / mount["name"]
+        project(directory, {item["path"]: data[item["key"]] for item in source["items"]})
+        prefix = mount["mountPath"] + "/"
+        for name, value in env.items():
+            if value.startswith(prefix):
+                env[name] = str(directory / value.removeprefix(prefix))
+    return env
 
 
 def alert_rules(helm: Helm) -> list[dict[str, Any]]:

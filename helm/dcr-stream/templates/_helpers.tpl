@@ -40,6 +40,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "dcr-stream.fullname" .) .Values.auth.existingSecret }}
 {{- end }}
 
+{{/*
+The credentials the service reads from a file mounted from the Secret, as YAML: the variable that
+names the file, the file's name, and its key in the Secret. Empty when the credentials are
+variables (DCR_API_TOKEN, DCR_API_KEY_ID + DCR_API_KEY).
+*/}}
+{{- define "dcr-stream.authFile" -}}
+{{- if eq .Values.auth.mode "credentialsFile" }}
+env: DCR_API_CREDENTIALS_FILE
+file: credentials
+key: {{ .Values.auth.secretKeys.credentialsFile | quote }}
+{{- else if .Values.auth.mountTokenAsFile }}
+env: DCR_API_TOKEN_FILE
+file: token
+key: {{ .Values.auth.secretKeys.token | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "dcr-stream.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -114,9 +131,23 @@ value for, but never replace one it has.
 {{- end }}
 {{- $_ := set $settings "DCR_ALLOWED_LABEL_IDS" (join "," $pairs) }}
 {{- end }}
+{{- /* Set in the container's environment, each from the value named. */}}
+{{- $environment := dict
+  "DCR_API_TOKEN" "auth.mode"
+  "DCR_API_TOKEN_FILE" "auth.mode"
+  "DCR_API_KEY_ID" "auth.mode"
+  "DCR_API_KEY" "auth.mode"
+  "DCR_API_CREDENTIALS_FILE" "auth.mode"
+  "DCR_API_CA_BUNDLE" "api.caBundle"
+  "DCR_KAFKA_SECRET_CONFIG" "kafka.secretConfig"
+  "DCR_KAFKA_INSTANCE_ID" "kafka.staticMembership"
+}}
 {{- range $name, $value := .Values.extraConfig }}
 {{- if hasKey $settings $name }}
 {{- fail (printf "extraConfig.%s is set by the chart: use its value instead (see the chart's README)" $name) }}
+{{- end }}
+{{- with get $environment $name }}
+{{- fail (printf "extraConfig.%s is set by the chart: use %s instead (see the chart's README)" $name .) }}
 {{- end }}
 {{- $_ := set $settings $name $value }}
 {{- end }}
@@ -151,18 +182,13 @@ Deployment, which every release has.
 {{- fail (printf "%v replicas but quota.tokenPoolSize=%v token slots: a replica beyond the slots holds no token and cannot send (lower the replicas or raise the pool, at most 10)" $replicas .Values.quota.tokenPoolSize) }}
 {{- end }}
 {{- if and .Values.auth.mountTokenAsFile (ne .Values.auth.mode "token") }}
-{{- fail "auth.mountTokenAsFile needs auth.mode=token: with keyPair the service mints its own tokens" }}
+{{- fail (printf "auth.mountTokenAsFile needs auth.mode=token: with %s %s" .Values.auth.mode (ternary "the service mints its own tokens" "the credentials file is mounted already" (eq .Values.auth.mode "keyPair"))) }}
 {{- end }}
+{{- /* values.schema.json requires the chosen mode's values when the chart renders the Secret. */}}
 {{- if .Values.auth.existingSecret }}
-{{- if or .Values.auth.token .Values.auth.keyId .Values.auth.key .Values.kafka.secretConfig }}
-{{- fail (printf "auth.existingSecret is set: put the credentials into Secret %q (keys: auth.secretKeys) and leave auth.token, auth.keyId, auth.key and kafka.secretConfig empty" .Values.auth.existingSecret) }}
+{{- if or .Values.auth.token .Values.auth.keyId .Values.auth.key .Values.auth.credentials .Values.kafka.secretConfig }}
+{{- fail (printf "auth.existingSecret is set: put the credentials into Secret %q (keys: auth.secretKeys) and leave auth.token, auth.keyId, auth.key, auth.credentials and kafka.secretConfig empty" .Values.auth.existingSecret) }}
 {{- end }}
-{{- else if eq .Values.auth.mode "token" }}
-{{- if not .Values.auth.token }}
-{{- fail "auth.token is required with auth.mode=token (or name your own Secret in auth.existingSecret)" }}
-{{- end }}
-{{- else if not (and .Values.auth.keyId .Values.auth.key) }}
-{{- fail "auth.keyId and auth.key are both required with auth.mode=keyPair (or name your own Secret in auth.existingSecret)" }}
 {{- end }}
 {{- if has (include "dcr-stream.dlqTopic" .) .Values.kafka.topics }}
 {{- fail "kafka.dlqTopic is one of kafka.topics: dead letters would be consumed again" }}
