@@ -301,7 +301,7 @@ class _Api:
         except msgspec.DecodeError as exc:
             return error(400, "bad_request", f"the body must be {{key_id, api_key}}: {exc}")
         state = self._state
-        if not state.rules.key_pair_ok(pair.key_id, pair.api_key):
+        if not state.rules.key_pair_ok(account, pair.key_id, pair.api_key):
             return error(401, "unauthorized", "unknown key_id or wrong api_key")
         token = state.rules.mint(account, state.clock.monotonic())
         if isinstance(token, Throttled):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stream.credentials import parse_credentials
 from stream.sandbox import Faults, SandboxConfig, StatusRules, parse_labels, serve
 from stream.sandbox.statuses import parse_failure
 from stream.tools.args import EXIT_USAGE
@@ -99,6 +100,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--key-id", help="key_id the token endpoint accepts (default: any)")
     parser.add_argument("--api-key", help="api_key the token endpoint accepts (default: any)")
     parser.add_argument(
+        "--credentials-file",
+        metavar="PATH",
+        help="the service's credentials file (DCR_API_CREDENTIALS_FILE, JSON or TOML): each "
+        "account's key pair is the only one its token endpoint accepts, and its tokens are "
+        "accepted as static tokens",
+    )
+    parser.add_argument(
         "--labels",
         action="append",
         default=[],
@@ -162,6 +170,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _handle(args: argparse.Namespace) -> int:
     try:
+        key_pairs, file_tokens = _credentials(args.credentials_file)
         config = SandboxConfig(
             rate_limit_rps=args.rate_limit_rps,
             token_rate_limit=args.token_rate_limit,
@@ -171,9 +180,10 @@ def _handle(args: argparse.Namespace) -> int:
             mint_window_s=args.mint_window_s,
             retry_after=args.retry_after,
             token_lifetime_s=args.token_lifetime_s,
-            static_tokens=tuple(args.static_token),
+            static_tokens=tuple(args.static_token) + file_tokens,
             key_id=args.key_id,
             api_key=args.api_key,
+            key_pairs=key_pairs,
             labels=dict(parse_labels(text) for text in args.labels),
             faults=Faults(
                 error_rate=args.error_rate,
@@ -193,7 +203,7 @@ def _handle(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a bad flag, or a credentials file unreadable or bad
         print(f"dcr-stream sandbox: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return serve(config, host=args.host, port=args.port, log_requests=args.log_requests)
@@ -204,3 +214,18 @@ def _limit(text: str) -> int | None:
     if text == "off":
         return None
     return int(text)
+
+
+def _credentials(path: str | None) -> tuple[dict[str, tuple[str, str]], tuple[str, ...]]:
+    """The key pairs per account and the tokens of a credentials file (none without one)."""
+    if path is None:
+        return {}, ()
+    with open(path, encoding="utf-8") as f:
+        accounts = parse_credentials(f.read())
+    pairs = {
+        account: (c.key_id, c.api_key.reveal())
+        for account, c in accounts.items()
+        if c.key_id is not None and c.api_key is not None
+    }
+    tokens = tuple(t.reveal() for c in accounts.values() for t in c.tokens)
+    return pairs, tokens

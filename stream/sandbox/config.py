@@ -12,7 +12,7 @@ from stream.sandbox.statuses import StatusRules
 
 __all__ = ["SandboxConfig", "parse_labels"]
 
-_SECRETS = frozenset({"static_token", "static_tokens", "api_key"})
+_SECRETS = frozenset({"static_token", "static_tokens", "api_key", "key_pairs"})
 
 
 class SandboxConfig(Struct, frozen=True, kw_only=True):
@@ -44,6 +44,9 @@ class SandboxConfig(Struct, frozen=True, kw_only=True):
     key_id: str | None = None
     api_key: str | None = None
     """The key pair the token endpoint accepts; when unset it accepts any."""
+    key_pairs: Mapping[str, tuple[str, str]] = {}
+    """Per account, the one key pair (``key_id``, ``api_key``) its token endpoint accepts, as each
+    client account of a platform has its own; an account not listed is checked as above."""
     labels: Mapping[str, frozenset[str]] = {}
     """Known label ids per account; an account not listed (or with none) accepts any label id."""
     faults: Faults = Faults()

@@ -295,12 +295,15 @@ class Rules:
         """Per token label, how ``account``'s batch requests used it (with the per-token limit)."""
         return {label: t.stats() for label, t in sorted(self._used.get(account, {}).items())}
 
-    def key_pair_ok(self, key_id: str, api_key: str) -> bool:
-        """Whether the token endpoint takes this pair: the configured one, or any when none is."""
-        if self._config.key_id is None or self._config.api_key is None:
+    def key_pair_ok(self, account: str, key_id: str, api_key: str) -> bool:
+        """Whether the token endpoint takes this pair for ``account``: the account's own, else
+        the configured one, or any when none is."""
+        own = self._config.key_pairs.get(account)
+        want_id, want_key = own or (self._config.key_id, self._config.api_key)
+        if want_id is None or want_key is None:
             return True
-        id_ok = hmac.compare_digest(key_id.encode(), self._config.key_id.encode())
-        key_ok = hmac.compare_digest(api_key.encode(), self._config.api_key.encode())
+        id_ok = hmac.compare_digest(key_id.encode(), want_id.encode())
+        key_ok = hmac.compare_digest(api_key.encode(), want_key.encode())
         return id_ok and key_ok
 
     def mint(self, account: str, now: float) -> str | Throttled:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from stream.sandbox import ManualClock, SandboxConfig
+from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from tests.support.sandbox import SandboxFactory
 from tests.unit.test_sandbox import (
     ACCOUNT,
@@ -149,3 +149,24 @@ def test_limits_refuse_bad_values_and_static_tokens_stay_secret() -> None:
     assert TOKEN not in repr(config)
     assert OTHER_TOKEN not in repr(config)
     assert config.all_static_tokens == (TOKEN, OTHER_TOKEN)
+
+
+async def test_each_account_mints_with_its_own_key_pair_only() -> None:
+    """A platform's accounts each have their own key pair (``--credentials-file``): the token
+    endpoint takes an account's own pair and refuses another account's."""
+    a, b = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+    config = SandboxConfig(key_pairs={a: ("key-a", "secret-a"), b: ("key-b", "secret-b")})
+    async with Sandbox(config) as sandbox, aiohttp.ClientSession() as session:
+
+        async def mint(account: str, key_id: str, api_key: str) -> int:
+            async with session.post(
+                f"{sandbox.url}/clients/{account}/token",
+                json={"key_id": key_id, "api_key": api_key},
+                headers={"X-Public-Access": "allow"},
+            ) as r:
+                return r.status
+
+        assert await mint(a, "key-a", "secret-a") == 200
+        assert await mint(b, "key-b", "secret-b") == 200
+        assert await mint(a, "key-b", "secret-b") == 401
+        assert "secret-a" not in repr(config)
