@@ -65,11 +65,11 @@ def ensure_topics(
     missing = [spec for name, spec in wanted.items() if name not in found]
     if missing:
         _create(admin, missing, timeout_s)
-        found |= _visible(admin, [spec.name for spec in missing], timeout_s)
+        found |= _visible(admin, {spec.name: 1 for spec in missing}, timeout_s)
     for spec in wanted.values():
         if spec.grow and found[spec.name] < spec.partitions:
             _grow(admin, spec, found[spec.name], timeout_s)
-            found[spec.name] = spec.partitions
+            found |= _visible(admin, {spec.name: spec.partitions}, timeout_s)
     return {name: found[name] for name in wanted}
 
 
@@ -81,18 +81,19 @@ def partitions(
     return _describe(AdminClient(dict(admin_config)), list(names), timeout_s)
 
 
-def _visible(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
-    """Partition counts of topics just created, once the broker's metadata lists them: a client
-    that subscribes before that is told the topic is not available and looks again only a second
-    or two later (which delays the token slots, and with them every first request)."""
+def _visible(admin: AdminClient, least: Mapping[str, int], timeout_s: float) -> dict[str, int]:
+    """Partition counts of topics just created or grown, once the broker's metadata lists them
+    with at least ``least`` partitions each: a client that subscribes before that is told the
+    topic is not available (or sees the old partitions) and looks again only a second or two later
+    (which delays the token slots, and with them every first request)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        found = _describe(admin, names, timeout_s)
-        if len(found) == len(names):
+        found = _describe(admin, list(least), timeout_s)
+        short = sorted(name for name, n in least.items() if found.get(name, 0) < n)
+        if not short:
             return found
         if time.monotonic() > deadline:
-            missing = sorted(set(names) - set(found))
-            raise TopicError(missing[0], f"was created but not listed within {timeout_s:g} s")
+            raise TopicError(short[0], f"was changed but not listed so within {timeout_s:g} s")
         time.sleep(_VISIBLE_POLL_S)
 
 
