@@ -1,6 +1,6 @@
 """The configuration table (docs/configuration.md): every ``DCR_*`` setting, its parser, its default
-and its meaning, one ``Setting`` a row. The README's configuration table is this list (a test keeps
-them equal); ``stream.config`` reads them into a ``Config``.
+and its meaning, one ``Setting`` a row. The README's configuration table is this list (a test
+checks that it lists every setting); ``stream.config`` reads them into a ``Config``.
 """
 
 from __future__ import annotations

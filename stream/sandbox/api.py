@@ -1,6 +1,6 @@
 """The API's endpoints (docs/api.md), served by aiohttp over a ``State``; ``routes`` is their table.
 
-The single-record endpoint (docs/api.md#single-records) checks its one record by the rules of a
+The single-record endpoint (docs/api.md#single-record) checks its one record by the rules of a
 batch's records, under a per-token limit of its own, and the ledger keeps what it accepts as a
 batch of one on the ``realtime`` path. An endpoint that faults apply to (every one but the token
 endpoint) answers through
@@ -257,7 +257,7 @@ class _Api:
         return json_response(200, {"message": message})
 
     async def _accept_record(self, request: web.Request, call: _Call) -> web.Response:
-        """One record (docs/api.md#single-records): 415 unless JSON; 400 naming the field for a
+        """One record (docs/api.md#single-record): 415 unless JSON; 400 naming the field for a
         record ``check_record`` refuses; else kept and 200 with the API's ``status_info``."""
         kept = await self._keep(request, call, check_record)
         if isinstance(kept, web.Response):

@@ -1,6 +1,6 @@
 """The sandbox's batch rules: check a body as the API documents it, keep what it accepts.
 
-The single-record endpoint's body (one wire record, docs/api.md#single-records) is checked by the
+The single-record endpoint's body (one wire record, docs/api.md#single-record) is checked by the
 same per-record rules (``check_record``) and kept as a batch of one whose ``path`` is
 ``realtime``, so the ledger tells which path each record took.
 
