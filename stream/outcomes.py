@@ -36,6 +36,7 @@ from stream.batching import Batch, Pending
 from stream.metrics import Metrics, status_class
 from stream.pacing import Pace
 from stream.pool import Held, TokenPool
+from stream.retry import Backoff
 from stream.validation import Rejection
 from stream.wire import Response
 
@@ -44,7 +45,6 @@ __all__ = [
     "BATCH",
     "REALTIME",
     "Answers",
-    "Delays",
     "Outcomes",
     "Path",
     "Queue",
@@ -165,24 +165,12 @@ class Request(ABC, Generic[S, T]):
         """A 400/413/422."""
 
 
-class Delays(Protocol):
-    """A retry's backoff (``stream.delivery.Backoff``, which this module, below the engine, does
-    not import)."""
-
-    @property
-    def base_s(self) -> float: ...
-    @property
-    def cap_s(self) -> float: ...
-
-    def delay(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float: ...
-
-
 class Answers(Generic[S]):
     """The rules both engines apply to an answer, and the tasks they leave behind (sends, retries
     waiting out their backoff, dead letters on their way)."""
 
     def __init__(
-        self, *, outcomes: Outcomes[S], metrics: Metrics, backoff: Delays, rng: random.Random
+        self, *, outcomes: Outcomes[S], metrics: Metrics, backoff: Backoff, rng: random.Random
     ) -> None:
         self.outcomes = outcomes
         self.metrics = metrics
