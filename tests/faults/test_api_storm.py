@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.scenario import DEADLINE_S, SOAK, sized
-from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Broker, Offsets
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, SOAK, sized
 from tests.support.service import Service
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

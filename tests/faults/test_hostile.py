@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.faults.hostile import hostile
-from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Event, Ledger, valid
 from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, sized
 from tests.support.service import Service
+from tests.support.verifier import conclude, verify, wait_complete
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

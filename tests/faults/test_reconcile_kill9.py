@@ -10,10 +10,10 @@ import pytest
 
 from stream.dlq import ERROR_CODE
 from stream.sandbox import StatusRules
-from tests.faults.scenario import DEADLINE_S, FAST_SESSION
 from tests.support.events import Ledger
 from tests.support.kafka import Broker, header_texts
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, FAST_SESSION
 from tests.support.service import Service
 from tests.support.statuses import NOT_USER_PREFIX, Outcomes, not_user_events, topic_size
 from tests.support.waiting import wait_until

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.faults.verifier import verify
 from tests.support.events import ACCOUNTS, ID_HEADER, LABEL, Ledger, events
 from tests.support.kafka import Broker
 from tests.support.sandbox import TOKEN, SandboxThread
+from tests.support.verifier import verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.verifier import verify, wait_complete
 from tests.support.events import ACCOUNTS, Event, Ledger, intent, valid
 from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
 from tests.support.service import Service, get_text
+from tests.support.verifier import verify, wait_complete
 
 pytestmark = pytest.mark.integration
 

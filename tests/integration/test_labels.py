@@ -17,11 +17,11 @@ from functools import partial
 
 import pytest
 
-from tests.faults.verifier import Report, verify, wait_complete
 from tests.support.events import ACCOUNTS, LABEL, Event, Ledger, events, intent, valid
 from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
 from tests.support.service import Service
+from tests.support.verifier import Report, verify, wait_complete
 
 pytestmark = pytest.mark.integration
 

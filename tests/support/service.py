@@ -42,7 +42,7 @@ __all__ = [
 
 RUN_TIMEOUT_S = 120.0
 """The longest an end-to-end test's service may take to deliver, commit or join at the integration
-suite's sizes (the fault scenarios have their own, ``tests/faults/scenario.py``)."""
+suite's sizes (the fault scenarios have their own, ``tests/support/scenario.py``)."""
 
 
 class Child:
