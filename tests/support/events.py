@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -90,8 +90,10 @@ def intent(
     *,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """Event ``i`` as a JSON object, valid by every rule, starting at ``now_ms`` for six hours."""
+    """Event ``i`` as a JSON object, valid by every rule, starting at ``now_ms`` for six hours;
+    ``fields`` set last (a priority, a label id)."""
     receiver = f"9198{i:08d}"
     event: dict[str, object] = {
         "client_account_id": accounts[i % len(accounts)],
@@ -113,6 +115,7 @@ def intent(
             event["call_reason"] = rng.choice(_REASONS)
         if rng.random() < 0.1:
             event["priority"] = "high"
+    event.update(fields or {})
     return event
 
 
@@ -157,21 +160,27 @@ def valid(
     *,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> Event:
     """Event ``i``, valid; keyed and named by its receiver number. ``now_ms`` None: the wall
     clock as it is made."""
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    event = intent(i, now_ms, accounts=accounts, rng=rng)
+    event = intent(i, now_ms, accounts=accounts, rng=rng, fields=fields)
     receiver = f"9198{i:08d}"
     value = json.dumps(event, ensure_ascii=rng is None or rng.random() < 0.5).encode()
     return Event(receiver, value, None, receiver.encode())
 
 
 def _invalid(
-    i: int, now_ms: int, kind: int, accounts: Sequence[str], rng: random.Random | None
+    i: int,
+    now_ms: int,
+    kind: int,
+    accounts: Sequence[str],
+    rng: random.Random | None,
+    fields: Mapping[str, object] | None,
 ) -> Event:
     intended, make = INVALID[kind % len(INVALID)]
-    value = make(intent(i, now_ms, accounts=accounts, rng=rng))
+    value = make(intent(i, now_ms, accounts=accounts, rng=rng, fields=fields))
     code = expected_code(value, now_ms)
     assert code == intended, f"the validator gives {code}, not {intended}, for {value!r}"
     return Event(f"bad-{i}", value, code, f"bad-{i}".encode())
@@ -185,16 +194,18 @@ def events(
     now_ms: int | None = None,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> Iterator[Event]:
     """Events ``start`` to ``start + count``; every ``invalid_every``-th is invalid (0: none),
     the first of them at index ``invalid_every - 1``, so that a run starts with a valid one.
-    ``now_ms`` None: each event's window starts at the wall clock as it is made."""
+    ``now_ms`` None: each event's window starts at the wall clock as it is made. ``fields`` are
+    set in every event (``{"priority": "high"}``)."""
     for i in range(start, start + count):
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         if invalid_every and i % invalid_every == invalid_every - 1:
-            yield _invalid(i, now, i // invalid_every, accounts, rng)
+            yield _invalid(i, now, i // invalid_every, accounts, rng, fields)
         else:
-            yield valid(i, now, accounts=accounts, rng=rng)
+            yield valid(i, now, accounts=accounts, rng=rng, fields=fields)
 
 
 @dataclass
@@ -210,20 +221,33 @@ class Ledger:
     """id → the code its dead letter must carry."""
     where: dict[str, tuple[int, int]] = field(default_factory=dict)
     """id → (partition, offset)."""
+    produced_ms: dict[str, int] = field(default_factory=dict)
+    """id → the wall clock (epoch ms) just before it was produced: where a latency starts."""
     produced: int = 0
+    _producer: Producer = field(init=False, repr=False)
 
-    def produce(self, events: Iterable[Event]) -> None:
-        """Produce round-robin over the partitions (so each partition's order is known) and wait
-        until Kafka acknowledged every one."""
-        producer = Producer(
+    def __post_init__(self) -> None:
+        # Made with the ledger and kept, so that it is connected by the time it produces: a fresh
+        # idempotent producer takes about half a second to send its first message, which a
+        # latency measured from the produce would count.
+        self._producer = Producer(
             {
                 "bootstrap.servers": self.bootstrap_servers,
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
                 "enable.idempotence": True,
+                # Anything a topic takes (up to the broker's 1 MiB + 12 by default), beyond the
+                # producer's own default of 1,000,000 bytes: a test may produce the largest.
+                "message.max.bytes": 2_000_000,
             }
         )
+
+    def produce(self, events: Iterable[Event]) -> set[str]:
+        """Produce round-robin over the partitions (so each partition's order is known) and wait
+        until Kafka acknowledged every one; their ids."""
+        producer = self._producer
         failures: list[str] = []
+        ids: set[str] = set()
 
         def delivered(event_id: str) -> Callable[[KafkaError | None, Message], None]:
             # A delivery report carries no headers: the id comes with the callback.
@@ -237,6 +261,7 @@ class Ledger:
             return report
 
         for event in events:
+            ids.add(event.id)
             headers: list[tuple[str, str | bytes | None]] = [(ID_HEADER, event.id.encode())]
             if event.expect is None:
                 assert event.id not in self.valid, f"duplicate id {event.id}"
@@ -247,6 +272,7 @@ class Ledger:
                 headers.append((EXPECT_HEADER, event.expect.encode()))
             partition = self.produced % self.partitions
             self.produced += 1
+            self.produced_ms[event.id] = time.time_ns() // 1_000_000
             produce(
                 producer,
                 self.topic,
@@ -259,6 +285,7 @@ class Ledger:
             producer.poll(0)
         assert producer.flush(120) == 0, "the test's producer could not deliver"
         assert not failures, failures[:5]
+        return ids
 
     def first_invalid(self) -> dict[int, int]:
         """Per partition, the offset of its first invalid event."""
