@@ -224,7 +224,7 @@ class Ledger:
     produced_ms: dict[str, int] = field(default_factory=dict)
     """id → the wall clock (epoch ms) just before it was produced: where a latency starts."""
     produced: int = 0
-    _producer: Producer = field(init=False, repr=False)
+    _producer: Producer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Made with the ledger and kept, so that it is connected by the time it produces: a fresh
