@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.kafka",
     "tests.support.sandbox",
     "tests.support.service",
+    "tests.support.scenario",
 ]

@@ -27,12 +27,12 @@ from confluent_kafka.admin import (
 from stream.devkafka import SCRAM_MECHANISM, LocalKafka
 from stream.errors import TopicError
 from stream.topics import TopicSpec, ensure_topics
-from tests.faults.scenario import DEADLINE_S
-from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import create_topic
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S
 from tests.support.service import Service, get_text
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -5,16 +5,11 @@ and then cuts connections. Transient failures must never become loss (docs/desig
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.faults.scenario import DEADLINE_S, SOAK, sized
-from tests.faults.verifier import conclude, verify, wait_complete
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, Offsets
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.scenario import DEADLINE_S, SOAK, ScenarioFactory, sized
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -24,24 +19,15 @@ PARTITIONS = 4
 OUTAGE_S = 30.0 if SOAK else 10.0
 
 
-def test_an_api_storm_loses_nothing(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_an_api_storm_loses_nothing(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(seed=10)  # the random faults repeat from run to run
+    run = scenario(PARTITIONS, seed=10)  # the random faults repeat from run to run
+    sandbox, ledger = run.sandbox, run.ledger
     set_faults = sandbox.set_faults
     set_faults(error_rate=0.3, spike_probability=0.05, spike_ms=2_000)
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(events(EVENTS, invalid_every=50))
+    run.produce(EVENTS, invalid_every=50)
     # Batches of 100: five times the requests, so the storm has something to hit.
-    service = service_factory(
-        sandbox.url, topic, group, rate_limit_rps="20", batch_max_records="100"
-    )
+    service = run.service(rate_limit_rps="20", batch_max_records="100")
     valid = len(ledger.valid)
 
     def reached(fraction: float) -> None:
@@ -57,7 +43,7 @@ def test_an_api_storm_loses_nothing(
     set_faults(throttle_next=30, throttle_retry_after_s=None)
     reached(0.45)
     # The outage: first half 503s, second half connections cut without an answer.
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         # Each half lasts until the test's next setting ends it: an outage timed to end by
         # itself would end before the test's own steps (its sleeps, reading the offsets) are
         # over, and a request accepted in that gap would look like one accepted in the outage.
@@ -73,12 +59,12 @@ def test_an_api_storm_loses_nothing(
         assert offsets.committed() != offsets.ends(), "the run was over before the outage ended"
     assert service.proc.poll() is None, "the service died in the storm"
     set_faults(outage="off")
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    wait_complete(ledger, sandbox, run.group, DEADLINE_S)
     report = verify(
         scenario="2. API storm",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         notes={
             "outage_s": OUTAGE_S,

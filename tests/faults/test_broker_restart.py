@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from stream.devkafka import LocalKafka
-from tests.faults.scenario import DEADLINE_S, FAST_SESSION, SOAK, sized
-from tests.faults.verifier import conclude, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import create_topic
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, FAST_SESSION, SOAK, sized
 from tests.support.service import Service
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -8,17 +8,14 @@ topic blocks those partitions loudly: ``dcr_dlq_blocked_records`` and ``/readyz`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from tests.faults.scenario import DEADLINE_S, SOAK, sized
-from tests.faults.verifier import conclude, verify, wait_complete
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, Offsets, create_topic
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service, get_text, total
+from tests.support.kafka import create_topic
+from tests.support.scenario import DEADLINE_S, SOAK, ScenarioFactory, sized
+from tests.support.service import get_text, total
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -38,29 +35,22 @@ def set_max_message_bytes(admin: AdminClient, topic: str, value: str) -> None:
         future.result(30)
 
 
-def test_an_unwritable_dlq_holds_the_commits_back(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_an_unwritable_dlq_holds_the_commits_back(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    run = scenario(PARTITIONS)
+    sandbox, ledger, topic = run.sandbox, run.ledger, run.topic
     dlq = f"{topic}.dlq"
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    create_topic(kafka.bootstrap_servers, 1, name=dlq, config={"max.message.bytes": TOO_SMALL})
-    sandbox = sandbox_thread()
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    admin = AdminClient({"bootstrap.servers": run.kafka.bootstrap_servers})
+    create_topic(run.kafka.bootstrap_servers, 1, name=dlq, config={"max.message.bytes": TOO_SMALL})
     # Every 25th invalid: round-robin puts partition p's first one at offset 6 (p + 1).
-    ledger.produce(events(EVENTS, invalid_every=25))
+    run.produce(EVENTS, invalid_every=25)
     first_invalid = ledger.first_invalid()
     assert sorted(first_invalid) == list(range(PARTITIONS))
     blocked = [first_invalid[p] for p in range(PARTITIONS)]
 
-    service = service_factory(sandbox.url, topic, group)
+    service = run.service()
     samples = 0
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         # The commits reach each partition's first rejected record, and stop there.
         wait_until(
             lambda: offsets.committed() == blocked,
@@ -91,14 +81,14 @@ def test_an_unwritable_dlq_holds_the_commits_back(
     assert "Message size too large" in errors[0], errors[0]
 
     set_max_message_bytes(admin, dlq, "1048588")
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    wait_complete(ledger, sandbox, run.group, DEADLINE_S)
     assert total(service.metrics(), "dcr_dlq_blocked_records") == 0
     assert get_text(service.http_port(), "/readyz") == '{"status": "ready"}'
     report = verify(
         scenario="5. DLQ unwritable",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         notes={
             "held_s": HOLD_S,

@@ -9,17 +9,14 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.faults.hostile import hostile
-from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import conclude, verify, wait_complete
-from tests.support.events import Event, Ledger, valid
-from tests.support.kafka import Broker
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.events import Event, valid
+from tests.support.scenario import DEADLINE_S, ScenarioFactory, sized
+from tests.support.verifier import conclude, verify, wait_complete
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -28,16 +25,10 @@ VALID = HOSTILE
 PARTITIONS = 6
 
 
-def test_hostile_messages_are_dead_lettered_and_nothing_stalls(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_hostile_messages_are_dead_lettered_and_nothing_stalls(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
+    run = scenario(PARTITIONS)
+    sandbox, ledger = run.sandbox, run.ledger
     rng = random.Random(7)
     now_ms = int(time.time() * 1000)
     kinds: Counter[str] = Counter()
@@ -54,18 +45,17 @@ def test_hostile_messages_are_dead_lettered_and_nothing_stalls(
                 left_valid -= 1
             yield event
 
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
     ledger.produce(interleaved())
     assert len(ledger.invalid) == HOSTILE
-    service = service_factory(sandbox.url, topic, group)
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    service = run.service()
+    wait_complete(ledger, sandbox, run.group, DEADLINE_S)
     assert service.proc.poll() is None, "the service died"
     tracebacks = [e for e in service.lines() if "exception" in e]
     report = verify(
         scenario="7. hostile messages",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         notes={
             "kinds": dict(kinds.most_common()),

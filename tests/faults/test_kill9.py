@@ -8,12 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.scenario import DEADLINE_S, FAST_SESSION, sized
-from tests.faults.verifier import conclude, verify, wait_complete
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, Offsets
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.scenario import DEADLINE_S, FAST_SESSION, ScenarioFactory, sized
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -23,29 +19,22 @@ KILLS = 5
 PARTITIONS = 6
 
 
-def test_kill_9_five_times_loses_nothing(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_kill_9_five_times_loses_nothing(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
+    run = scenario(PARTITIONS)
+    sandbox, ledger = run.sandbox, run.ledger
     # A slow, quota-bound API keeps records in flight when the kill lands.
     sandbox.set_faults(latency_ms=50)
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(events(EVENTS, invalid_every=100))
+    run.produce(EVENTS, invalid_every=100)
     settings = {"rate_limit_rps": "8", "kafka_config": FAST_SESSION}
     kills = []
 
     def accepted(target: int) -> Callable[[], bool]:
         return lambda: sandbox.accepted_count() >= target
 
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         for k in range(KILLS):
-            service = service_factory(sandbox.url, topic, group, **settings)
+            service = run.service(**settings)
             # Kill points spread over the run: after 1/7 … 5/7 of the valid events were accepted.
             target = (k + 1) * len(ledger.valid) // (KILLS + 2)
             wait_until(accepted(target), timeout_s=DEADLINE_S, what=f"{target} accepted")
@@ -59,13 +48,13 @@ def test_kill_9_five_times_loses_nothing(
                     "committed": sum(max(0, c) for c in committed),
                 }
             )
-    final = service_factory(sandbox.url, topic, group, **settings)
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    final = run.service(**settings)
+    wait_complete(ledger, sandbox, run.group, DEADLINE_S)
     report = verify(
         scenario="1. kill -9 x5",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         notes={"kills": kills},
     )

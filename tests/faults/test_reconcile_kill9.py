@@ -4,17 +4,13 @@ statuses, then restarted; no record's final status is missing (docs/design.md#re
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 
 import pytest
 
 from stream.dlq import ERROR_CODE
 from stream.sandbox import StatusRules
-from tests.faults.scenario import DEADLINE_S, FAST_SESSION
-from tests.support.events import Ledger
-from tests.support.kafka import Broker, header_texts
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.kafka import header_texts
+from tests.support.scenario import DEADLINE_S, FAST_SESSION, ScenarioFactory
 from tests.support.statuses import NOT_USER_PREFIX, Outcomes, not_user_events, topic_size
 from tests.support.waiting import wait_until
 
@@ -23,20 +19,13 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 PARTITIONS = 3
 
 
-def test_kill_9_during_reconciliation_loses_no_final_status(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    dlq, receipts = f"{topic}.dlq", f"{topic}.receipts"
-    sandbox = sandbox_thread(
-        statuses=StatusRules(failures=((NOT_USER_PREFIX, "not_truecaller_user"),))
+def test_kill_9_during_reconciliation_loses_no_final_status(scenario: ScenarioFactory) -> None:
+    run = scenario(
+        PARTITIONS, statuses=StatusRules(failures=((NOT_USER_PREFIX, "not_truecaller_user"),))
     )
-    sandbox.set_faults(latency_ms=50)
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
+    ledger, servers = run.ledger, run.kafka.bootstrap_servers
+    dlq, receipts = f"{run.topic}.dlq", f"{run.topic}.receipts"
+    run.sandbox.set_faults(latency_ms=50)
     ledger.produce(not_user_events(10_000))
     not_users = {i for i in ledger.valid if i.startswith(NOT_USER_PREFIX)}
     settings = {
@@ -48,30 +37,26 @@ def test_kill_9_during_reconciliation_loses_no_final_status(
         "rate_limit_rps": "4",
         "kafka_config": FAST_SESSION,
     }
-    service = service_factory(sandbox.url, topic, group, **settings)
+    service = run.service(**settings)
     wait_until(
-        lambda: topic_size(kafka.bootstrap_servers, dlq) >= 30,
+        lambda: topic_size(servers, dlq) >= 30,
         timeout_s=DEADLINE_S,
         what="reconciliation under way",
     )
     service.signal(signal.SIGKILL)
     service.wait(10)
-    at_kill = topic_size(kafka.bootstrap_servers, dlq)
+    at_kill = topic_size(servers, dlq)
     assert at_kill < len(not_users), "reconciliation was over before the kill"
-    service_factory(sandbox.url, topic, group, **settings)
+    run.service(**settings)
 
     def complete() -> bool:
-        if topic_size(kafka.bootstrap_servers, dlq) < len(not_users):
+        if topic_size(servers, dlq) < len(not_users):
             return False
-        found = Outcomes.read(
-            kafka.bootstrap_servers, ledger, receipts=receipts, dlq=dlq, letters=len(not_users)
-        )
+        found = Outcomes.read(servers, ledger, receipts=receipts, dlq=dlq, letters=len(not_users))
         return set(found.status) == ledger.valid and set(found.letters) == not_users
 
     wait_until(complete, timeout_s=DEADLINE_S, interval_s=2, what="every final status")
-    found = Outcomes.read(
-        kafka.bootstrap_servers, ledger, receipts=receipts, dlq=dlq, letters=len(not_users)
-    )
+    found = Outcomes.read(servers, ledger, receipts=receipts, dlq=dlq, letters=len(not_users))
     assert {found.status[i] for i in not_users} == {"not_truecaller_user"}
     assert {found.status[i] for i in ledger.valid - not_users} == {"delivered"}
     codes = {header_texts(m)[ERROR_CODE] for letters in found.letters.values() for m in letters}

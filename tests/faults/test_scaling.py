@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from functools import partial
 
 import pytest
 
-from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import conclude, verify, wait_complete
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, Offsets
-from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, ScenarioFactory, sized
 from tests.support.service import Service
+from tests.support.verifier import conclude, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -34,19 +30,12 @@ def owns_partitions(service: Service) -> bool:
     )
 
 
-def test_scaling_1_3_1_loses_nothing(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_scaling_1_3_1_loses_nothing(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(rate_limit_rps=RPS)
+    run = scenario(PARTITIONS, rate_limit_rps=RPS)
+    sandbox, ledger = run.sandbox, run.ledger
     sandbox.set_faults(latency_ms=30)
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(events(EVENTS, invalid_every=100))
+    run.produce(EVENTS, invalid_every=100)
     valid = len(ledger.valid)
     settings = {
         "rate_limit_rps": str(RPS),  # each replica the whole quota: together they exceed it
@@ -62,9 +51,9 @@ def test_scaling_1_3_1_loses_nothing(
             what=f"{target:.0f} accepted",
         )
 
-    first = service_factory(sandbox.url, topic, group, **settings)
+    first = run.service(**settings)
     delivered(0.1)
-    more = [service_factory(sandbox.url, topic, group, **settings) for _ in range(2)]
+    more = [run.service(**settings) for _ in range(2)]
     for service in more:
         wait_until(
             partial(owns_partitions, service),
@@ -72,19 +61,19 @@ def test_scaling_1_3_1_loses_nothing(
             what="a new replica to own partitions",
         )
     delivered(0.15)  # three replicas at work
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         assert offsets.committed() != offsets.ends(), "the run was over before the scale-down"
     for service in more:
         service.signal(signal.SIGTERM)
     exits = [service.wait(60) for service in more]
     assert exits == [0, 0], exits
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+    wait_complete(ledger, sandbox, run.group, DEADLINE_S)
     messages = [e["message"] for s in (first, *more) for e in s.lines()]
     report = verify(
         scenario="4. scale 1-3-1",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         notes={
             "assignments": sum(m.startswith("assigned") for m in messages),

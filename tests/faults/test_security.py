@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 from stream.devkafka import SCRAM_MECHANISM, LocalKafka
-from tests.faults.scenario import DEADLINE_S, sized
-from tests.faults.verifier import conclude, read_dead_letters, verify, wait_complete
 from tests.support.events import Ledger, events
 from tests.support.kafka import Offsets, create_topic
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import DEADLINE_S, sized
 from tests.support.service import Service, get_text
+from tests.support.verifier import conclude, read_dead_letters, verify, wait_complete
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

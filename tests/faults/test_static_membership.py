@@ -18,16 +18,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.test_token_pool import (
-    DOCUMENTED,
-    batch_times,
-    delivered,
-    produce,
-    settings,
-    slots_held,
-)
-from tests.support.kafka import Broker, wait_committed
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import MINTED, ScenarioFactory
 from tests.support.service import Service
 from tests.support.waiting import wait_until
 
@@ -39,12 +31,12 @@ BOUND_S = 10.0
 """Acceptance: deliveries resume within 10 s of the restart; a stopped replica's work is done
 elsewhere within 10 s of its SIGTERM."""
 DEADLINE_S = 120.0
-DEFAULT_SESSION = "{}"
-"""No ``session.timeout.ms`` in the pass-through: the service's own choice holds."""
 
 
 def static(instance_id: str) -> dict[str, str]:
-    return settings(kafka_config=DEFAULT_SESSION, kafka_instance_id=instance_id)
+    """Minted tokens, and no ``session.timeout.ms`` in the pass-through: the service's own
+    choice holds."""
+    return MINTED | {"kafka_instance_id": instance_id}
 
 
 def partitions_held(service: Service, topic: str) -> set[int]:
@@ -69,64 +61,52 @@ def ready(service: Service) -> bool:
 
 def first_batch_after(sandbox: SandboxThread, moment: float) -> Callable[[], float | None]:
     def find() -> float | None:
-        return next((t for t in batch_times(sandbox) if t > moment), None)
+        return next((t for t in sandbox.batch_times() if t > moment), None)
 
     return find
 
 
-def test_kill_9_and_an_immediate_restart_resume_within_seconds(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(**DOCUMENTED)
-    receivers = produce(kafka, topic, 40_000)
-    service = service_factory(sandbox.url, topic, group, **static("replica-0"))
+def test_kill_9_and_an_immediate_restart_resume_within_seconds(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS, documented=True)
+    sandbox = run.sandbox
+    run.produce(40_000)
+    service = run.service(**static("replica-0"))
     wait_until(lambda: sandbox.accepted_count() >= 10_000, timeout_s=DEADLINE_S, what="10,000")
     service.signal(signal.SIGKILL)
     service.wait(10)
     restarted = time.monotonic()
-    service = service_factory(sandbox.url, topic, group, **static("replica-0"))
+    service = run.service(**static("replica-0"))
     after = {
         "delivering": wait_until(first_batch_after(sandbox, restarted), timeout_s=DEADLINE_S),
-        "slots": wait_until(lambda: slots_held(service) == SLOTS, timeout_s=DEADLINE_S),
+        "slots": wait_until(lambda: service.token_slots() == SLOTS, timeout_s=DEADLINE_S),
         "partitions": wait_until(
-            lambda: partitions_held(service, topic) == set(range(PARTITIONS)),
+            lambda: partitions_held(service, run.topic) == set(range(PARTITIONS)),
             timeout_s=DEADLINE_S,
         ),
         "ready": wait_until(lambda: ready(service), timeout_s=DEADLINE_S),
     }
     figures = {what: round(at - restarted, 2) for what, at in after.items()}
     print(f"kill -9 + restart under the same instance id, seconds after the restart: {figures}")
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
     assert max(figures.values()) <= BOUND_S, figures
 
 
 def test_sigterm_of_one_of_three_hands_its_work_over_within_seconds(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory,
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(**DOCUMENTED)
-    replicas = [
-        service_factory(sandbox.url, topic, group, **static(f"replica-{i}")) for i in range(3)
-    ]
+    run = scenario(PARTITIONS, documented=True)
+    sandbox, topic = run.sandbox, run.topic
+    replicas = [run.service(**static(f"replica-{i}")) for i in range(3)]
     wait_until(
         lambda: (
-            sorted(len(slots_held(r)) for r in replicas) == [3, 3, 4]
+            sorted(len(r.token_slots()) for r in replicas) == [3, 3, 4]
             and sorted(len(partitions_held(r, topic)) for r in replicas) == [2, 2, 2]
         ),
         timeout_s=DEADLINE_S,
         what="three replicas sharing the slots and the partitions",
     )
-    receivers = produce(kafka, topic, 40_000)
+    run.produce(40_000)
     # A scale-down comes when the backlog is low (KEDA scales on lag): the leaving replica's drain
     # is short, and most of the hand-over is the wait for its session to end.
     wait_until(lambda: sandbox.accepted_count() >= 30_000, timeout_s=DEADLINE_S, what="30,000")
@@ -135,7 +115,7 @@ def test_sigterm_of_one_of_three_hands_its_work_over_within_seconds(
     stopped = time.monotonic()
     after = {
         "slots": wait_until(
-            lambda: set().union(*(slots_held(r) for r in staying)) == SLOTS,
+            lambda: set().union(*(r.token_slots() for r in staying)) == SLOTS,
             timeout_s=DEADLINE_S,
         ),
         "partitions": wait_until(
@@ -150,6 +130,6 @@ def test_sigterm_of_one_of_three_hands_its_work_over_within_seconds(
     figures = {what: round(at - stopped, 2) for what, at in after.items()}
     figures["exited"] = round(exited - stopped, 2)
     print(f"SIGTERM of one of three, seconds after the signal: {figures}")
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
     assert max(figures["slots"], figures["partitions"]) <= BOUND_S, figures

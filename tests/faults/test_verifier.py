@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.faults.verifier import verify
-from tests.support.events import ACCOUNTS, ID_HEADER, LABEL, Ledger, events
-from tests.support.kafka import Broker
+from tests.support.events import ACCOUNTS, ID_HEADER, LABEL
 from tests.support.sandbox import TOKEN, SandboxThread
+from tests.support.scenario import ScenarioFactory
+from tests.support.verifier import verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -40,25 +39,19 @@ def post(sandbox: SandboxThread, receivers: list[str], now_ms: int) -> None:
         assert response.status == 200
 
 
-def test_the_verifier_sees_loss_and_counts_duplicates(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-) -> None:
+def test_the_verifier_sees_loss_and_counts_duplicates(scenario: ScenarioFactory) -> None:
     started = time.monotonic()
-    topic, group = topic_factory(partitions=2), group_factory()
-    dlq = f"{topic}.dlq"
-    sandbox = sandbox_thread()
+    run = scenario(partitions=2)
+    sandbox, ledger, servers = run.sandbox, run.ledger, run.kafka.bootstrap_servers
+    dlq = f"{run.topic}.dlq"
     now_ms = int(time.time() * 1000)
-    ledger = Ledger(kafka.bootstrap_servers, topic, 2)
-    ledger.produce(events(20, now_ms=now_ms, invalid_every=5))  # 16 valid, 4 invalid
+    run.produce(20, now_ms=now_ms, invalid_every=5)  # 16 valid, 4 invalid
     valid, invalid = sorted(ledger.valid), sorted(ledger.invalid)
 
     post(sandbox, valid[:14], now_ms)  # two never sent
     post(sandbox, valid[:3], now_ms)  # three sent twice
     post(sandbox, ["919999999999"], now_ms)  # one nobody produced
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer = Producer({"bootstrap.servers": servers})
     letters = [
         (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),
         (invalid[0], ledger.invalid[invalid[0]], ledger.where[invalid[0]]),  # twice
@@ -74,16 +67,16 @@ def test_the_verifier_sees_loss_and_counts_duplicates(
         }
         producer.produce(dlq, value=b"{}", headers=list(headers.items()))
     assert producer.flush(30) == 0
-    committer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
-    committer.commit(offsets=[TopicPartition(topic, 0, 10)], asynchronous=False)  # the end
-    committer.commit(offsets=[TopicPartition(topic, 1, 4)], asynchronous=False)  # short of it
+    committer = Consumer({"bootstrap.servers": servers, "group.id": run.group})
+    committer.commit(offsets=[TopicPartition(run.topic, 0, 10)], asynchronous=False)  # the end
+    committer.commit(offsets=[TopicPartition(run.topic, 1, 4)], asynchronous=False)  # short of it
     committer.close()
 
     report = verify(
         scenario="0. the verifier, fed a bad run",
         ledger=ledger,
         sandbox=sandbox,
-        group=group,
+        group=run.group,
         started=started,
         dlq_topic=dlq,
     )

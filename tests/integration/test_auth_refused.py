@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.verifier import verify, wait_complete
-from tests.support.events import ACCOUNTS, Event, Ledger, intent, valid
-from tests.support.kafka import Broker
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service, get_text
+from tests.support.events import ACCOUNTS, Event, intent, valid
+from tests.support.scenario import ScenarioFactory
+from tests.support.service import get_text
+from tests.support.verifier import verify, wait_complete
 
 pytestmark = pytest.mark.integration
 
@@ -42,41 +41,30 @@ def mixed(count: int) -> Iterator[Event]:
 
 
 def test_a_refused_account_is_dead_lettered_and_the_others_flow(
-    kafka: Broker,
-    tmp_path: Path,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory, tmp_path: Path
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(static_token=None, key_id=KEY_ID, api_key=API_KEY)
+    run = scenario(PARTITIONS, static_token=None, key_id=KEY_ID, api_key=API_KEY)
     credentials = tmp_path / "credentials.json"
     good = {"key_id": KEY_ID, "api_key": API_KEY}
     credentials.write_text(
         json.dumps({**dict.fromkeys(ACCOUNTS, good), REFUSED: good | {"api_key": "revoked"}})
     )
     started = time.monotonic()
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(mixed(EVENTS))
-    service = service_factory(
-        sandbox.url,
-        topic,
-        group,
+    run.ledger.produce(mixed(EVENTS))
+    service = run.service(
         api_token="",
         api_credentials_file=str(credentials),
         api_version="v2",
         auth_give_up_s=str(GIVE_UP_S),
     )
 
-    wait_complete(ledger, sandbox, group, COMMITTED_WITHIN_S, "every offset committed")
+    wait_complete(run.ledger, run.sandbox, run.group, COMMITTED_WITHIN_S, "every offset committed")
     committed_s = time.monotonic() - started
     report = verify(
         scenario="an account refused",
-        ledger=ledger,
-        sandbox=sandbox,
-        group=group,
-        dlq_topic=f"{topic}.dlq",
+        ledger=run.ledger,
+        sandbox=run.sandbox,
+        group=run.group,
         started=started,
         notes={"committed_s": round(committed_s, 1)},
     )

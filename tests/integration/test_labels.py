@@ -12,16 +12,15 @@ import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
 
-from tests.faults.verifier import Report, verify, wait_complete
-from tests.support.events import ACCOUNTS, LABEL, Event, Ledger, events, intent, valid
-from tests.support.kafka import Broker
+from tests.support.events import ACCOUNTS, LABEL, Event, intent, valid
 from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.scenario import Scenario, ScenarioFactory
+from tests.support.verifier import Report, verify, wait_complete
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +38,10 @@ RPS = 2
 """Each account's quota as the service is told it: 20 full batches take about 10 s. The sandbox
 allows twice that, so that the drain measures what labels cost, not how the service answers a
 429 (docs/design.md#quota)."""
+PACE = {"rate_limit_rps": str(RPS), "batch_linger_ms": "1000"}
+"""The service's settings: full batches at the quota."""
+OWNED = {account: frozenset({LABEL}) for account in ACCOUNTS}
+"""Each account owns one label in the sandbox."""
 PARTITIONS = 4
 DEADLINE_S = 180.0
 
@@ -55,31 +58,10 @@ def mixed(count: int) -> Iterator[Event]:
             yield valid(i, now_ms)
 
 
-def start(
-    kafka: Broker,
-    topic: str,
-    group: str,
-    sandbox: SandboxThread,
-    service_factory: Callable[..., Service],
-) -> tuple[Ledger, Service]:
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    service = service_factory(
-        sandbox.url, topic, group, rate_limit_rps=str(RPS), batch_linger_ms="1000"
-    )
-    return ledger, service
-
-
-def finish(
-    ledger: Ledger, sandbox: SandboxThread, group: str, topic: str, started: float, scenario: str
-) -> Report:
-    wait_complete(ledger, sandbox, group, DEADLINE_S)
+def finish(run: Scenario, started: float, scenario: str) -> Report:
+    wait_complete(run.ledger, run.sandbox, run.group, DEADLINE_S)
     report = verify(
-        scenario=scenario,
-        ledger=ledger,
-        sandbox=sandbox,
-        group=group,
-        dlq_topic=f"{topic}.dlq",
-        started=started,
+        scenario=scenario, ledger=run.ledger, sandbox=run.sandbox, group=run.group, started=started
     )
     report.show()
     report.check()
@@ -105,22 +87,14 @@ def batches(sandbox: SandboxThread) -> dict[str, list[tuple[float, int]]]:
     }
 
 
-def test_foreign_labels_never_reach_a_batch(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(
-        rate_limit_rps=2 * RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
-    )
+def test_foreign_labels_never_reach_a_batch(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS, rate_limit_rps=2 * RPS, labels=OWNED)
+    sandbox = run.sandbox
 
     started = time.monotonic()
-    ledger, _ = start(kafka, topic, group, sandbox, service_factory)
-    ledger.produce(mixed(EVENTS))
-    report = finish(ledger, sandbox, group, topic, started, "foreign labels")
+    run.service(**PACE)
+    run.ledger.produce(mixed(EVENTS))
+    report = finish(run, started, "foreign labels")
 
     assert report.dead_lettered == EVENTS // FOREIGN_EVERY
     assert refused(sandbox) == dict.fromkeys(ACCOUNTS, 0)
@@ -138,77 +112,48 @@ def test_foreign_labels_never_reach_a_batch(
         assert drain_s <= 1.2 * ideal_s
 
 
-def test_a_label_created_while_running_is_used_at_once(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(labels={account: frozenset({LABEL}) for account in ACCOUNTS})
+def test_a_label_created_while_running_is_used_at_once(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS, labels=OWNED)
     started = time.monotonic()
-    ledger, _ = start(kafka, topic, group, sandbox, service_factory)
-    ledger.produce(events(100))
-    wait_complete(ledger, sandbox, group, DEADLINE_S, "the first events")
+    run.service(**PACE)
+    run.produce(100)
+    wait_complete(run.ledger, run.sandbox, run.group, DEADLINE_S, "the first events")
     for account in ACCOUNTS:  # created in the console while the service runs
-        sandbox.run(partial(sandbox.sandbox.learn_labels, account, [NEW_LABEL]))
-    now_ms = time.time_ns() // 1_000_000
-    ledger.produce(
-        Event(
-            f"9198{i:08d}", json.dumps(intent(i, now_ms) | {"label_id": NEW_LABEL}).encode(), None
-        )
-        for i in range(100, 2_100)
-    )
+        run.sandbox.run(partial(run.sandbox.sandbox.learn_labels, account, [NEW_LABEL]))
+    run.produce(2_000, fields={"label_id": NEW_LABEL})
 
-    report = finish(ledger, sandbox, group, topic, started, "a label created while running")
+    report = finish(run, started, "a label created while running")
 
     assert report.delivered == 2_100
     assert report.dlq_records == 0
 
 
-def test_an_unreadable_registry_costs_a_probe_per_foreign_label(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(
-        rate_limit_rps=2 * RPS, labels={account: frozenset({LABEL}) for account in ACCOUNTS}
-    )
-    sandbox.set_faults(labels_status=503)
+def test_an_unreadable_registry_costs_a_probe_per_foreign_label(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS, rate_limit_rps=2 * RPS, labels=OWNED)
+    run.sandbox.set_faults(labels_status=503)
 
     started = time.monotonic()
-    ledger, _ = start(kafka, topic, group, sandbox, service_factory)
-    ledger.produce(mixed(EVENTS))
-    report = finish(ledger, sandbox, group, topic, started, "foreign labels, registry down")
+    run.service(**PACE)
+    run.ledger.produce(mixed(EVENTS))
+    report = finish(run, started, "foreign labels, registry down")
 
     assert report.dead_lettered == EVENTS // FOREIGN_EVERY
-    stats = sandbox.run(sandbox.sandbox.stats)
+    stats = run.sandbox.run(run.sandbox.sandbox.stats)
     assert all(s.labels.get("503", 0) >= 1 for s in stats.accounts.values())
-    for account, count in refused(sandbox).items():
+    for account, count in refused(run.sandbox).items():
         print(f"{account}: {count} requests refused with 400")
         assert count <= 2 * len(FOREIGN)
 
 
-def test_label_ids_match_in_any_case(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
+def test_label_ids_match_in_any_case(scenario: ScenarioFactory) -> None:
     """A label registered in upper case (the labels endpoint lists it so) matches events that name
     it in lower, upper or mixed case: none is dead-lettered, none probed or refused."""
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread(labels={account: frozenset({LABEL.upper()}) for account in ACCOUNTS})
+    run = scenario(PARTITIONS, labels={account: frozenset({LABEL.upper()}) for account in ACCOUNTS})
     started = time.monotonic()
-    ledger, service = start(kafka, topic, group, sandbox, service_factory)
+    service = run.service(**PACE)
     now_ms = time.time_ns() // 1_000_000
     cases = (LABEL, LABEL.upper(), LABEL[:18] + LABEL[18:].upper())
-    ledger.produce(
+    run.ledger.produce(
         Event(
             f"9198{i:08d}",
             json.dumps(intent(i, now_ms) | {"label_id": cases[i % 3]}).encode(),
@@ -217,10 +162,10 @@ def test_label_ids_match_in_any_case(
         for i in range(3_000)
     )
 
-    report = finish(ledger, sandbox, group, topic, started, "label ids in any case")
+    report = finish(run, started, "label ids in any case")
 
     assert report.delivered == 3_000
     assert report.dlq_records == 0
-    assert refused(sandbox) == dict.fromkeys(ACCOUNTS, 0)
+    assert refused(run.sandbox) == dict.fromkeys(ACCOUNTS, 0)
     probes = [k for k in service.metrics() if k.startswith("dcr_label_probes_total")]
     assert probes == []

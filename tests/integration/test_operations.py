@@ -18,32 +18,21 @@ import stream.consumer
 from stream.app import Pipeline
 from stream.config import load
 from stream.sandbox import Sandbox, SandboxConfig
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, read_topic, unique, wait_committed
-from tests.support.sandbox import TOKEN, SandboxFactory, SandboxThread
-from tests.support.service import RUN_TIMEOUT_S, Service, get_text, total
+from tests.support.kafka import Broker, read_topic, unique
+from tests.support.sandbox import TOKEN, SandboxFactory
+from tests.support.scenario import ScenarioFactory
+from tests.support.service import RUN_TIMEOUT_S, get_text, total
 from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
 
-def test_metrics_agree_with_the_sandbox_and_the_dlq(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=4), group_factory()
-    sandbox = sandbox_thread()
-    produced = Ledger(kafka.bootstrap_servers, topic, 4)
-    produced.produce(events(5_000, invalid_every=25))
-    service = service_factory(sandbox.url, topic, group)
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
+def test_metrics_agree_with_the_sandbox_and_the_dlq(scenario: ScenarioFactory) -> None:
+    run = scenario(partitions=4)
+    sandbox, produced = run.sandbox, run.ledger
+    run.produce(5_000, invalid_every=25)
+    service = run.service()
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
     wait_until(service.joined, timeout_s=RUN_TIMEOUT_S)
 
     def settled() -> bool:
@@ -58,7 +47,9 @@ def test_metrics_agree_with_the_sandbox_and_the_dlq(
     wait_until(settled, timeout_s=RUN_TIMEOUT_S, what="every record finished in the metrics")
     samples = service.metrics()
     accepted = sum(sandbox.accepted_receivers().values())
-    dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=len(produced.invalid))
+    dead = read_topic(
+        run.kafka.bootstrap_servers, f"{run.topic}.dlq", at_least=len(produced.invalid)
+    )
     assert total(samples, "dcr_records_delivered_total") == accepted == len(produced.valid)
     assert total(samples, "dcr_records_dead_lettered_total") == len(dead) == 200
     assert total(samples, "dcr_events_consumed_total") == 5_000
@@ -200,31 +191,23 @@ async def test_liveness_follows_the_consumer_not_the_api(in_process: InProcess) 
 
 
 def test_secrets_never_leave_the_process(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory, group_factory: Callable[[], str]
 ) -> None:
     api_key, sasl_password = "api-key-" + unique("k"), "sasl-pw-" + unique("p")
-    topic = topic_factory(partitions=2)
-    sandbox = sandbox_thread(key_id="key-1", api_key=api_key)
-    produced = Ledger(kafka.bootstrap_servers, topic, 2)
-    produced.produce(events(1_000, invalid_every=10))
+    run = scenario(partitions=2, key_id="key-1", api_key=api_key)
+    sandbox, produced = run.sandbox, run.ledger
+    run.produce(1_000, invalid_every=10)
     secret_config = json.dumps({"sasl.password": sasl_password})
-    runs = [
-        # A static token, and a key pair whose minted tokens are secrets too.
-        service_factory(
-            sandbox.url,
-            topic,
-            group_factory(),
+    services = [
+        # A static token, and a key pair whose minted tokens are secrets too; each in a group of
+        # its own, so that both deliver everything.
+        run.service(
+            kafka_group_id=group_factory(),
             kafka_secret_config=secret_config,
             log_level="DEBUG",
         ),
-        service_factory(
-            sandbox.url,
-            topic,
-            group_factory(),
+        run.service(
+            kafka_group_id=group_factory(),
             api_token="",
             api_key_id="key-1",
             api_key=api_key,
@@ -232,8 +215,8 @@ def test_secrets_never_leave_the_process(
             log_level="DEBUG",
         ),
     ]
-    for run in runs:
-        wait_until(run.joined, timeout_s=RUN_TIMEOUT_S)
+    for service in services:
+        wait_until(service.joined, timeout_s=RUN_TIMEOUT_S)
     wait_until(
         lambda: sum(sandbox.accepted_receivers().values()) >= 2 * len(produced.valid),
         timeout_s=RUN_TIMEOUT_S,
@@ -242,40 +225,31 @@ def test_secrets_never_leave_the_process(
     minted = sandbox.run(lambda: list(sandbox.sandbox._tokens))
     assert minted, "the key-pair run minted no token"
     secrets = [TOKEN, api_key, sasl_password, *minted]
-    outputs = [get_text(run.http_port(), "/metrics") for run in runs]
-    for run in runs:
-        run.signal(signal.SIGTERM)
-        assert run.wait(30) == 0
-        outputs.append(run.log.read_text())
-    dlq = f"{topic}.dlq"
-    for message in read_topic(kafka.bootstrap_servers, dlq, at_least=2 * len(produced.invalid)):
+    outputs = [get_text(service.http_port(), "/metrics") for service in services]
+    for service in services:
+        service.signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+        outputs.append(service.log.read_text())
+    dlq = f"{run.topic}.dlq"
+    for message in read_topic(run.kafka.bootstrap_servers, dlq, at_least=2 * len(produced.invalid)):
         outputs.append(repr(message.headers()))
     for text in outputs:
         for secret in secrets:
             assert secret not in text
 
 
-def test_receipts_add_up_to_what_was_delivered(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group, receipts = topic_factory(partitions=3), group_factory(), unique("receipts")
-    sandbox = sandbox_thread()
-    produced = Ledger(kafka.bootstrap_servers, topic, 3)
-    produced.produce(events(3_000, invalid_every=30))
-    service = service_factory(sandbox.url, topic, group, receipts_topic=receipts, api_version="v2")
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, 3, timeout_s=RUN_TIMEOUT_S)
+def test_receipts_add_up_to_what_was_delivered(scenario: ScenarioFactory) -> None:
+    run, receipts = scenario(partitions=3), unique("receipts")
+    produced = run.ledger
+    run.produce(3_000, invalid_every=30)
+    service = run.service(receipts_topic=receipts, api_version="v2")
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
-    messages = read_topic(kafka.bootstrap_servers, receipts, at_least=len(produced.valid) // 500)
+    messages = read_topic(
+        run.kafka.bootstrap_servers, receipts, at_least=len(produced.valid) // 500
+    )
     bodies = [json.loads(m.value() or b"") for m in messages]
     assert sum(b["records"] for b in bodies) == len(produced.valid)
     assert all(b["status"] == 200 and b["batch_id"] for b in bodies)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.support.events import Ledger, events
-from tests.support.kafka import Broker, Offsets, header_texts, read_topic, wait_committed
-from tests.support.sandbox import SandboxThread
-from tests.support.service import RUN_TIMEOUT_S, Service
+from tests.support.kafka import header_texts, read_topic
+from tests.support.scenario import ScenarioFactory
+from tests.support.service import RUN_TIMEOUT_S
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -20,90 +18,61 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 
 
-def test_every_event_is_delivered_or_dead_lettered_and_committed(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
-    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    produced.produce(events(20_000, invalid_every=50))
-    assert len(produced.valid) == 19_600
+def test_every_event_is_delivered_or_dead_lettered_and_committed(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS)
+    sandbox = run.sandbox
+    run.produce(20_000, invalid_every=50)
+    assert len(run.ledger.valid) == 19_600
 
-    service = service_factory(sandbox.url, topic, group)
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
+    service = run.service()
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
     accepted = sandbox.accepted_receivers()
-    assert set(accepted) == produced.valid
-    dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=400)
+    assert set(accepted) == run.ledger.valid
+    dead = read_topic(run.kafka.bootstrap_servers, f"{run.topic}.dlq", at_least=400)
     assert len(dead) == 400
     for message in dead:
         h = header_texts(message)
         assert h["dcr.error.code"] == h["expect"]
-        assert h["dcr.source.topic"] == topic
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+        assert h["dcr.source.topic"] == run.topic
+    with run.offsets() as offsets:
         assert offsets.committed() == offsets.ends()
     print(f"duplicates accepted: {sum(accepted.values()) - len(accepted)}")
 
 
-def test_nothing_is_committed_while_the_api_is_down(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
+def test_nothing_is_committed_while_the_api_is_down(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS)
+    sandbox = run.sandbox
     sandbox.set_faults(outage="503")
-    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    produced.produce(events(2_000))
+    run.produce(2_000)
 
-    service = service_factory(sandbox.url, topic, group)
+    service = run.service()
     wait_until(
         lambda: sandbox.run(sandbox.sandbox.stats).totals.requests.get("503", 0) >= 20,
         timeout_s=RUN_TIMEOUT_S,
     )
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         committed = offsets.committed()
     assert all(offset < 0 for offset in committed), committed  # no offset stored at all
 
     sandbox.set_faults(outage="off")
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
 
-def test_kill_9_and_restart_loses_nothing(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
-    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    produced.produce(events(20_000))
+def test_kill_9_and_restart_loses_nothing(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS)
+    sandbox = run.sandbox
+    run.produce(20_000)
     # A slow API keeps the run busy long enough to be killed in the middle of it.
     sandbox.set_faults(latency_ms=50)
 
-    first = service_factory(sandbox.url, topic, group, rate_limit_rps="20")
+    first = run.service(rate_limit_rps="20")
     wait_until(
         lambda: len(sandbox.accepted_receivers()) >= 5_000,
         timeout_s=RUN_TIMEOUT_S,
@@ -112,15 +81,11 @@ def test_kill_9_and_restart_loses_nothing(
     first.signal(signal.SIGKILL)
     first.wait(10)
     before = len(sandbox.accepted_receivers())
-    assert before < len(produced.valid)
+    assert before < len(run.ledger.valid)
 
-    second = service_factory(sandbox.url, topic, group)
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=RUN_TIMEOUT_S)
+    second = run.service()
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
     accepted = sandbox.accepted_receivers()
@@ -128,27 +93,20 @@ def test_kill_9_and_restart_loses_nothing(
     print(f"kill -9 after {before} accepted: duplicates {duplicates}")
 
 
-def test_a_third_joins_and_one_leaves_without_loss(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=6), group_factory()
-    sandbox = sandbox_thread()
+def test_a_third_joins_and_one_leaves_without_loss(scenario: ScenarioFactory) -> None:
+    run = scenario(6)
+    sandbox = run.sandbox
     sandbox.set_faults(latency_ms=30)
-    produced = Ledger(kafka.bootstrap_servers, topic, 6)
-    produced.produce(events(30_000))
+    run.produce(30_000)
     slow = {"rate_limit_rps": "10"}
 
-    one, two = (service_factory(sandbox.url, topic, group, **slow) for _ in range(2))
+    one, two = (run.service(**slow) for _ in range(2))
     wait_until(
         lambda: len(sandbox.accepted_receivers()) >= 3_000,
         timeout_s=RUN_TIMEOUT_S,
         what="first deliveries",
     )
-    three = service_factory(sandbox.url, topic, group, **slow)
+    three = run.service(**slow)
     wait_until(
         lambda: len(sandbox.accepted_receivers()) >= 10_000,
         timeout_s=RUN_TIMEOUT_S,
@@ -156,12 +114,8 @@ def test_a_third_joins_and_one_leaves_without_loss(
     )
     one.signal(signal.SIGTERM)
     assert one.wait(30) == 0
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, 6, timeout_s=RUN_TIMEOUT_S)
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
     for service in (two, three):
         service.signal(signal.SIGTERM)
         assert service.wait(30) == 0
@@ -175,30 +129,23 @@ def test_a_third_joins_and_one_leaves_without_loss(
 
 
 def test_backlog_with_the_api_down_stays_bounded_and_in_the_group(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory,
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
+    run = scenario(PARTITIONS)
+    sandbox = run.sandbox
     sandbox.set_faults(outage="503")
-    Ledger(kafka.bootstrap_servers, topic, PARTITIONS).produce(events(500_000))
+    run.produce(500_000)
     poll_interval_ms = 6_000
-    service = service_factory(
-        sandbox.url,
-        topic,
-        group,
+    service = run.service(
         kafka_config=f'{{"max.poll.interval.ms": {poll_interval_ms}, "session.timeout.ms": 6000}}',
     )
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": run.kafka.bootstrap_servers})
     peak = 0.0
     started = time.monotonic()
     while time.monotonic() - started < 2.5 * poll_interval_ms / 1000:
         peak = max(peak, service.rss_mib())
         time.sleep(0.2)
-    description = admin.describe_consumer_groups([group])[group].result(30)
+    description = admin.describe_consumer_groups([run.group])[run.group].result(30)
     assert len(description.members) == 1
     messages = [e["message"] for e in service.lines()]
     assert not [m for m in messages if m.startswith(("lost", "revoking"))], messages
@@ -209,23 +156,13 @@ def test_backlog_with_the_api_down_stays_bounded_and_in_the_group(
     service.wait(60)
 
 
-def test_sigterm_drains_and_a_restart_sends_nothing_twice(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
-    produced = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    produced.produce(events(20_000))
+def test_sigterm_drains_and_a_restart_sends_nothing_twice(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS)
+    sandbox = run.sandbox
+    run.produce(20_000)
     sandbox.set_faults(latency_ms=50)
 
-    first = service_factory(
-        sandbox.url,
-        topic,
-        group,
+    first = run.service(
         rate_limit_rps="20",
         shutdown_timeout_s="10",
         max_buffered_records="2000",  # so that SIGTERM finds most of the topic not yet read
@@ -240,15 +177,11 @@ def test_sigterm_drains_and_a_restart_sends_nothing_twice(
     assert first.wait(15) == 0
     assert time.monotonic() - stopped_at <= 10
     seen_by_first = set(sandbox.accepted_receivers())
-    assert len(seen_by_first) < len(produced.valid)
+    assert len(seen_by_first) < len(run.ledger.valid)
 
     sandbox.set_faults(latency_ms=0)
-    second = service_factory(sandbox.url, topic, group)
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= produced.valid,
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
+    second = run.service()
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
     accepted = sandbox.accepted_receivers()

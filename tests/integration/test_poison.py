@@ -9,16 +9,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
 
 from stream.dlq import CUT_VALUE_BYTES
-from tests.support.events import EXPECT_HEADER, ID_HEADER, Ledger, events
-from tests.support.kafka import Broker, Offsets, header_texts, read_topic, wait_committed
-from tests.support.sandbox import SandboxThread
-from tests.support.service import Service, total
+from tests.support.events import ID_HEADER, Event
+from tests.support.kafka import header_texts, read_topic
+from tests.support.scenario import ScenarioFactory
+from tests.support.service import total
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,36 +31,31 @@ COMMITTED_WITHIN_S = 60.0
 
 
 def test_values_too_large_to_dead_letter_whole_are_cut_and_committed(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory,
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(events(VALID // 2))
+    run = scenario(PARTITIONS)
+    run.produce(VALID // 2)
+    # One after the other, round-robin: each on a partition of its own.
     huge = {f"huge-{i}": os.urandom(HUGE_BYTES) for i in range(3)}
-    where = produce_huge(kafka, topic, huge)
-    ledger.produce(events(VALID - VALID // 2, start=VALID // 2))
-    assert len(ledger.valid) == VALID
+    run.ledger.produce(
+        Event(name, value, "message_too_large", name.encode()) for name, value in huge.items()
+    )
+    run.produce(VALID - VALID // 2)
+    assert len(run.ledger.valid) == VALID
 
     started = time.monotonic()
-    service = service_factory(sandbox.url, topic, group)
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=COMMITTED_WITHIN_S)
+    service = run.service()
+    run.wait_committed(timeout_s=COMMITTED_WITHIN_S)
     committed_s = time.monotonic() - started
-    with Offsets(kafka.bootstrap_servers, group, topic, PARTITIONS) as offsets:
+    with run.offsets() as offsets:
         assert offsets.committed() == offsets.ends()
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= ledger.valid, timeout_s=10, what="deliveries"
-    )
+    wait_until(run.delivered(), timeout_s=10, what="deliveries")
     samples = service.metrics()
     service.signal(signal.SIGTERM)
     assert service.wait(30) == 0
 
-    assert set(sandbox.accepted_receivers()) == ledger.valid
-    letters = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=len(huge))
+    assert set(run.sandbox.accepted_receivers()) == run.ledger.valid
+    letters = read_topic(run.kafka.bootstrap_servers, f"{run.topic}.dlq", at_least=len(huge))
     assert len(letters) == len(huge)
     for letter in letters:
         h = header_texts(letter)
@@ -71,8 +64,8 @@ def test_values_too_large_to_dead_letter_whole_are_cut_and_committed(
         assert h["dcr.error.truncated"] == "value"
         assert h["dcr.original.size"] == str(HUGE_BYTES)
         assert (h["dcr.source.topic"], h["dcr.source.partition"], h["dcr.source.offset"]) == (
-            topic,
-            *map(str, where[h[ID_HEADER]]),
+            run.topic,
+            *map(str, run.ledger.where[h[ID_HEADER]]),
         )
         assert letter.value() == original[:CUT_VALUE_BYTES]
     assert total(samples, "dcr_dlq_truncated_total") == len(huge)
@@ -80,61 +73,17 @@ def test_values_too_large_to_dead_letter_whole_are_cut_and_committed(
     print(f"every offset committed {committed_s:.1f} s after the start")
 
 
-def produce_huge(kafka: Broker, topic: str, values: dict[str, bytes]) -> dict[str, tuple[int, int]]:
-    """Produce each value to a partition of its own (``message.max.bytes`` raised to let it
-    through); return where each went."""
-    producer = Producer(
-        {"bootstrap.servers": kafka.bootstrap_servers, "message.max.bytes": 2_000_000}
-    )
-    where: dict[str, tuple[int, int]] = {}
-    failures: list[str] = []
-
-    def delivered(name: str) -> Callable[[KafkaError | None, Message], None]:
-        def report(error: KafkaError | None, message: Message) -> None:
-            partition, offset = message.partition(), message.offset()
-            if error is not None or partition is None or offset is None:
-                failures.append(str(error))
-            else:
-                where[name] = (partition, offset)
-
-        return report
-
-    for partition, (name, value) in enumerate(values.items()):
-        headers: list[tuple[str, str | bytes | None]] = [
-            (ID_HEADER, name.encode()),
-            (EXPECT_HEADER, b"message_too_large"),
-        ]
-        producer.produce(
-            topic,
-            value,
-            name.encode(),
-            partition=partition,
-            headers=headers,
-            on_delivery=delivered(name),
-        )
-    assert producer.flush(60) == 0
-    assert not failures, failures
-    return where
-
-
 STUCK_WARN_S = 2.0
 """Short here so that the test waits seconds; the default (180 s) is argued in
 docs/design.md#bounded-progress."""
 
 
-def test_a_stall_is_a_gauge_and_one_warning_per_partition(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = sandbox_thread()
-    sandbox.set_faults(outage="503")
-    ledger = Ledger(kafka.bootstrap_servers, topic, PARTITIONS)
-    ledger.produce(events(400))
-    service = service_factory(sandbox.url, topic, group, stuck_warn_s=str(STUCK_WARN_S))
+def test_a_stall_is_a_gauge_and_one_warning_per_partition(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS)
+    topic = run.topic
+    run.sandbox.set_faults(outage="503")
+    run.produce(400)
+    service = run.service(stuck_warn_s=str(STUCK_WARN_S))
 
     def stuck() -> list[str]:
         return [
@@ -160,8 +109,8 @@ def test_a_stall_is_a_gauge_and_one_warning_per_partition(
             for w in warnings
         ), warnings
 
-    sandbox.set_faults(outage="off")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=60)
+    run.sandbox.set_faults(outage="off")
+    run.wait_committed(timeout_s=60)
     wait_until(
         lambda: total(service.metrics(), "dcr_partition_oldest_unfinished_seconds") == 0,
         timeout_s=10,

@@ -16,9 +16,9 @@ from stream.cli import main
 from stream.dlq import build
 from stream.tools.produce import INVALID_KINDS, Mix, account_ids, events, produce
 from stream.validation import Rejection, Rules, Stage, validate
-from tests.support.kafka import Broker, Offsets, header_texts, read_topic, unique
-from tests.support.sandbox import SandboxThread
-from tests.support.service import RUN_TIMEOUT_S, Service
+from tests.support.kafka import Broker, header_texts, read_topic, unique
+from tests.support.scenario import ScenarioFactory
+from tests.support.service import RUN_TIMEOUT_S
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -178,16 +178,11 @@ def test_replay_of_a_missing_topic_is_one_line(
 
 
 def test_unknown_labels_replayed_after_the_label_is_registered_are_delivered(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-    capsys: pytest.CaptureFixture[str],
+    kafka: Broker, scenario: ScenarioFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     accounts = account_ids(2)
-    topic, group = topic_factory(partitions=4), group_factory()
-    sandbox = sandbox_thread(labels={account: frozenset({LABEL}) for account in accounts})
+    run = scenario(partitions=4, labels={account: frozenset({LABEL}) for account in accounts})
+    topic, sandbox = run.topic, run.sandbox
     mix = Mix(
         accounts=accounts,
         label_ids=(LABEL,),
@@ -205,12 +200,8 @@ def test_unknown_labels_replayed_after_the_label_is_registered_are_delivered(
     invalid = sum(e.expect not in receivers for e in made)
     assert refused > 10
 
-    service = service_factory(sandbox.url, topic, group)
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= receivers["valid"],
-        timeout_s=RUN_TIMEOUT_S,
-        what="deliveries",
-    )
+    service = run.service()
+    wait_until(run.delivered(receivers["valid"]), timeout_s=RUN_TIMEOUT_S, what="deliveries")
     dead = read_topic(kafka.bootstrap_servers, f"{topic}.dlq", at_least=refused + invalid)
     # The accounts' label registries do not list it: dead-lettered before any request.
     codes = Counter(header_texts(m)["dcr.error.code"] for m in dead)
@@ -229,13 +220,9 @@ def test_unknown_labels_replayed_after_the_label_is_registered_are_delivered(
     )
 
     wanted = receivers["valid"] | receivers["unregistered_label"]
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= wanted,
-        timeout_s=RUN_TIMEOUT_S,
-        what="replayed deliveries",
-    )
+    wait_until(run.delivered(wanted), timeout_s=RUN_TIMEOUT_S, what="replayed deliveries")
 
-    with Offsets(kafka.bootstrap_servers, group, topic, 4) as offsets:
+    with run.offsets() as offsets:
 
         def committed_to_the_end() -> bool:
             ends = offsets.ends()

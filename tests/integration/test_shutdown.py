@@ -12,15 +12,13 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.events import Ledger, events
 from tests.support.helm import Helm, config, only
-from tests.support.kafka import Broker, Offsets, wait_committed
-from tests.support.sandbox import SandboxThread
+from tests.support.kafka import Offsets
+from tests.support.scenario import ScenarioFactory
 from tests.support.service import Service, total
 from tests.support.waiting import wait_until
 
@@ -86,19 +84,13 @@ def consumed(service: Service) -> float:
 
 
 def test_sigterm_while_the_api_hangs_exits_0_within_the_budget(
-    helm: Helm,
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    helm: Helm, scenario: ScenarioFactory
 ) -> None:
     budget_s = chart_budget(helm)
-    topic, group = topic_factory(partitions=2), group_factory()
-    sandbox = sandbox_thread()
-    sandbox.set_faults(latency_ms=600_000)
-    Ledger(kafka.bootstrap_servers, topic, 2).produce(events(2_000))
-    service = service_factory(sandbox.url, topic, group, shutdown_timeout_s=str(budget_s))
+    run = scenario(partitions=2)
+    run.sandbox.set_faults(latency_ms=600_000)
+    run.produce(2_000)
+    service = run.service(shutdown_timeout_s=str(budget_s))
     wait_until(lambda: consumed(service) == 2_000, timeout_s=DEADLINE_S, what="consumed")
 
     elapsed = stop_timed(service, budget_s)
@@ -106,61 +98,49 @@ def test_sigterm_while_the_api_hangs_exits_0_within_the_budget(
     print(f"API hangs: stopped in {elapsed:.2f} s of {budget_s} s, left {left_behind(service)}")
     assert elapsed <= budget_s, f"the stop took {elapsed:.1f} s of a {budget_s} s budget"
     assert left_behind(service) == 2_000
-    with Offsets(kafka.bootstrap_servers, group, topic, 2) as offsets:
+    with run.offsets() as offsets:
         assert uncommitted(offsets, {0, 1}) == 2_000
 
 
 def test_sigterm_while_three_replicas_contend_for_the_quota(
-    helm: Helm,
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    helm: Helm, scenario: ScenarioFactory
 ) -> None:
     budget_s = chart_budget(helm)
-    partitions = 6
-    topic, group = topic_factory(partitions=partitions), group_factory()
     # Each account's quota (2 requests/s) for three replicas that each believe it is theirs: a
     # replica drains its 10,000 records in about 15 s, far more than its drain budget.
-    sandbox = sandbox_thread(rate_limit_rps=2)
+    run = scenario(partitions=6, rate_limit_rps=2)
     settings = {
         "rate_limit_rps": "2",
         "shutdown_timeout_s": str(budget_s),
         "max_buffered_records": "50000",
     }
-    replicas = [service_factory(sandbox.url, topic, group, **settings) for _ in range(3)]
+    replicas = [run.service(**settings) for _ in range(3)]
     # Produce only once the group is settled, so that no record is consumed by two owners.
     wait_until(
         lambda: [total(r.metrics(), "dcr_assigned_partitions") for r in replicas] == [2, 2, 2],
         timeout_s=DEADLINE_S,
         what="two partitions each",
     )
-    ledger = Ledger(kafka.bootstrap_servers, topic, partitions)
-    ledger.produce(events(30_000))
+    run.produce(30_000)
     wait_until(
         lambda: sum(consumed(r) for r in replicas) == 30_000,
         timeout_s=DEADLINE_S,
         what="every event consumed",
     )
     leaving = replicas[0]
-    mine = owned(leaving, topic)
+    mine = owned(leaving, run.topic)
     assert len(mine) == 2
 
     elapsed = stop_timed(leaving, budget_s)
 
     left = left_behind(leaving)
     print(f"three replicas: stopped in {elapsed:.2f} s of {budget_s} s, left {left}")
-    with Offsets(kafka.bootstrap_servers, group, topic, partitions) as offsets:
+    with run.offsets() as offsets:
         # Read at once: the new owners queue these records behind their own backlog.
         assert left == uncommitted(offsets, mine)
     assert left > 0, "the replica drained everything: the quota did not contend"
     assert elapsed <= budget_s, f"the stop took {elapsed:.1f} s of a {budget_s} s budget"
-    wait_until(
-        lambda: set(sandbox.accepted_receivers()) >= ledger.valid,
-        timeout_s=DEADLINE_S,
-        what="deliveries",
-    )
-    wait_committed(kafka.bootstrap_servers, group, topic, partitions, timeout_s=DEADLINE_S)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="deliveries")
+    run.wait_committed(timeout_s=DEADLINE_S)
     for replica in replicas[1:]:
         assert stop_timed(replica, budget_s) <= budget_s

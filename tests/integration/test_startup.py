@@ -19,16 +19,7 @@ from functools import partial
 
 import pytest
 
-from tests.integration.test_realtime import (
-    ACCOUNT,
-    DOCUMENTED,
-    Events,
-    accepted,
-    delivered,
-    settings,
-)
-from tests.support.kafka import Broker
-from tests.support.sandbox import SandboxThread
+from tests.support.scenario import ACCOUNT, ScenarioFactory
 from tests.support.service import Service
 from tests.support.waiting import wait_until
 
@@ -59,42 +50,33 @@ def _logged(service: Service, prefix: str) -> bool:
 
 
 def test_every_start_sends_within_seconds_of_holding_a_slot(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    sandbox_thread: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory, group_factory: Callable[[], str]
 ) -> None:
-    normal, high = topic_factory(partitions=6), topic_factory(partitions=1)
-    sandbox = sandbox_thread(**DOCUMENTED)
-    events = Events(kafka)
-    backlog = events.send(normal, BACKLOG)
+    run = scenario(partitions=6, documented=True)
+    high = run.new_topic(partitions=1)
+    backlog = run.produce(BACKLOG)
     first_request_s, urgent_s = [], []
     for start in range(STARTS):
         started_ms = int(time.time() * 1000)
-        service = service_factory(
-            sandbox.url,
-            f"{normal},{high}",
-            group_factory(),
-            **settings(
-                kafka_high_priority_topics=high,
-                realtime="off",
-                client_account_id=ACCOUNT,
-                token_topic=f"tokens-{start}-{started_ms}",
-            ),
+        service = run.service(
+            kafka_group_id=group_factory(),
+            kafka_high_priority_topics=high.topic,
+            realtime="off",
+            client_account_id=ACCOUNT,
+            token_topic=f"tokens-{start}-{started_ms}",
         )
         # Urgent events as soon as the replica has its partitions: while its first requests and
         # its label registry's first read are under way.
         wait_until(service.joined, timeout_s=60, what="the service to join its group")
-        urgent = events.send(high, URGENT)
-        wait_until(delivered(sandbox, urgent), timeout_s=120, what="the urgent events")
-        seen = accepted(sandbox)
+        urgent = run.produce(URGENT, to=high)
+        wait_until(run.delivered(urgent), timeout_s=120, what="the urgent events")
+        seen = run.sandbox.first_accepted()
         wait_until(partial(_logged, service, "token slots assigned"), timeout_s=60, what="slots")
         slots_ms = _logged_ms(service, "token slots assigned")
         assert slots_ms is not None
         first_ms = min(r.received_ms for r in seen.values() if r.received_ms >= started_ms)
         first_request_s.append((first_ms - slots_ms) / 1000)
-        urgent_s.append(max(seen[r].received_ms - events.produced_ms[r] for r in urgent) / 1000)
+        urgent_s.append(max(seen[r].received_ms - high.produced_ms[r] for r in urgent) / 1000)
         service.kill()
     print(
         f"\nfirst request after the slots: min {min(first_request_s):.2f} s, median "

@@ -21,105 +21,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
 from stream.errors import AuthError
-from tests.support.events import ACCOUNTS, LABEL
-from tests.support.kafka import Broker, wait_committed
+from tests.support.kafka import Broker
 from tests.support.sandbox import SandboxThread
-from tests.support.service import Service
+from tests.support.scenario import (
+    ACCOUNT,
+    API_KEY,
+    DOCUMENTED,
+    FAST_SESSION,
+    KEY_ID,
+    MINTED,
+    ScenarioFactory,
+)
 from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
-ACCOUNT = ACCOUNTS[0]
-KEY_ID, API_KEY = "pool-key", "pool-api-key-secret"
 EVENTS = 100_000
 IDEAL_S = EVENTS / 500 / 10
 PARTITIONS = 6
-FAST_SESSION = '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}'
-"""A killed replica's partitions and token slots move after 6 s, not librdkafka's 45 s."""
 DEADLINE_S = 300.0
-
-
-DOCUMENTED: dict[str, Any] = {
-    "static_token": None,
-    "rate_limit_rps": None,
-    "token_rate_limit": 60,
-    "key_id": KEY_ID,
-    "api_key": API_KEY,
-    # Known labels: the service's label registry reads them at once, so no record is probed.
-    "labels": {ACCOUNT: frozenset({LABEL})},
-}
-"""The sandbox with the documented limits, for ``sandbox_thread``."""
-
-
-def produce(kafka: Broker, topic: str, count: int, start: int = 0) -> set[str]:
-    """``count`` valid events for one account, each with a unique receiver number."""
-    producer = Producer(
-        {"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 50, "batch.size": 1_000_000}
-    )
-    now = int(time.time() * 1000)
-    # One encode, then only the receiver changes: fast enough that the API, not the producer,
-    # is what the service waits for.
-    template = json.dumps(
-        {
-            "client_account_id": ACCOUNT,
-            "caller": "+91 80 4000 1000",
-            "receiver": "RECEIVER",
-            "label_id": LABEL,
-            "starts_at": now,
-            "ends_at": now + 6 * 3_600_000,
-        }
-    ).encode()
-    receivers = set()
-    for i in range(start, start + count):
-        receiver = f"9198{i:08d}"
-        value = template.replace(b"RECEIVER", receiver.encode())
-        while True:
-            try:
-                producer.produce(topic, key=receiver.encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        receivers.add(receiver)
-    assert producer.flush(60) == 0
-    return receivers
-
-
-def settings(**changes: str) -> dict[str, str]:
-    """The service with minted tokens, its documented pace and no per-account cap."""
-    return {
-        "api_token": "",
-        "api_key_id": KEY_ID,
-        "api_key": API_KEY,
-        "api_version": "v2",
-        "batch_linger_ms": "1000",
-        "rate_limit_rps": "",
-        "token_requests_per_minute": "60",
-        "retry_base_ms": "500",
-        "retry_cap_ms": "30000",
-        "kafka_config": FAST_SESSION,
-        **changes,
-    }
-
-
-def batch_times(sandbox: SandboxThread) -> list[float]:
-    """When the sandbox received each accepted batch (monotonic seconds), in order."""
-    first: dict[str, float] = {}
-    for record in sandbox.run(sandbox.sandbox.accepted):
-        first.setdefault(record.batch_id, record.received_monotonic_ms / 1000)
-    return sorted(first.values())
+POOL = MINTED | {"kafka_config": FAST_SESSION}
+"""The service on tokens minted from the key pair; a killed replica's partitions and token slots
+move after 6 s."""
 
 
 def drain_s(sandbox: SandboxThread) -> float:
-    times = batch_times(sandbox)
+    times = sandbox.batch_times()
     return times[-1] - times[0] + 0.1
 
 
 def per_second(sandbox: SandboxThread) -> list[int]:
     """Accepted batches in each second of the drain: where a run lost time."""
-    times = batch_times(sandbox)
+    times = sandbox.batch_times()
     counts = Counter(int(t - times[0]) for t in times)
     return [counts[s] for s in range(int(times[-1] - times[0]) + 1)]
 
@@ -140,47 +75,19 @@ def figures(sandbox: SandboxThread) -> dict[str, Any]:
     }
 
 
-def slots_held(service: Service) -> set[int]:
-    """The token slots a service holds now, from its log."""
-    held: set[int] = set()
-    for line in service.lines():
-        message = line["message"]
-        for verb in ("assigned", "revoked"):
-            prefix = f"token slots {verb}: "
-            if message.startswith(prefix):
-                slots = set(json.loads(message.removeprefix(prefix)))
-                held = held | slots if verb == "assigned" else held - slots
-    return held
-
-
-def delivered(sandbox: SandboxThread, receivers: set[str]) -> Callable[[], bool]:
-    return lambda: set(sandbox.accepted_receivers()) >= receivers
-
-
 def accepted(sandbox: SandboxThread, records: float) -> Callable[[], bool]:
     return lambda: sandbox.accepted_count() >= records
 
 
-@pytest.fixture
-def api(sandbox_thread: Callable[..., SandboxThread]) -> Callable[..., SandboxThread]:
-    """``api(**changes)``: a sandbox with the documented limits (``DOCUMENTED``), and changes."""
-    return lambda **changes: sandbox_thread(**(DOCUMENTED | changes))
-
-
 def test_one_replica_drains_at_the_pool_quota_with_at_most_ten_mints(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory,
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
-    receivers = produce(kafka, topic, EVENTS)
-    service = service_factory(sandbox.url, topic, group, **settings())
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
-    result = figures(sandbox)
+    run = scenario(PARTITIONS, documented=True)
+    run.produce(EVENTS)
+    service = run.service(**POOL)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
+    result = figures(run.sandbox)
     print(f"one replica: {result} (ideal {IDEAL_S:.0f} s)")
     service.signal(signal.SIGTERM)
     assert service.wait(60) == 0
@@ -190,30 +97,23 @@ def test_one_replica_drains_at_the_pool_quota_with_at_most_ten_mints(
     assert result["token_peak"] <= 60, result
 
 
-def test_kill_9_twice_loses_nothing_and_mints_at_most_ten(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
-    receivers = produce(kafka, topic, EVENTS)
-    service = service_factory(sandbox.url, topic, group, **settings())
+def test_kill_9_twice_loses_nothing_and_mints_at_most_ten(scenario: ScenarioFactory) -> None:
+    run = scenario(PARTITIONS, documented=True)
+    run.produce(EVENTS)
+    service = run.service(**POOL)
     for fraction in (0.2, 0.5):
         wait_until(
-            accepted(sandbox, fraction * EVENTS),
+            accepted(run.sandbox, fraction * EVENTS),
             timeout_s=DEADLINE_S,
             what=f"{fraction:.0%} accepted",
         )
         service.signal(signal.SIGKILL)
         service.wait(10)
-        service = service_factory(sandbox.url, topic, group, **settings())
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
-    result = figures(sandbox)
-    duplicates = sum(n - 1 for n in sandbox.accepted_receivers().values() if n > 1)
+        service = run.service(**POOL)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
+    result = figures(run.sandbox)
+    duplicates = sum(n - 1 for n in run.sandbox.accepted_receivers().values() if n > 1)
     print(f"kill -9 twice: {result}, duplicates {duplicates}")
     service.signal(signal.SIGTERM)
     assert service.wait(60) == 0
@@ -223,31 +123,26 @@ def test_kill_9_twice_loses_nothing_and_mints_at_most_ten(
 
 
 def test_three_replicas_share_the_pool_without_a_token_over_its_minute(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
+    scenario: ScenarioFactory,
 ) -> None:
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
-    sandbox = api()
-    replicas = [service_factory(sandbox.url, topic, group, **settings()) for _ in range(3)]
+    run = scenario(PARTITIONS, documented=True)
+    replicas = [run.service(**POOL) for _ in range(3)]
     wait_until(
-        lambda: sorted(len(slots_held(r)) for r in replicas) == [3, 3, 4],
+        lambda: sorted(len(r.token_slots()) for r in replicas) == [3, 3, 4],
         timeout_s=60,
         what="the slots shared 3, 3, 4",
     )
     for replica in replicas:
         wait_until(replica.joined, timeout_s=60, what="three replicas in the group")
-    receivers = produce(kafka, topic, EVENTS)
-    wait_until(accepted(sandbox, 0.3 * EVENTS), timeout_s=DEADLINE_S, what="30% accepted")
+    run.produce(EVENTS)
+    wait_until(accepted(run.sandbox, 0.3 * EVENTS), timeout_s=DEADLINE_S, what="30% accepted")
     replicas[0].signal(signal.SIGTERM)
     assert replicas[0].wait(60) == 0
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
-    result = figures(sandbox)
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
+    result = figures(run.sandbox)
     print(f"three replicas, one stopped: {result} (ideal {IDEAL_S:.0f} s)")
-    print(f"  accepted batches per second: {per_second(sandbox)}")
+    print(f"  accepted batches per second: {per_second(run.sandbox)}")
     for replica in replicas[1:]:
         replica.signal(signal.SIGTERM)
         assert replica.wait(60) == 0
@@ -257,17 +152,11 @@ def test_three_replicas_share_the_pool_without_a_token_over_its_minute(
 
 
 def test_ten_static_tokens_in_a_file_drain_as_fast_and_a_rotation_is_used(
-    kafka: Broker,
-    topic_factory: Callable[..., str],
-    group_factory: Callable[[], str],
-    api: Callable[..., SandboxThread],
-    service_factory: Callable[..., Service],
-    tmp_path: Path,
+    scenario: ScenarioFactory, tmp_path: Path
 ) -> None:
     first = [f"static-token-{i:02d}" for i in range(10)]
     rotated = [f"rotated-token-{i:02d}" for i in range(10)]
-    sandbox = api(static_tokens=tuple(first + rotated))
-    topic, group = topic_factory(partitions=PARTITIONS), group_factory()
+    run = scenario(PARTITIONS, documented=True, static_tokens=tuple(first + rotated))
     mounted = tmp_path / "tokens"
 
     def rotate(tokens: list[str]) -> None:
@@ -279,21 +168,16 @@ def test_ten_static_tokens_in_a_file_drain_as_fast_and_a_rotation_is_used(
         os.replace(link, mounted)
 
     rotate(first)
-    receivers = produce(kafka, topic, EVENTS)
-    service = service_factory(
-        sandbox.url,
-        topic,
-        group,
-        **settings(api_key_id="", api_key="", api_token_file=str(mounted)),
-    )
-    wait_until(accepted(sandbox, 0.5 * EVENTS), timeout_s=DEADLINE_S, what="half accepted")
+    run.produce(EVENTS)
+    service = run.service(api_token="", api_token_file=str(mounted), kafka_config=FAST_SESSION)
+    wait_until(accepted(run.sandbox, 0.5 * EVENTS), timeout_s=DEADLINE_S, what="half accepted")
     rotate(rotated)
-    wait_until(delivered(sandbox, receivers), timeout_s=DEADLINE_S, what="every event accepted")
-    wait_committed(kafka.bootstrap_servers, group, topic, PARTITIONS, timeout_s=DEADLINE_S)
-    result = figures(sandbox)
-    use = sandbox.run(sandbox.sandbox.stats).accounts[ACCOUNT].token_use
+    wait_until(run.delivered(), timeout_s=DEADLINE_S, what="every event accepted")
+    run.wait_committed(timeout_s=DEADLINE_S)
+    result = figures(run.sandbox)
+    use = run.sandbox.run(run.sandbox.sandbox.stats).accounts[ACCOUNT].token_use
     print(f"ten static tokens, rotated: {result}")
-    print(f"  accepted batches per second: {per_second(sandbox)}")
+    print(f"  accepted batches per second: {per_second(run.sandbox)}")
     service.signal(signal.SIGTERM)
     assert service.wait(60) == 0
     by_file = Counter("rotated" if int(label.split("-")[1]) >= 10 else "first" for label in use)

@@ -14,6 +14,11 @@ Nothing here imports from a test module or from ``bench/``.
 - ``service``: ``dcr-stream run`` as a process (``service_factory``), its log, port and metrics.
 - ``statuses``: events to receivers the sandbox reports failed, and the outcomes the service
   reported for them (reconciliation; plain helpers, no fixtures).
+- ``scenario``: an end-to-end test's set-up in one call (``scenario``): a fresh topic and group,
+  the sandbox (fast, or at the API's documented limits), the ``Ledger``, the service; and the
+  fault scenarios' sizes and deadline (``DCR_SOAK=1``).
+- ``verifier``: the zero-loss verifier: what a ``Ledger`` produced against what the API accepted,
+  the DLQ holds and the group committed (plain helpers, no fixtures).
 - ``helm``: the chart tests' helm binary and renders.
 
 The benchmarks import from here (``bench`` runs from the repository root, where ``tests`` is a

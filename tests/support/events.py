@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -90,8 +90,10 @@ def intent(
     *,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """Event ``i`` as a JSON object, valid by every rule, starting at ``now_ms`` for six hours."""
+    """Event ``i`` as a JSON object, valid by every rule, starting at ``now_ms`` for six hours;
+    ``fields`` set last (a priority, a label id)."""
     receiver = f"9198{i:08d}"
     event: dict[str, object] = {
         "client_account_id": accounts[i % len(accounts)],
@@ -113,6 +115,7 @@ def intent(
             event["call_reason"] = rng.choice(_REASONS)
         if rng.random() < 0.1:
             event["priority"] = "high"
+    event.update(fields or {})
     return event
 
 
@@ -157,21 +160,27 @@ def valid(
     *,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> Event:
     """Event ``i``, valid; keyed and named by its receiver number. ``now_ms`` None: the wall
     clock as it is made."""
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    event = intent(i, now_ms, accounts=accounts, rng=rng)
+    event = intent(i, now_ms, accounts=accounts, rng=rng, fields=fields)
     receiver = f"9198{i:08d}"
     value = json.dumps(event, ensure_ascii=rng is None or rng.random() < 0.5).encode()
     return Event(receiver, value, None, receiver.encode())
 
 
 def _invalid(
-    i: int, now_ms: int, kind: int, accounts: Sequence[str], rng: random.Random | None
+    i: int,
+    now_ms: int,
+    kind: int,
+    accounts: Sequence[str],
+    rng: random.Random | None,
+    fields: Mapping[str, object] | None,
 ) -> Event:
     intended, make = INVALID[kind % len(INVALID)]
-    value = make(intent(i, now_ms, accounts=accounts, rng=rng))
+    value = make(intent(i, now_ms, accounts=accounts, rng=rng, fields=fields))
     code = expected_code(value, now_ms)
     assert code == intended, f"the validator gives {code}, not {intended}, for {value!r}"
     return Event(f"bad-{i}", value, code, f"bad-{i}".encode())
@@ -185,16 +194,45 @@ def events(
     now_ms: int | None = None,
     accounts: Sequence[str] = ACCOUNTS,
     rng: random.Random | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> Iterator[Event]:
     """Events ``start`` to ``start + count``; every ``invalid_every``-th is invalid (0: none),
     the first of them at index ``invalid_every - 1``, so that a run starts with a valid one.
-    ``now_ms`` None: each event's window starts at the wall clock as it is made."""
+    ``now_ms`` None: each event's window starts at the wall clock as it is made. ``fields`` are
+    set in every event (``{"priority": "high"}``)."""
     for i in range(start, start + count):
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         if invalid_every and i % invalid_every == invalid_every - 1:
-            yield _invalid(i, now, i // invalid_every, accounts, rng)
+            yield _invalid(i, now, i // invalid_every, accounts, rng, fields)
         else:
-            yield valid(i, now, accounts=accounts, rng=rng)
+            yield valid(i, now, accounts=accounts, rng=rng, fields=fields)
+
+
+class _Sender:
+    """The idempotent producer ledgers send through: made at the first send and kept, so that a
+    later send goes at once (a fresh one takes about half a second to send its first message,
+    which a latency measured from the produce would count). Not made before it is needed: made
+    with its ledger, beside a service starting on a fresh broker, it was seen to hold up the
+    service's token slots while the broker was still slow to give out producer ids."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._producer: Producer | None = None
+
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(
+                {
+                    "bootstrap.servers": self._bootstrap_servers,
+                    "linger.ms": 20,
+                    "batch.size": 1_000_000,
+                    "enable.idempotence": True,
+                    # Anything a topic takes (up to the broker's 1 MiB + 12 by default), beyond
+                    # the producer's own default of 1,000,000 bytes: a test may produce the largest.
+                    "message.max.bytes": 2_000_000,
+                }
+            )
+        return self._producer
 
 
 @dataclass
@@ -210,20 +248,26 @@ class Ledger:
     """id → the code its dead letter must carry."""
     where: dict[str, tuple[int, int]] = field(default_factory=dict)
     """id → (partition, offset)."""
+    produced_ms: dict[str, int] = field(default_factory=dict)
+    """id → the wall clock (epoch ms) just before it was produced: where a latency starts."""
     produced: int = 0
+    _sender: _Sender = field(init=False, repr=False, compare=False)
 
-    def produce(self, events: Iterable[Event]) -> None:
+    def __post_init__(self) -> None:
+        self._sender = _Sender(self.bootstrap_servers)
+
+    def beside(self, topic: str, partitions: int) -> Ledger:
+        """A ledger of another topic that sends through this one's producer."""
+        ledger = Ledger(self.bootstrap_servers, topic, partitions)
+        ledger._sender = self._sender
+        return ledger
+
+    def produce(self, events: Iterable[Event]) -> set[str]:
         """Produce round-robin over the partitions (so each partition's order is known) and wait
-        until Kafka acknowledged every one."""
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "linger.ms": 20,
-                "batch.size": 1_000_000,
-                "enable.idempotence": True,
-            }
-        )
+        until Kafka acknowledged every one; their ids."""
+        producer = self._sender.producer()
         failures: list[str] = []
+        ids: set[str] = set()
 
         def delivered(event_id: str) -> Callable[[KafkaError | None, Message], None]:
             # A delivery report carries no headers: the id comes with the callback.
@@ -237,6 +281,7 @@ class Ledger:
             return report
 
         for event in events:
+            ids.add(event.id)
             headers: list[tuple[str, str | bytes | None]] = [(ID_HEADER, event.id.encode())]
             if event.expect is None:
                 assert event.id not in self.valid, f"duplicate id {event.id}"
@@ -247,6 +292,7 @@ class Ledger:
                 headers.append((EXPECT_HEADER, event.expect.encode()))
             partition = self.produced % self.partitions
             self.produced += 1
+            self.produced_ms[event.id] = time.time_ns() // 1_000_000
             produce(
                 producer,
                 self.topic,
@@ -259,6 +305,7 @@ class Ledger:
             producer.poll(0)
         assert producer.flush(120) == 0, "the test's producer could not deliver"
         assert not failures, failures[:5]
+        return ids
 
     def first_invalid(self) -> dict[int, int]:
         """Per partition, the offset of its first invalid event."""

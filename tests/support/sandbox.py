@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stream.sandbox import Clock, Sandbox, SandboxConfig
+from stream.sandbox import Accepted, Clock, Sandbox, SandboxConfig
 
 __all__ = [
     "TOKEN",
@@ -87,6 +87,20 @@ class SandboxThread:
     def accepted_count(self) -> int:
         """Records accepted so far, duplicates included (cheap: a counter)."""
         return self.run(lambda: self.sandbox.stats().totals.records_accepted)
+
+    def first_accepted(self) -> dict[str, Accepted]:
+        """Receiver → its first acceptance (when it arrived, by which path)."""
+        first: dict[str, Accepted] = {}
+        for record in self.run(self.sandbox.accepted):
+            first.setdefault(record.receiver, record)
+        return first
+
+    def batch_times(self) -> list[float]:
+        """When each accepted batch arrived (monotonic seconds), in order."""
+        first: dict[str, float] = {}
+        for record in self.run(self.sandbox.accepted):
+            first.setdefault(record.batch_id, record.received_monotonic_ms / 1000)
+        return sorted(first.values())
 
     def set_faults(self, **changes: Any) -> None:
         self.run(lambda: self.sandbox.set_faults(**changes))

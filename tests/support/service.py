@@ -42,7 +42,7 @@ __all__ = [
 
 RUN_TIMEOUT_S = 120.0
 """The longest an end-to-end test's service may take to deliver, commit or join at the integration
-suite's sizes (the fault scenarios have their own, ``tests/faults/scenario.py``)."""
+suite's sizes (the fault scenarios have their own, ``tests/support/scenario.py``)."""
 
 
 class Child:
@@ -154,6 +154,17 @@ class Service(Child):
             wait_until(self.joined, timeout_s=RUN_TIMEOUT_S, what="the service to join its group")
         super().signal(sig)
 
+    def token_slots(self) -> set[int]:
+        """The token slots it holds now, from its log."""
+        held: set[int] = set()
+        for message in (e["message"] for e in self.lines()):
+            for verb in ("assigned", "revoked"):
+                prefix = f"token slots {verb}: "
+                if message.startswith(prefix):
+                    slots = set(json.loads(message.removeprefix(prefix)))
+                    held = held | slots if verb == "assigned" else held - slots
+        return held
+
     def rss_mib(self) -> float:
         return memory_kib(self.pid)[0] / 1024
 
@@ -229,28 +240,39 @@ def total(samples: dict[str, float], name: str, default: float = 0.0) -> float:
     return sum(found) if found else default
 
 
+_FAST = {
+    "rate_limit_rps": "200",
+    # The fast sandbox has no per-token limit: nor has the service (one static token).
+    "token_requests_per_minute": "1000000",
+    "batch_linger_ms": "100",
+    "retry_base_ms": "50",
+    "retry_cap_ms": "1000",
+}
+"""The paces and waits the service is given against ``sandbox_thread``'s fast sandbox (1000
+requests a second, no per-token limit), so that a test waits for the pipeline, not for a linger
+or a backoff sized for the real API."""
+
+
 @pytest.fixture
 def service_factory(kafka: Broker, tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    """``service_factory(api_url, topic, group, **settings)`` starts one service process, against
-    the session broker unless ``kafka_bootstrap_servers`` says otherwise; killed at teardown."""
+    """``service_factory(api_url, topic, group, documented=False, **settings)`` starts one service
+    process, against the session broker unless ``kafka_bootstrap_servers`` says otherwise; killed
+    at teardown. ``documented=True`` leaves the service's own paces and waits (those of the API's
+    documented limits) instead of the fast ones."""
     started: list[Service] = []
 
-    def start(api_url: str, topic: str, group: str, **settings: str) -> Service:
+    def start(
+        api_url: str, topic: str, group: str, *, documented: bool = False, **settings: str
+    ) -> Service:
         defaults = {
             "kafka_bootstrap_servers": kafka.bootstrap_servers,
             "kafka_topics": topic,
             "kafka_group_id": group,
             "api_base_url": api_url,
             "api_token": TOKEN,
-            "rate_limit_rps": "200",
-            # The sandbox here has no per-token limit: nor has the service (one static token).
-            "token_requests_per_minute": "1000000",
-            "batch_linger_ms": "100",
             "commit_interval_ms": "200",
-            "retry_base_ms": "50",
-            "retry_cap_ms": "1000",
             "http_port": "0",
-        }
+        } | ({} if documented else _FAST)
         service = Service(tmp_path / f"service-{len(started)}.log", **(defaults | settings))
         started.append(service)
         return service

@@ -14,7 +14,7 @@ code the validator gives it and the source partition and offset it was produced 
 was accepted or dead-lettered; committed == end on every partition. Duplicates (accepted more than
 once, dead-lettered more than once) are at-least-once's price, not failures: they are counted and
 reported. The :class:`Report` is printed by each test and again in the terminal summary
-(``tests/faults/conftest.py``), so the figures can be quoted.
+(``tests/support/summary.py``), so the figures can be quoted.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tests.faults.scenario import SOAK
 from tests.support.events import ID_HEADER, Ledger
 from tests.support.kafka import Offsets, read_topic
 from tests.support.kafka import headers as headers_of
 from tests.support.sandbox import SandboxThread
+from tests.support.scenario import SOAK
 from tests.support.service import Service
 from tests.support.summary import note
 from tests.support.waiting import wait_until
