@@ -208,6 +208,32 @@ def events(
             yield valid(i, now, accounts=accounts, rng=rng, fields=fields)
 
 
+class _Sender:
+    """The idempotent producer ledgers send through: made at the first send and kept, so that a
+    later send goes at once (a fresh one takes about half a second to send its first message,
+    which a latency measured from the produce would count). Made no earlier, so that it does not
+    ask a fresh broker for a producer id while the service beside it starts."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._producer: Producer | None = None
+
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(
+                {
+                    "bootstrap.servers": self._bootstrap_servers,
+                    "linger.ms": 20,
+                    "batch.size": 1_000_000,
+                    "enable.idempotence": True,
+                    # Anything a topic takes (up to the broker's 1 MiB + 12 by default), beyond
+                    # the producer's own default of 1,000,000 bytes: a test may produce the largest.
+                    "message.max.bytes": 2_000_000,
+                }
+            )
+        return self._producer
+
+
 @dataclass
 class Ledger:
     """Produces events and keeps the proof obligations: who must be accepted, who dead-lettered,
@@ -224,28 +250,21 @@ class Ledger:
     produced_ms: dict[str, int] = field(default_factory=dict)
     """id → the wall clock (epoch ms) just before it was produced: where a latency starts."""
     produced: int = 0
-    _producer: Producer = field(init=False, repr=False, compare=False)
+    _sender: _Sender = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Made with the ledger and kept, so that it is connected by the time it produces: a fresh
-        # idempotent producer takes about half a second to send its first message, which a
-        # latency measured from the produce would count.
-        self._producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "linger.ms": 20,
-                "batch.size": 1_000_000,
-                "enable.idempotence": True,
-                # Anything a topic takes (up to the broker's 1 MiB + 12 by default), beyond the
-                # producer's own default of 1,000,000 bytes: a test may produce the largest.
-                "message.max.bytes": 2_000_000,
-            }
-        )
+        self._sender = _Sender(self.bootstrap_servers)
+
+    def beside(self, topic: str, partitions: int) -> Ledger:
+        """A ledger of another topic that sends through this one's producer."""
+        ledger = Ledger(self.bootstrap_servers, topic, partitions)
+        ledger._sender = self._sender
+        return ledger
 
     def produce(self, events: Iterable[Event]) -> set[str]:
         """Produce round-robin over the partitions (so each partition's order is known) and wait
         until Kafka acknowledged every one; their ids."""
-        producer = self._producer
+        producer = self._sender.producer()
         failures: list[str] = []
         ids: set[str] = set()
 

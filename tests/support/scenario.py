@@ -132,9 +132,9 @@ class Scenario:
         self._topic_factory = topic_factory
         self._service_factory = service_factory
         self._made = 0
-        self.ledgers: list[Ledger] = []
+        self.ledger = Ledger(kafka.bootstrap_servers, topic_factory(partitions), partitions)
+        self.ledgers = [self.ledger]
         """One per topic: ``ledger``'s first, then those of ``new_topic``."""
-        self.ledger = self.new_topic(partitions)
 
     @property
     def topic(self) -> str:
@@ -145,9 +145,9 @@ class Scenario:
         return self.ledger.partitions
 
     def new_topic(self, partitions: int = 1) -> Ledger:
-        """Another fresh topic of the scenario (deleted at teardown), and its ``Ledger``."""
-        topic = self._topic_factory(partitions)
-        self.ledgers.append(Ledger(self.kafka.bootstrap_servers, topic, partitions))
+        """Another fresh topic of the scenario (deleted at teardown), and its ``Ledger``, which
+        sends through the same producer as ``ledger``."""
+        self.ledgers.append(self.ledger.beside(self._topic_factory(partitions), partitions))
         return self.ledgers[-1]
 
     def service(self, **settings: str) -> Service:
