@@ -211,9 +211,8 @@ def events(
 class _Sender:
     """The idempotent producer ledgers send through: made at the first send and kept, so that a
     later send goes at once (a fresh one takes about half a second to send its first message,
-    which a latency measured from the produce would count). Not made before it is needed: made
-    with its ledger, beside a service starting on a fresh broker, it was seen to hold up the
-    service's token slots while the broker was still slow to give out producer ids."""
+    which a latency measured from the produce would count). Made no earlier, so that it does not
+    ask a fresh broker for a producer id while the service beside it starts."""
 
     def __init__(self, bootstrap_servers: str) -> None:
         self._bootstrap_servers = bootstrap_servers
