@@ -1,7 +1,7 @@
 """Run the benchmarks: ``.venv/bin/python -m bench [--size quick|full] [--only B1,B3] [--readme]``.
 
 B1 throughput against a bare consume loop, B2 quota efficiency, B3 latency, B4 memory with the API
-down, and on request (``--only B5``) B5, what a crash costs (see each module's docstring). One
+down, and on request (``--only B8``) B8, what a crash costs (see each module's docstring). One
 local Kafka broker serves the whole run. Figures go to ``bench/results/latest.json`` (and
 ``<size>.json``), child logs to ``bench/results/logs/``; ``--readme`` rewrites the figures block of
 ``bench/README.md`` from ``quick.json`` and ``full.json``.
@@ -89,8 +89,8 @@ TARGETS = (
     Target("B3 urgent, lane off, p99 ms", "B3", lambda r: r["urgent_batch"]["p99_ms"], 2000, False),
     Target("B4 peak RSS MiB", "B4", lambda r: r["peak_rss_mib"], 200, False),
     Target(
-        "B5 restart to deliveries, instance id, s",
-        "B5",
+        "B8 restart to deliveries, instance id, s",
+        "B8",
         lambda r: r["static"]["resumed_s"],
         10,
         False,
@@ -140,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["B4"] = memory.run(
                 broker, events=size.b4_events, seconds=size.b4_seconds, repeat=repeat, logs=logs
             )
-        if "B5" in only:
+        if "B8" in only:
             print(
-                "B5 kill -9 and an immediate restart, with and without an instance id", flush=True
+                "B8 kill -9 and an immediate restart, with and without an instance id", flush=True
             )
-            results["B5"] = crash.run(broker, logs=logs)
+            results["B8"] = crash.run(broker, logs=logs)
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     targets = {t.name: c for t in TARGETS if (c := t.check(results)) is not None}
     document = {
@@ -216,11 +216,11 @@ def render(document: dict[str, Any]) -> str:
             f"**{b4['peak_rss_mib']} MiB** (idle service {b4['idle_peak_rss_mib']} MiB, "
             f"x {b4['ratio_to_idle']}) |",
         ]
-    if b5 := r.get("B5"):
+    if b8 := r.get("B8"):
         for name, how in (("static", "with `DCR_KAFKA_INSTANCE_ID`"), ("dynamic", "without")):
-            case = b5[name]
+            case = b8[name]
             lines.append(
-                f"| B5 kill -9 at {b5['kill_at']:,} accepted, restarted at once, {how} | "
+                f"| B8 kill -9 at {b8['kill_at']:,} accepted, restarted at once, {how} | "
                 f"**deliveries' gap** (restart to first batch) | **{case['gap_s']:.1f} s** "
                 f"({case['resumed_s']:.1f} s) |"
             )
