@@ -11,6 +11,7 @@ kernel's own peak). This process only produces, watches and reads results.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import os
@@ -19,16 +20,19 @@ import statistics
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
-from tests.support.events import ACCOUNTS, events
-from tests.support.kafka import Broker, Offsets, create_topic, produce, unique
+from tests.support.events import ACCOUNTS, valid
+from tests.support.kafka import Broker, Offsets, create_topic, produce, read_topic, unique
 from tests.support.service import Child, Service, memory_kib
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,10 +89,13 @@ def fill(
     rate: float | None = None,
     linger_ms: int | None = None,
     start: int = 0,
+    account_of: Callable[[int], str] | None = None,
+    partition_of: Callable[[int], int] | None = None,
 ) -> float:
-    """Produce ``count`` valid events (``tests.support.events``) for ``ACCOUNT`` to ``topic``, at
-    most ``rate`` a second; return the seconds it took until Kafka acknowledged them all. Events
-    are numbered from ``start`` (their receivers name them).
+    """Produce ``count`` valid events (``tests.support.events``) to ``topic``, at most ``rate`` a
+    second; return the seconds it took until Kafka acknowledged them all. Events are numbered from
+    ``start`` (their receivers name them); event ``i`` is for ``account_of(i)`` (default:
+    ``ACCOUNT``) and goes to partition ``partition_of(i)`` (default: by its key).
 
     Each event's ``starts_at`` is the wall clock when it is made, just before it goes to the
     producer: the produce time B3 measures latency from."""
@@ -104,8 +111,12 @@ def fill(
     producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": report})
     poll = producer.poll
     started = time.monotonic()
-    for n, event in enumerate(events(count, start=start, accounts=(ACCOUNT,)), 1):
-        produce(producer, topic, event.value, event.key)
+    for n, i in enumerate(range(start, start + count), 1):
+        event = valid(i, accounts=(account_of(i) if account_of else ACCOUNT,))
+        if partition_of is None:
+            produce(producer, topic, event.value, event.key)
+        else:
+            produce(producer, topic, event.value, event.key, partition=partition_of(i))
         if rate is not None:
             # ``poll`` returns early once it served an event (a delivery report, even unreported
             # ones): wait out the rest, or a trickle runs several times too fast.
@@ -208,6 +219,73 @@ def http_lines(url: str) -> Iterator[bytes]:
         for line in r:
             if line.strip():
                 yield line
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    """An accepted record as ``/_sandbox/accepted`` lists it (the fields a benchmark reads)."""
+
+    receiver: str
+    """Names the event (``tests.support.events``)."""
+    batch_id: str
+    received_monotonic_ms: float
+
+
+_receipts = msgspec.json.Decoder(Receipt)
+
+
+def receipts(url: str, account: str | None = None) -> list[Receipt]:
+    """Every record the sandbox at ``url`` accepted (of ``account``), in arrival order."""
+    query = "" if account is None else f"?account={account}"
+    return [_receipts.decode(line) for line in http_lines(f"{url}/_sandbox/accepted{query}")]
+
+
+def deliveries(found: Sequence[Receipt]) -> tuple[Counter[str], float | None]:
+    """How often each receiver was accepted (above 1: an event delivered more than once), and
+    when the last event first accepted was (monotonic ms; None if none was): the end of a backlog,
+    whatever was sent again after it."""
+    counts = Counter(r.receiver for r in found)
+    first: dict[str, float] = {}
+    for r in found:
+        first.setdefault(r.receiver, r.received_monotonic_ms)
+    return counts, max(first.values(), default=None)
+
+
+def dead_lettered(kafka: Broker, topic: str) -> Counter[str]:
+    """Receiver → how often its event is in ``topic``'s dead-letter topic (the service's default,
+    ``<topic>.dlq``): a dead letter keeps its original's key, the receiver."""
+    letters = read_topic(kafka.bootstrap_servers, f"{topic}.dlq")
+    return Counter((letter.key() or b"").decode(errors="replace") for letter in letters)
+
+
+def mint_times(log: Path) -> list[float]:
+    """Wall times (epoch seconds) of the tokens minted by the sandbox that writes ``log``, in
+    order: each mint is a line of its log (``token minted for account …``), stamped to the ms."""
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and "token minted for account" in line:
+            stamp = json.loads(line)["ts"]  # 2026-12-04T05:38:08.123Z
+            whole = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+            times.append(whole + int(stamp[20:23]) / 1000)
+    return times
+
+
+def most_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of ``times`` (sorted) in any rolling ``window_s``."""
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def readiness(port: int) -> tuple[bool, str]:
+    """Whether the service at ``port`` answers ``/readyz`` with 200, and the status it gives."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return True, str(json.loads(r.read())["status"])
+    except urllib.error.HTTPError as exc:
+        return False, str(json.loads(exc.read())["status"])
 
 
 # -- where the figures came from -------------------------------------------------------------------

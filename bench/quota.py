@@ -72,10 +72,12 @@ class _Receipt(msgspec.Struct):
 _receipts = msgspec.json.Decoder(_Receipt)
 
 
-def batch_times_ms(url: str) -> list[float]:
-    """When the sandbox at ``url`` received each accepted batch (monotonic ms), in order."""
+def batch_times_ms(url: str, account: str | None = None) -> list[float]:
+    """When the sandbox at ``url`` received each accepted batch (of ``account``; monotonic ms), in
+    order."""
     first: dict[str, float] = {}
-    for line in http_lines(f"{url}/_sandbox/accepted"):
+    query = "" if account is None else f"?account={account}"
+    for line in http_lines(f"{url}/_sandbox/accepted{query}"):
         receipt = _receipts.decode(line)
         first.setdefault(receipt.batch_id, receipt.received_monotonic_ms)
     return sorted(first.values())
