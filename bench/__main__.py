@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import crash, latency, memory, quota, throughput
+from bench import crash, latency, memory, quota, scaleout, throughput
 from bench.harness import RESULTS, machine
 from tests.support.kafka import start_broker
 
@@ -38,6 +38,8 @@ class Size:
     b4_seconds: float
     repeat: int
     """Runs of B2, B3 and B4 (B4: of each of idle and backlog, alternating)."""
+    b5_events: int
+    b5_pool2_events: int
 
 
 SIZES = {
@@ -49,6 +51,8 @@ SIZES = {
         b4_events=200_000,
         b4_seconds=15,
         repeat=1,
+        b5_events=50_000,
+        b5_pool2_events=20_000,
     ),
     "full": Size(
         b1_events=1_000_000,
@@ -58,6 +62,8 @@ SIZES = {
         b4_events=1_000_000,
         b4_seconds=30,
         repeat=3,
+        b5_events=100_000,
+        b5_pool2_events=40_000,
     ),
 }
 
@@ -89,6 +95,43 @@ TARGETS = (
     Target("B3 urgent, lane off, p99 ms", "B3", lambda r: r["urgent_batch"]["p99_ms"], 2000, False),
     Target("B4 peak RSS MiB", "B4", lambda r: r["peak_rss_mib"], 200, False),
     Target(
+        "B5 three replicas, share of the documented rate",
+        "B5",
+        lambda r: r["together"]["rate_share"],
+        0.97,
+        True,
+    ),
+    Target(
+        "B5 three replicas, delivered twice",
+        "B5",
+        lambda r: r["together"]["delivered_twice"],
+        1000,
+        False,
+    ),
+    Target(
+        "B5 three replicas, token peak a minute",
+        "B5",
+        lambda r: r["together"]["token_peak"],
+        60,
+        False,
+    ),
+    Target("B5 three replicas, mints", "B5", lambda r: r["together"]["mints"], 10, False),
+    Target("B5 1-3-1, events lost", "B5", lambda r: r["scaling"]["lost"], 0, False),
+    Target(
+        "B5 pool of 2, replicas ready of 4",
+        "B5",
+        lambda r: r["pool_of_two"]["ready_at_end"],
+        4,
+        True,
+    ),
+    Target(
+        "B5 pool of 2, share of the 2-token rate",
+        "B5",
+        lambda r: r["pool_of_two"]["rate_share"],
+        0.95,
+        True,
+    ),
+    Target(
         "B8 restart to deliveries, instance id, s",
         "B8",
         lambda r: r["static"]["resumed_s"],
@@ -101,7 +144,11 @@ TARGETS = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="quick", help="default: quick")
-    parser.add_argument("--only", default="B1,B2,B3,B4", help="comma list (default: all)")
+    parser.add_argument(
+        "--only",
+        default="B1,B2,B3,B4",
+        help="comma list (default: B1-B4; B5-B8 take minutes and run only when named)",
+    )
     parser.add_argument("--repeat", type=int, help="override the size's runs of B2-B4")
     parser.add_argument(
         "--readme", action="store_true", help="rewrite bench/README.md's figures and exit"
@@ -140,6 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["B4"] = memory.run(
                 broker, events=size.b4_events, seconds=size.b4_seconds, repeat=repeat, logs=logs
             )
+        if "B5" in only:
+            print("B5 scale-out: replicas sharing one account's pool", flush=True)
+            results["B5"] = scaleout.run(
+                broker, events=size.b5_events, pool2_events=size.b5_pool2_events, logs=logs
+            )
         if "B8" in only:
             print(
                 "B8 kill -9 and an immediate restart, with and without an instance id", flush=True
@@ -161,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (RESULTS / "latest.json").write_text(text)
     if only == {"B1", "B2", "B3", "B4"}:
         (RESULTS / f"{args.size}.json").write_text(text)
+    else:  # kept apart, so that a run of B5-B8 does not overwrite another's
+        (RESULTS / f"{'-'.join(sorted(only))}-{args.size}.json").write_text(text)
     print(render(document))
     print(f"wrote {RESULTS / 'latest.json'}")
     return 0 if all(t["holds"] for t in targets.values()) else 1
@@ -215,6 +269,22 @@ def render(document: dict[str, Any]) -> str:
             f"| B4 ({b4['events']:,} events, API down, {b4['seconds']:.0f} s) | **peak RSS** | "
             f"**{b4['peak_rss_mib']} MiB** (idle service {b4['idle_peak_rss_mib']} MiB, "
             f"x {b4['ratio_to_idle']}) |",
+        ]
+    if b5 := r.get("B5"):
+        tg, sc, p2 = b5["together"], b5["scaling"], b5["pool_of_two"]
+        lines += [
+            f"| B5 three replicas together ({b5['events']:,} events, 70% on 2 of 8 partitions) | "
+            f"**rate**, twice, token peak, mints | **{tg['rate_share']:.1%}** of 5,000 records/s "
+            f"({tg['backlog_s']} s, minimum {tg['minimum_s']} s); {tg['delivered_twice']} "
+            f"delivered twice; {tg['token_peak']} a minute; {tg['mints']} mints |",
+            f"| B5 1 → 3 → 1 ({sc['events']:,} events; two added at {sc['added_at_accepted']:,} "
+            f"accepted, stopped at "
+            f"{sc['stopped_at_accepted']:,}) | **lost** | **{sc['lost']}** (dead-lettered "
+            f"{sc['dead_lettered']}, uncommitted {sc['uncommitted']}); {sc['rate_share']:.1%} of "
+            f"5,000 records/s; {sc['delivered_twice']} delivered twice |",
+            f"| B5 four replicas, a pool of 2 ({p2['events']:,} events) | **ready**, rate | "
+            f"**{p2['ready_at_end']} of 4** ready; **{p2['rate_share']:.1%}** of 1,000 records/s; "
+            f"committed to the end: {'yes' if p2['committed_to_end'] else 'no'} |",
         ]
     if b8 := r.get("B8"):
         for name, how in (("static", "with `DCR_KAFKA_INSTANCE_ID`"), ("dynamic", "without")):
