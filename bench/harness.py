@@ -81,6 +81,32 @@ def committed(offsets: Offsets) -> int:
     return sum(max(0, offset) for offset in offsets.committed())
 
 
+class _Template:
+    """``tests.support.events.valid`` for one account, a few times faster: its JSON made once with
+    stand-ins for the receiver and the times, filled in per event (the same bytes, which the
+    constructor checks). At 30 µs an event on a busy machine, ``valid`` alone could not keep B7's
+    4,500 a second steady."""
+
+    def __init__(self, account: str) -> None:
+        stand_in = valid(0, 0, accounts=(account,)).value or b""
+        self._hours_ms = 6 * 3_600_000
+        text = stand_in.replace(b"%", b"%%").replace(b'"919800000000"', b'"%b"')
+        text = text.replace(b'"starts_at": 0,', b'"starts_at": %d,')
+        self._format = text.replace(b'"ends_at": %d' % self._hours_ms, b'"ends_at": %d')
+        now_ms = time.time_ns() // 1_000_000
+        made = valid(123, now_ms, accounts=(account,))
+        if self._fill(b"919800000123", now_ms) != made.value:
+            raise AssertionError(f"the template does not make what valid() makes: {made.value!r}")
+
+    def _fill(self, receiver: bytes, now_ms: int) -> bytes:
+        return self._format % (receiver, now_ms, now_ms + self._hours_ms)
+
+    def event(self, i: int) -> tuple[bytes, bytes]:
+        """Event ``i``'s value (starting now) and key."""
+        receiver = b"9198%08d" % i
+        return self._fill(receiver, time.time_ns() // 1_000_000), receiver
+
+
 def fill(
     kafka: Broker,
     topic: str,
@@ -110,13 +136,17 @@ def fill(
 
     producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": report})
     poll = producer.poll
+    templates: dict[str, _Template] = {}
     started = time.monotonic()
     for n, i in enumerate(range(start, start + count), 1):
-        event = valid(i, accounts=(account_of(i) if account_of else ACCOUNT,))
+        account = account_of(i) if account_of else ACCOUNT
+        if (template := templates.get(account)) is None:
+            template = templates[account] = _Template(account)
+        value, key = template.event(i)
         if partition_of is None:
-            produce(producer, topic, event.value, event.key)
+            produce(producer, topic, value, key)
         else:
-            produce(producer, topic, event.value, event.key, partition=partition_of(i))
+            produce(producer, topic, value, key, partition=partition_of(i))
         if rate is not None:
             # ``poll`` returns early once it served an event (a delivery report, even unreported
             # ones): wait out the rest, or a trickle runs several times too fast.
