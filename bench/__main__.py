@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import crash, latency, memory, quota, scaleout, throughput
+from bench import accounts, crash, latency, memory, quota, scaleout, throughput
 from bench.harness import RESULTS, machine
 from tests.support.kafka import start_broker
 
@@ -40,6 +40,9 @@ class Size:
     """Runs of B2, B3 and B4 (B4: of each of idle and backlog, alternating)."""
     b5_events: int
     b5_pool2_events: int
+    b6_accounts: int
+    b6_busy_s: float
+    """Seconds of the busy account's quota in B6's backlog."""
 
 
 SIZES = {
@@ -53,6 +56,8 @@ SIZES = {
         repeat=1,
         b5_events=50_000,
         b5_pool2_events=20_000,
+        b6_accounts=300,
+        b6_busy_s=20,
     ),
     "full": Size(
         b1_events=1_000_000,
@@ -64,6 +69,8 @@ SIZES = {
         repeat=3,
         b5_events=100_000,
         b5_pool2_events=40_000,
+        b6_accounts=1000,
+        b6_busy_s=60,
     ),
 }
 
@@ -131,6 +138,11 @@ TARGETS = (
         0.95,
         True,
     ),
+    Target("B6 every event delivered", "B6", lambda r: r["all_delivered"], 1, True),
+    Target("B6 mints per quiet account, max", "B6", lambda r: r["quiet_mints_max"], 2, False),
+    Target("B6 label reads per account, max", "B6", lambda r: r["label_reads_max"], 3, False),
+    Target("B6 peak RSS MiB", "B6", lambda r: r["peak_rss_mib"], 400, False),
+    Target("B6 busy account, share of its quota", "B6", lambda r: r["busy_share"], 0.95, True),
     Target(
         "B8 restart to deliveries, instance id, s",
         "B8",
@@ -191,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("B5 scale-out: replicas sharing one account's pool", flush=True)
             results["B5"] = scaleout.run(
                 broker, events=size.b5_events, pool2_events=size.b5_pool2_events, logs=logs
+            )
+        if "B6" in only:
+            print("B6 many accounts in one replica", flush=True)
+            results["B6"] = accounts.run(
+                broker, accounts=size.b6_accounts, busy_seconds=size.b6_busy_s, logs=logs
             )
         if "B8" in only:
             print(
@@ -285,6 +302,21 @@ def render(document: dict[str, Any]) -> str:
             f"| B5 four replicas, a pool of 2 ({p2['events']:,} events) | **ready**, rate | "
             f"**{p2['ready_at_end']} of 4** ready; **{p2['rate_share']:.1%}** of 1,000 records/s; "
             f"committed to the end: {'yes' if p2['committed_to_end'] else 'no'} |",
+        ]
+    if b6 := r.get("B6"):
+        every = "yes" if b6["all_delivered"] else "**no**"
+        lines += [
+            f"| B6 one replica, {b6['quiet_accounts']:,} quiet accounts x "
+            f"{b6['events_per_quiet_account']} events + one busy ({b6['busy_events']:,}) | "
+            f"delivered, mints, label reads | every event: {every} ({b6['delivered_twice']} twice)"
+            f"; mints per quiet account max "
+            f"**{b6['quiet_mints_max']}** (mean {b6['quiet_mints_mean']}); label reads per "
+            f"account max **{b6['label_reads_max']}** |",
+            f"| | **peak RSS**, busy account's rate | **{b6['peak_rss_mib']} MiB**; "
+            f"**{b6['busy_share']:.1%}** of its quota ({b6['busy_drain_s']} s, minimum "
+            f"{b6['busy_minimum_s']} s) |",
+            f"| | `/metrics` series, per-account labels on / off | {b6['series']:,} / "
+            f"{b6['series_per_account_off']:,} |",
         ]
     if b8 := r.get("B8"):
         for name, how in (("static", "with `DCR_KAFKA_INSTANCE_ID`"), ("dynamic", "without")):
