@@ -17,11 +17,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, crash, latency, memory, quota, scaleout, throughput
+from bench import accounts, crash, latency, memory, quota, scaleout, soak, throughput
 from bench.harness import RESULTS, machine
 from tests.support.kafka import start_broker
 
@@ -43,6 +43,7 @@ class Size:
     b6_accounts: int
     b6_busy_s: float
     """Seconds of the busy account's quota in B6's backlog."""
+    b7_seconds: float
 
 
 SIZES = {
@@ -58,6 +59,7 @@ SIZES = {
         b5_pool2_events=20_000,
         b6_accounts=300,
         b6_busy_s=20,
+        b7_seconds=240,
     ),
     "full": Size(
         b1_events=1_000_000,
@@ -71,6 +73,7 @@ SIZES = {
         b5_pool2_events=40_000,
         b6_accounts=1000,
         b6_busy_s=60,
+        b7_seconds=600,
     ),
 }
 
@@ -143,6 +146,10 @@ TARGETS = (
     Target("B6 label reads per account, max", "B6", lambda r: r["label_reads_max"], 3, False),
     Target("B6 peak RSS MiB", "B6", lambda r: r["peak_rss_mib"], 400, False),
     Target("B6 busy account, share of its quota", "B6", lambda r: r["busy_share"], 0.95, True),
+    Target("B7 lag bounded", "B7", lambda r: r["lag_bounded"], 1, True),
+    Target("B7 token-limit 429s", "B7", lambda r: r["throttled_token"], 0, False),
+    Target("B7 mints in any 60 s", "B7", lambda r: r["mints_most_in_window"], 10, False),
+    Target("B7 mints refused", "B7", lambda r: r["mints_refused"], 0, False),
     Target(
         "B8 restart to deliveries, instance id, s",
         "B8",
@@ -163,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, help="override the size's runs of B2-B4")
     parser.add_argument(
+        "--soak-s",
+        type=float,
+        help="override the size's seconds of B7's load (quick 240, full 600)",
+    )
+    parser.add_argument(
         "--readme", action="store_true", help="rewrite bench/README.md's figures and exit"
     )
     args = parser.parse_args(argv)
@@ -170,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         update_readme()
         return 0
     size = SIZES[args.size]
+    if args.soak_s is not None:
+        size = replace(size, b7_seconds=args.soak_s)
     repeat = args.repeat or size.repeat
     only = {name.strip().upper() for name in args.only.split(",")}
     logs = RESULTS / "logs"
@@ -209,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["B6"] = accounts.run(
                 broker, accounts=size.b6_accounts, busy_seconds=size.b6_busy_s, logs=logs
             )
+        if "B7" in only:
+            print("B7 soak: token generations in compressed time", flush=True)
+            results["B7"] = soak.run(broker, seconds=size.b7_seconds, logs=logs)
         if "B8" in only:
             print(
                 "B8 kill -9 and an immediate restart, with and without an instance id", flush=True
@@ -317,6 +334,15 @@ def render(document: dict[str, Any]) -> str:
             f"{b6['busy_minimum_s']} s) |",
             f"| | `/metrics` series, per-account labels on / off | {b6['series']:,} / "
             f"{b6['series_per_account_off']:,} |",
+        ]
+    if b7 := r.get("B7"):
+        lines += [
+            f"| B7 {b7['rate_per_s']:,.0f} records/s for {b7['seconds']:.0f} s, 120 s tokens, "
+            f"10 mints per 60 s | lag max per generation | "
+            f"{', '.join(f'{g:,}' for g in b7['lag_max_per_generation'])} (bounded: "
+            f"{'yes' if b7['lag_bounded'] else '**no**'}) |",
+            f"| | token-limit 429s, mints | **{b7['throttled_token']}**; {b7['mints']} minted, "
+            f"at most **{b7['mints_most_in_window']}** in 60 s, {b7['mints_refused']} refused |",
         ]
     if b8 := r.get("B8"):
         for name, how in (("static", "with `DCR_KAFKA_INSTANCE_ID`"), ("dynamic", "without")):
