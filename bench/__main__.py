@@ -1,10 +1,12 @@
 """Run the benchmarks: ``.venv/bin/python -m bench [--size quick|full] [--only B1,B3] [--readme]``.
 
 B1 throughput against a bare consume loop, B2 quota efficiency, B3 latency, B4 memory with the API
-down, and on request (``--only B8``) B8, what a crash costs (see each module's docstring). One
-local Kafka broker serves the whole run. Figures go to ``bench/results/latest.json`` (and
-``<size>.json``), child logs to ``bench/results/logs/``; ``--readme`` rewrites the figures block of
-``bench/README.md`` from ``quick.json`` and ``full.json``.
+down; on request only (``--only B5,B8``: minutes each) B5 scale-out, B6 many accounts, B7 a soak in
+compressed time and B8 what a crash costs (see each module's docstring). One local Kafka broker
+serves the whole run. Figures go to ``bench/results/latest.json`` (and ``<size>.json`` for B1-B4,
+``<benches>-<size>.json`` for any other choice), child logs to ``bench/results/logs/``;
+``--readme`` rewrites the figures block of ``bench/README.md`` from ``quick.json`` and
+``full.json``.
 """
 
 from __future__ import annotations
@@ -175,6 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override the size's seconds of B7's load (quick 240, full 600)",
     )
     parser.add_argument(
+        "--soak-reconcile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="B7's DCR_RECONCILE (default: auto, on for v2): off tells the reconciler's cost apart",
+    )
+    parser.add_argument(
         "--readme", action="store_true", help="rewrite bench/README.md's figures and exit"
     )
     args = parser.parse_args(argv)
@@ -225,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if "B7" in only:
             print("B7 soak: token generations in compressed time", flush=True)
-            results["B7"] = soak.run(broker, seconds=size.b7_seconds, logs=logs)
+            results["B7"] = soak.run(
+                broker, seconds=size.b7_seconds, reconcile=args.soak_reconcile, logs=logs
+            )
         if "B8" in only:
             print(
                 "B8 kill -9 and an immediate restart, with and without an instance id", flush=True
@@ -338,7 +348,7 @@ def render(document: dict[str, Any]) -> str:
     if b7 := r.get("B7"):
         lines += [
             f"| B7 {b7['rate_per_s']:,.0f} records/s for {b7['seconds']:.0f} s, 120 s tokens, "
-            f"10 mints per 60 s | lag max per generation | "
+            f"10 mints per 60 s, `DCR_RECONCILE={b7['reconcile']}` | lag max per generation | "
             f"{', '.join(f'{g:,}' for g in b7['lag_max_per_generation'])} (bounded: "
             f"{'yes' if b7['lag_bounded'] else '**no**'}) |",
             f"| | token-limit 429s, mints | **{b7['throttled_token']}**; {b7['mints']} minted, "

@@ -170,6 +170,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def run_queue_s(pid: int) -> float:
+    """Seconds a live process's threads have waited, runnable, for a CPU (the kernel's
+    ``schedstat``): on a shared machine, how much it was starved."""
+    waited = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            waited += int(f.read().split()[1])
+    return waited / 1e9
+
+
 class Sampler:
     """Samples a child's VmRSS (and reads its VmHWM) on a thread, every ``every_s``."""
 

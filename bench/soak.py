@@ -7,13 +7,17 @@ minted tokens): an hour's token life and half an hour's mint window, thirty time
 replica; a steady 90% of the quota, 4,500 records/s, produced at an even pace from a thread of this
 process for ``seconds`` (at least five generations of 120 s for the full size).
 
-Every ``LAG_EVERY_S`` the group's lag is sampled: the topic's end offsets less the group's committed
-offsets. The run is cut into generations of one token lifetime from the start of the load; the lag
-is bounded if no generation's highest lag after the first exceeds twice the first's plus a second
-of input (``bounded``), i.e. it does not grow from generation to generation. The sandbox's log
-gives the time of every mint: the most in any rolling 60 s must stay within 10 (and a mint over
-that would be refused, ``mints_refused``). Token-limit 429s are the sandbox's count of batch
-requests refused for their token's 60 a minute.
+About every ``LAG_EVERY_S`` the group's lag is sampled: the topic's end offsets less the group's
+committed offsets; beside it the sandbox's count of accepted records and requests, the service's
+CPU, the time its threads waited for a CPU (``schedstat``: this machine is shared), its RSS and the
+reconciler's holdings, summed up per generation (``per_generation``). ``reconcile`` is the service's
+``DCR_RECONCILE`` (``auto``, on for v2, by default; ``off`` tells its cost apart). The run is cut
+into generations of one token lifetime from the start of the load; the lag is bounded if no
+generation's highest lag after the first exceeds twice the first's plus a second of input
+(``bounded``), i.e. it does not grow from generation to generation. The sandbox's log gives the time
+of every mint: the most in any rolling 60 s must stay within 10 (and a mint over that would be
+refused, ``mints_refused``). Token-limit 429s are the sandbox's count of batch requests refused for
+their token's 60 a minute.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from bench.harness import (
     http_json,
     mint_times,
     most_in_window,
+    run_queue_s,
     sandbox,
     service,
     topic,
@@ -51,7 +56,7 @@ RATE = LOAD * RPS * BATCH
 LAG_EVERY_S = 5.0
 
 
-def run(kafka: Broker, *, seconds: float, logs: Path) -> dict[str, Any]:
+def run(kafka: Broker, *, seconds: float, reconcile: str, logs: Path) -> dict[str, Any]:
     name = topic(kafka, "b7")
     sandbox_log = logs / "b7-sandbox.log"
     flags = (
@@ -65,6 +70,7 @@ def run(kafka: Broker, *, seconds: float, logs: Path) -> dict[str, Any]:
         "token_lifetime_s": str(LIFETIME_S),
         "mint_budget": str(MINT_BUDGET),
         "mint_window_s": str(MINT_WINDOW_S),
+        "reconcile": reconcile,
     }
     count = int(RATE * seconds)
     sandbox_child, url = sandbox(sandbox_log, *flags)
@@ -105,6 +111,7 @@ def run(kafka: Broker, *, seconds: float, logs: Path) -> dict[str, Any]:
     bounded = all(g <= 2 * reference + RATE for g in generations[1:])
     result = {
         "seconds": seconds,
+        "reconcile": reconcile,
         "rate_per_s": RATE,
         "events": count,
         "produced_in_s": round(feeder.seconds, 1),
@@ -144,6 +151,7 @@ def _sample(child: Service, url: str) -> dict[str, float]:
         "accepted": totals["records_accepted"],
         "requests": sum(totals["requests"].values()),
         "service_cpu_s": cpu_s(child.pid),
+        "service_run_queue_s": run_queue_s(child.pid),
         "buffered": total(metrics, "dcr_buffered_records"),
         "paused": total(metrics, "dcr_paused_partitions"),
         "tokens_live": total(metrics, "dcr_tokens_live"),
@@ -175,6 +183,9 @@ def _per_generation(
                 "requests_per_s": round((last["requests"] - first["requests"]) / (t1 - t0), 2),
                 "service_cpu": round(
                     (last["service_cpu_s"] - first["service_cpu_s"]) / (t1 - t0), 3
+                ),
+                "service_run_queue": round(
+                    (last["service_run_queue_s"] - first["service_run_queue_s"]) / (t1 - t0), 3
                 ),
                 "receipts_in_hand": last["receipts_in_hand"],
                 "reconcile_lag_s": last["reconcile_lag_s"],
