@@ -40,10 +40,12 @@ from bench.harness import (
     WAIT_S,
     Sampler,
     committed,
+    cpu_s,
     deliveries,
     fill,
     http_json,
     receipts,
+    run_queue_s,
     sandbox,
     service,
     topic,
@@ -154,6 +156,7 @@ def _drain(
             )
         exposition = get_text(child.http_port(), "/metrics")
         metrics = child.metrics()
+        cpu, waited = cpu_s(child.pid), run_queue_s(child.pid)
         sampler.stop()
     stats = http_json(f"{url}/_sandbox/stats")["accounts"]
     quiet = [stats.get(account, {}) for account in mix.quiet]
@@ -186,6 +189,9 @@ def _drain(
         "busy_throttled": busy_stats.get("throttled", 0),
         "throttled": sum(s.get("throttled", 0) for s in stats.values()),
         "series": sum(1 for line in exposition.splitlines() if line and line[0] != "#"),
+        "service_cpu_s": round(cpu, 1),
+        # Seconds its threads waited, runnable, for a CPU: on a shared machine, how starved.
+        "service_run_queue_s": round(waited, 1),
         "service_retries": total(metrics, "dcr_api_retries_total"),
     }
 
