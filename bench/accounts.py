@@ -143,6 +143,9 @@ def _drain(
         "api_credentials_file": str(credentials),
         "api_version": "v2",
         "metrics_per_account": per_account,
+        # A receipts topic of its own: the other run's receipts would be reconciled too (the
+        # reconciler's group starts at the earliest receipt), its statuses fetched at once.
+        "receipts_topic": f"{name}.receipts.{per_account}",
     }
     with service(kafka, name, url, log, **settings) as child:
         sampler = Sampler(child.pid)
@@ -188,6 +191,7 @@ def _drain(
         "busy_batches_every_5_s": _every(busy_times, 5000),
         "busy_throttled": busy_stats.get("throttled", 0),
         "throttled": sum(s.get("throttled", 0) for s in stats.values()),
+        "status_requests": sum(sum(s.get("statuses", {}).values()) for s in stats.values()),
         "series": sum(1 for line in exposition.splitlines() if line and line[0] != "#"),
         "service_cpu_s": round(cpu, 1),
         # Seconds its threads waited, runnable, for a CPU: on a shared machine, how starved.
