@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 from bench.harness import (
     PARTITIONS,
     WAIT_S,
+    Receipt,
     committed,
     dead_lettered,
     deliveries,
@@ -236,6 +238,7 @@ def _figures_of_run(url: str, events: int, rps: float) -> dict[str, Any]:
     return {
         "delivered": delivered,
         "delivered_twice": sum(count - 1 for count in counts.values()),
+        "twice": _twice(found, counts),
         "backlog_s": round(backlog_s, 3),
         "minimum_s": math.ceil(events / BATCH) / rps,
         "records_per_s": round(rate, 1),
@@ -247,6 +250,24 @@ def _figures_of_run(url: str, events: int, rps: float) -> dict[str, Any]:
         "tokens_used": len(token_use),
         "mints": totals["tokens"].get("200", 0),
         "mints_refused": totals["tokens"].get("429", 0),
+    }
+
+
+def _twice(found: list[Receipt], counts: Counter[str]) -> dict[str, Any]:
+    """Where the events delivered more than once came from: their partitions, and when (seconds
+    from the first accepted batch) they were accepted again."""
+    again = [r for r in found if counts[r.receiver] > 1]
+    seen: set[str] = set()
+    later = []
+    for r in again:
+        if r.receiver in seen:
+            later.append(r.received_monotonic_ms)
+        seen.add(r.receiver)
+    start = found[0].received_monotonic_ms if found else 0.0
+    return {
+        "partitions": dict(sorted(Counter(skewed(int(r[4:])) for r in seen).items())),
+        "again_from_s": round((min(later, default=start) - start) / 1000, 1),
+        "again_until_s": round((max(later, default=start) - start) / 1000, 1),
     }
 
 
