@@ -104,10 +104,15 @@ def run(kafka: Broker, *, accounts: int, busy_seconds: float, logs: Path) -> dic
         with sandbox_child:
             for per_account in ("on", "off"):
                 http_json(f"{url}/_sandbox/reset", b"{}")
+                sandbox_cpu = cpu_s(sandbox_child.pid)
                 runs[per_account] = _drain(
                     kafka, name, mix, url, credentials, per_account,
                     logs / f"b6-service-{per_account}.log",
                 )  # fmt: skip
+                # The sandbox answers every request from one event loop: a core at most.
+                runs[per_account]["sandbox_cpu_s"] = round(
+                    cpu_s(sandbox_child.pid) - sandbox_cpu, 1
+                )
                 r = runs[per_account]
                 print(
                     f"  B6 per-account metrics {per_account}: every event delivered: "
