@@ -145,6 +145,7 @@ TARGETS = (
     ),
     Target("B6 every event delivered", "B6", lambda r: r["all_delivered"], 1, True),
     Target("B6 mints per quiet account, max", "B6", lambda r: r["quiet_mints_max"], 2, False),
+    Target("B6 mints refused a key pair", "B6", lambda r: r["mints_unauthorized"], 0, False),
     Target("B6 label reads per account, max", "B6", lambda r: r["label_reads_max"], 3, False),
     Target("B6 peak RSS MiB", "B6", lambda r: r["peak_rss_mib"], 400, False),
     Target("B6 busy account, share of its quota", "B6", lambda r: r["busy_share"], 0.95, True),

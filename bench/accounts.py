@@ -3,11 +3,11 @@
 One ``dcr-stream run`` with a credentials file (``DCR_API_CREDENTIALS_FILE``: each account id, a
 UUID, to a key pair of its own) for 1,000 quiet accounts and one busy one, against the sandbox with
 the documented limits (60 requests a minute per token, 10 mints per 30 minutes per account) that
-lists each account's label. The backlog: 100 events for each quiet account and, for the busy one
-(``ACCOUNT``), enough for about 60 s at its full quota (10 tokens x 60 a minute x 500 records =
-5,000 records/s: 300,000 events); the busy account's events are spread evenly through the topic,
-the quiet accounts' between them in turn, so every account trickles in for the whole run, as
-tenants of a shared deployment do.
+lists each account's label and takes each account's key pair only. The backlog: 100 events for each
+quiet account and, for the busy one (``ACCOUNT``), enough for about 60 s at its full quota (10
+tokens x 60 a minute x 500 records = 5,000 records/s: 300,000 events); the busy account's events are
+spread evenly through the topic, the quiet accounts' between them in turn, so every account trickles
+in for the whole run, as tenants of a shared deployment do.
 
 Reported, once the group's commits reach the end:
 
@@ -19,10 +19,10 @@ Reported, once the group's commits reach the end:
   batches, as a share of its quota (target at least 95%);
 - the series ``/metrics`` serves at the end (its sample lines).
 
-The whole run is done twice: with ``DCR_METRICS_PER_ACCOUNT=on`` (the default) and ``off``.
-
-The sandbox accepts any key pair here: it checks one pair for every account or none
-(``--key-id``/``--api-key``), so a pair sent for the wrong account would not be caught.
+The whole run is done twice: with ``DCR_METRICS_PER_ACCOUNT=on`` (the default) and ``off``. The
+sandbox reads the same credentials file (``--credentials-file``): each account's token endpoint
+takes that account's key pair only, so a pair sent for the wrong account is refused (401, counted
+in ``mints_unauthorized``).
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def run(kafka: Broker, *, accounts: int, busy_seconds: float, logs: Path) -> dic
                 }
             )
         )
-        sandbox_child, url = sandbox(logs / "b6-sandbox.log", *flags)
+        sandbox_child, url = sandbox(
+            logs / "b6-sandbox.log", *flags, f"--credentials-file={credentials}"
+        )
         with sandbox_child:
             for per_account in ("on", "off"):
                 http_json(f"{url}/_sandbox/reset", b"{}")
@@ -184,6 +186,7 @@ def _drain(
         "quiet_mints_mean": round(sum(quiet_mints) / len(quiet_mints), 3),
         "busy_mints": busy_stats.get("tokens", {}).get("200", 0),
         "mints_refused": sum(s.get("tokens", {}).get("429", 0) for s in stats.values()),
+        "mints_unauthorized": sum(s.get("tokens", {}).get("401", 0) for s in stats.values()),
         "label_reads_max": max(label_reads.values(), default=0),
         "label_reads_mean": round(sum(label_reads.values()) / max(1, len(label_reads)), 3),
         "quiet_requests_mean": round(
