@@ -1,4 +1,4 @@
-"""B5: what a crash costs, with librdkafka's default session timeout (45 s).
+"""B8: what a crash costs, with librdkafka's default session timeout (45 s).
 
 A backlog for one account drains into the sandbox with the documented limits (as B2: a pool of 10
 minted tokens, 10 requests a second); once 10,000 records are accepted the service is killed with
@@ -27,20 +27,20 @@ KILL_AT = 10_000
 
 
 def run(kafka: Broker, *, logs: Path) -> dict[str, Any]:
-    sandbox_child, url = sandbox(logs / "b5-sandbox.log", *DOCUMENTED)
+    sandbox_child, url = sandbox(logs / "b8-sandbox.log", *DOCUMENTED)
     with sandbox_child:
         cases = {
-            name: _crash(kafka, url, logs / f"b5-{name}", instance_id)
+            name: _crash(kafka, url, logs / f"b8-{name}", instance_id)
             for name, instance_id in (("static", "replica-0"), ("dynamic", None))
         }
     for name, case in cases.items():
-        print(f"  B5 {name}: deliveries stopped for {case['gap_s']:.2f} s", flush=True)
+        print(f"  B8 {name}: deliveries stopped for {case['gap_s']:.2f} s", flush=True)
     return {"events": EVENTS, "kill_at": KILL_AT, **cases}
 
 
 def _crash(kafka: Broker, url: str, log: Path, instance_id: str | None) -> dict[str, float]:
     http_json(f"{url}/_sandbox/reset", b"{}")
-    name = topic(kafka, "b5")
+    name = topic(kafka, "b8")
     fill(kafka, name, EVENTS)
     settings = {**POOL, "kafka_group_id": unique("bench-group")}
     if instance_id is not None:
@@ -51,7 +51,7 @@ def _crash(kafka: Broker, url: str, log: Path, instance_id: str | None) -> dict[
 
     first = service(kafka, name, url, log.with_suffix(".1.log"), **settings)
     with first:
-        wait_until(lambda: accepted() >= KILL_AT, timeout_s=WAIT_S, what="B5 before the kill")
+        wait_until(lambda: accepted() >= KILL_AT, timeout_s=WAIT_S, what="B8 before the kill")
         first.signal(signal.SIGKILL)
         killed = time.monotonic()
         first.wait(10)
@@ -61,7 +61,7 @@ def _crash(kafka: Broker, url: str, log: Path, instance_id: str | None) -> dict[
         return next((t / 1000 for t in batch_times_ms(url) if t / 1000 > restarted), None)
 
     with service(kafka, name, url, log.with_suffix(".2.log"), **settings):
-        wait_until(first_after_restart, timeout_s=WAIT_S, what="B5 deliveries after the restart")
+        wait_until(first_after_restart, timeout_s=WAIT_S, what="B8 deliveries after the restart")
         after = first_after_restart() or restarted
     delete_topics(kafka.bootstrap_servers, [name])
     return {

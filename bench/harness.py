@@ -11,6 +11,7 @@ kernel's own peak). This process only produces, watches and reads results.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import os
@@ -19,16 +20,19 @@ import statistics
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
-from tests.support.events import ACCOUNTS, events
-from tests.support.kafka import Broker, Offsets, create_topic, produce, unique
+from tests.support.events import ACCOUNTS, valid
+from tests.support.kafka import Broker, Offsets, create_topic, produce, read_topic, unique
 from tests.support.service import Child, Service, memory_kib
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,6 +81,32 @@ def committed(offsets: Offsets) -> int:
     return sum(max(0, offset) for offset in offsets.committed())
 
 
+class _Template:
+    """``tests.support.events.valid`` for one account, a few times faster: its JSON made once with
+    stand-ins for the receiver and the times, filled in per event (the same bytes, which the
+    constructor checks). At 30 µs an event on a busy machine, ``valid`` alone could not keep B7's
+    4,500 a second steady."""
+
+    def __init__(self, account: str) -> None:
+        stand_in = valid(0, 0, accounts=(account,)).value or b""
+        self._hours_ms = 6 * 3_600_000
+        text = stand_in.replace(b"%", b"%%").replace(b'"919800000000"', b'"%b"')
+        text = text.replace(b'"starts_at": 0,', b'"starts_at": %d,')
+        self._format = text.replace(b'"ends_at": %d' % self._hours_ms, b'"ends_at": %d')
+        now_ms = time.time_ns() // 1_000_000
+        made = valid(123, now_ms, accounts=(account,))
+        if self._fill(b"919800000123", now_ms) != made.value:
+            raise AssertionError(f"the template does not make what valid() makes: {made.value!r}")
+
+    def _fill(self, receiver: bytes, now_ms: int) -> bytes:
+        return self._format % (receiver, now_ms, now_ms + self._hours_ms)
+
+    def event(self, i: int) -> tuple[bytes, bytes]:
+        """Event ``i``'s value (starting now) and key."""
+        receiver = b"9198%08d" % i
+        return self._fill(receiver, time.time_ns() // 1_000_000), receiver
+
+
 def fill(
     kafka: Broker,
     topic: str,
@@ -85,10 +115,13 @@ def fill(
     rate: float | None = None,
     linger_ms: int | None = None,
     start: int = 0,
+    account_of: Callable[[int], str] | None = None,
+    partition_of: Callable[[int], int] | None = None,
 ) -> float:
-    """Produce ``count`` valid events (``tests.support.events``) for ``ACCOUNT`` to ``topic``, at
-    most ``rate`` a second; return the seconds it took until Kafka acknowledged them all. Events
-    are numbered from ``start`` (their receivers name them).
+    """Produce ``count`` valid events (``tests.support.events``) to ``topic``, at most ``rate`` a
+    second; return the seconds it took until Kafka acknowledged them all. Events are numbered from
+    ``start`` (their receivers name them); event ``i`` is for ``account_of(i)`` (default:
+    ``ACCOUNT``) and goes to partition ``partition_of(i)`` (default: by its key).
 
     Each event's ``starts_at`` is the wall clock when it is made, just before it goes to the
     producer: the produce time B3 measures latency from."""
@@ -103,9 +136,17 @@ def fill(
 
     producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": report})
     poll = producer.poll
+    templates: dict[str, _Template] = {}
     started = time.monotonic()
-    for n, event in enumerate(events(count, start=start, accounts=(ACCOUNT,)), 1):
-        produce(producer, topic, event.value, event.key)
+    for n, i in enumerate(range(start, start + count), 1):
+        account = account_of(i) if account_of else ACCOUNT
+        if (template := templates.get(account)) is None:
+            template = templates[account] = _Template(account)
+        value, key = template.event(i)
+        if partition_of is None:
+            produce(producer, topic, value, key)
+        else:
+            produce(producer, topic, value, key, partition=partition_of(i))
         if rate is not None:
             # ``poll`` returns early once it served an event (a delivery report, even unreported
             # ones): wait out the rest, or a trickle runs several times too fast.
@@ -127,6 +168,16 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def run_queue_s(pid: int) -> float:
+    """Seconds a live process's threads have waited, runnable, for a CPU (the kernel's
+    ``schedstat``): on a shared machine, how much it was starved."""
+    waited = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            waited += int(f.read().split()[1])
+    return waited / 1e9
 
 
 class Sampler:
@@ -208,6 +259,73 @@ def http_lines(url: str) -> Iterator[bytes]:
         for line in r:
             if line.strip():
                 yield line
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    """An accepted record as ``/_sandbox/accepted`` lists it (the fields a benchmark reads)."""
+
+    receiver: str
+    """Names the event (``tests.support.events``)."""
+    batch_id: str
+    received_monotonic_ms: float
+
+
+_receipts = msgspec.json.Decoder(Receipt)
+
+
+def receipts(url: str, account: str | None = None) -> list[Receipt]:
+    """Every record the sandbox at ``url`` accepted (of ``account``), in arrival order."""
+    query = "" if account is None else f"?account={account}"
+    return [_receipts.decode(line) for line in http_lines(f"{url}/_sandbox/accepted{query}")]
+
+
+def deliveries(found: Sequence[Receipt]) -> tuple[Counter[str], float | None]:
+    """How often each receiver was accepted (above 1: an event delivered more than once), and
+    when the last event first accepted was (monotonic ms; None if none was): the end of a backlog,
+    whatever was sent again after it."""
+    counts = Counter(r.receiver for r in found)
+    first: dict[str, float] = {}
+    for r in found:
+        first.setdefault(r.receiver, r.received_monotonic_ms)
+    return counts, max(first.values(), default=None)
+
+
+def dead_lettered(kafka: Broker, topic: str) -> Counter[str]:
+    """Receiver → how often its event is in ``topic``'s dead-letter topic (the service's default,
+    ``<topic>.dlq``): a dead letter keeps its original's key, the receiver."""
+    letters = read_topic(kafka.bootstrap_servers, f"{topic}.dlq")
+    return Counter((letter.key() or b"").decode(errors="replace") for letter in letters)
+
+
+def mint_times(log: Path) -> list[float]:
+    """Wall times (epoch seconds) of the tokens minted by the sandbox that writes ``log``, in
+    order: each mint is a line of its log (``token minted for account …``), stamped to the ms."""
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and "token minted for account" in line:
+            stamp = json.loads(line)["ts"]  # 2026-12-04T05:38:08.123Z
+            whole = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+            times.append(whole + int(stamp[20:23]) / 1000)
+    return times
+
+
+def most_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of ``times`` (sorted) in any rolling ``window_s``."""
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def readiness(port: int) -> tuple[bool, str]:
+    """Whether the service at ``port`` answers ``/readyz`` with 200, and the status it gives."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return True, str(json.loads(r.read())["status"])
+    except urllib.error.HTTPError as exc:
+        return False, str(json.loads(exc.read())["status"])
 
 
 # -- where the figures came from -------------------------------------------------------------------

@@ -72,10 +72,12 @@ class _Receipt(msgspec.Struct):
 _receipts = msgspec.json.Decoder(_Receipt)
 
 
-def batch_times_ms(url: str) -> list[float]:
-    """When the sandbox at ``url`` received each accepted batch (monotonic ms), in order."""
+def batch_times_ms(url: str, account: str | None = None) -> list[float]:
+    """When the sandbox at ``url`` received each accepted batch (of ``account``; monotonic ms), in
+    order."""
     first: dict[str, float] = {}
-    for line in http_lines(f"{url}/_sandbox/accepted"):
+    query = "" if account is None else f"?account={account}"
+    for line in http_lines(f"{url}/_sandbox/accepted{query}"):
         receipt = _receipts.decode(line)
         first.setdefault(receipt.batch_id, receipt.received_monotonic_ms)
     return sorted(first.values())
@@ -89,7 +91,7 @@ def run(kafka: Broker, *, events: int, repeat: int, logs: Path) -> dict[str, Any
     with sandbox_child:
         for i in range(repeat):
             http_json(f"{url}/_sandbox/reset", b"{}")
-            runs.append(_drain(kafka, name, events, url, logs / f"b2-service-{i}.log"))
+            runs.append(_drain(kafka, name, events, url, logs / f"b2-service-{i}.log", i))
             print(
                 f"  B2 run {i + 1}/{repeat}: drained in {runs[-1]['drain_s']:.2f} s "
                 f"(minimum {runs[-1]['minimum_s']:.1f} s), 429s {runs[-1]['share_429']:.2%}, "
@@ -107,8 +109,13 @@ def run(kafka: Broker, *, events: int, repeat: int, logs: Path) -> dict[str, Any
     }
 
 
-def _drain(kafka: Broker, name: str, events: int, url: str, log: Path) -> dict[str, float]:
-    with service(kafka, name, url, log, **POOL) as child:
+def _drain(
+    kafka: Broker, name: str, events: int, url: str, log: Path, run: int
+) -> dict[str, float]:
+    # Each run reads the same topic but writes receipts of its own: the reconciler's group starts
+    # at the earliest receipt, and would fetch the earlier runs' statuses at once, beside the drain.
+    receipts = f"{name}.receipts.{run}"
+    with service(kafka, name, url, log, **POOL, receipts_topic=receipts) as child:
         group = child.settings["kafka_group_id"]
         with Offsets(kafka.bootstrap_servers, group, name, PARTITIONS) as offsets:
             done = wait_until(
