@@ -10,8 +10,9 @@ import logging
 import pytest
 
 from stream.commits import Committer
-from stream.metrics import Counts, Metrics, State
+from stream.metrics import Counts, Metrics
 from stream.offsets import OffsetTracker, TopicPartitionKey
+from tests.support.metrics import idle_state
 
 T = "receipts"
 Positions = dict[TopicPartitionKey, int]
@@ -128,18 +129,7 @@ async def test_the_loop_survives_a_round_that_raises(
 def test_both_groups_are_served_under_one_metric() -> None:
     metrics = Metrics()
     metrics.counts.commit_failures.update({"input": 0, "reconcile": 2})
-    metrics.watch(
-        State(
-            buffered=int,
-            open_records=int,
-            paused=int,
-            assigned=int,
-            lag=dict,
-            last_commit=float,
-            token_refreshes=int,
-            rates=dict,
-        )
-    )
+    metrics.watch(idle_state())
     text = metrics.exposition().decode()
     assert 'dcr_commit_failures_total{group="input"} 0.0' in text
     assert 'dcr_commit_failures_total{group="reconcile"} 2.0' in text

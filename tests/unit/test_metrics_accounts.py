@@ -7,8 +7,9 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.metrics import Metrics, State
+from stream.metrics import Metrics
 from stream.pool import PoolReport
+from tests.support.metrics import idle_state
 
 ACCOUNTS = [f"acct-{n:04d}" for n in range(1000)]
 
@@ -33,14 +34,7 @@ def scrape(per_account: bool) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     for n, account in enumerate(ACCOUNTS):
         metrics.counts.delivered[account] = 500
         metrics.counts.bump(metrics.counts.requests, (account, "2xx"), 1 + n % 2)
-    state = State(
-        buffered=int,
-        open_records=int,
-        paused=int,
-        assigned=int,
-        lag=dict,
-        last_commit=float,
-        token_refreshes=int,
+    state = idle_state(
         rates=lambda: dict.fromkeys(ACCOUNTS, 10.0),
         label_registries=lambda: {a: (3, float(n)) for n, a in enumerate(ACCOUNTS)},
         pools=lambda: {a: pool(n) for n, a in enumerate(ACCOUNTS)},

@@ -23,21 +23,15 @@ from stream.secrets import Secret
 from stream.tokens import Tokens
 from stream.wire import make_session
 from tests.support.delivery import LABEL, A, engine, record
+from tests.support.metrics import idle_state
 from tests.support.sandbox import SandboxFactory
 from tests.support.waiting import wait_until_async
 from tests.unit.test_token_pool import SomeLeases
 
 
 def state(tokens: Tokens) -> State:
-    return State(
-        buffered=lambda: 0,
-        open_records=lambda: 0,
-        paused=lambda: 0,
-        assigned=lambda: 0,
-        lag=dict,
-        last_commit=lambda: 0.0,
+    return idle_state(
         token_refreshes=lambda: tokens.mint_count,
-        rates=dict,
         pools=tokens.report,
         slots_held=lambda: len(tokens.leases.owned()),
     )
