@@ -466,13 +466,15 @@ class Pipeline:
         self.assigned.set()
 
     async def _on_revoke(self, tps: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        """Give up partitions: send what is open, wait (bounded) for their records, hand back
-        their final positions for the consumer thread to commit, and forget them."""
+        """Give up partitions: stop sending their records, wait (bounded) for the requests and
+        writes on their way, hand back their final positions for the consumer thread to commit,
+        and forget them (docs/design.md#consumer)."""
         assert self._delivery is not None
         assert self._finisher is not None
-        self._delivery.flush_open()
+        self.tracker.leave(tps)
+        self._delivery.drop_unowned()
         deadline = asyncio.get_running_loop().time() + self._revoke_wait_s
-        await self._finisher.wait_finished(tps, deadline)
+        await self._finisher.wait_answered(deadline, self._delivery.sending_unowned)
         positions = self.tracker.to_commit(tps)
         self.tracker.forget(tps)
         return positions

@@ -165,6 +165,29 @@ class Delivery(Generic[S]):
         """Records still waiting in open batches."""
         return len(self._batcher)
 
+    def drop_unowned(self) -> None:
+        """Take the records of partitions being revoked (or lost) out of the queues: they are not
+        sent (docs/design.md#consumer). Those in open batches or waiting out a retry are dropped
+        when their request would go."""
+        for lane in self._lanes.values():
+            for queue in (lane.high, lane.normal):
+                kept = [b for b in queue if self._keep_owned(b)]
+                queue.clear()
+                queue.extend(kept)
+        if self._realtime is not None:
+            self._realtime.drop_unowned()
+
+    def sending_unowned(self) -> bool:
+        """Whether requests on their way carry records of partitions being revoked."""
+        return self._answers.sending_unowned()
+
+    def _keep_owned(self, batch: Batch[S]) -> bool:
+        """Drop ``batch``'s records that are no longer ours; whether any is left."""
+        batch.items = self._answers.owned(batch.items)
+        if not batch.items and batch.probe is not None and not batch.probe.done():
+            batch.probe.set_result(None)  # (its asker may be gone: a stop cancels probes)
+        return bool(batch.items)
+
     def flush_open(self) -> None:
         """Send every open batch now, however young (revoke, shutdown)."""
         for batch in self._batcher.drain():
@@ -281,6 +304,8 @@ class Delivery(Generic[S]):
 
     async def _send(self, request: _BatchRequest[S], held: Held | None) -> None:
         batch, pool = request.queued, request.pool
+        if not self._keep_owned(batch):
+            return
         live = await self._drop_expired(batch)
         if not live:
             if batch.probe is not None:
@@ -324,6 +349,10 @@ class _BatchRequest(Request[S, Batch[S]]):
     @property
     def account(self) -> str:
         return self.queued.account
+
+    @property
+    def items(self) -> list[Pending[S]]:
+        return self.queued.items
 
     def throttle(self, held: Held, pace: Pace, now: float, retry_after_s: float | None) -> float:
         """The token backs off, as its pool says (``TokenPool.throttled``)."""

@@ -36,6 +36,10 @@ __all__ = ["UNKNOWN_LABEL", "Finisher", "Source"]
 
 _log = logging.getLogger("stream.app")
 
+_ANSWERED_POLL_S = 0.05
+"""A revoke looks this often whether the requests on their way were answered (a retried request
+finishes nothing, so no progress wakes it)."""
+
 
 class Source(Struct, frozen=True, gc=False):
     """What the pipeline keeps with each record: its offset claim and the original message (DLQ).
@@ -124,6 +128,29 @@ class Finisher:
             self.finished_high += sum(1 for t in tickets if t.tp[0] in high_topics)
             self.finished_high += unowned if high else 0
         self._progress.set()
+
+    def owns(self, item: Pending[Source]) -> bool:
+        return item.source.ticket.run.live
+
+    def count_out(self, items: list[Pending[Source]]) -> None:
+        high_topics = self._high_topics
+        high = sum(1 for i in items if i.source.ticket.tp[0] in high_topics) if high_topics else 0
+        self.finished += len(items)
+        self.finished_high += high
+        self._progress.set()
+
+    async def wait_answered(self, deadline: float, sending: Callable[[], bool]) -> bool:
+        """Wait (until the loop's ``deadline``) while ``sending()`` says requests carrying records
+        of partitions being revoked are on their way, or writes (dead letters, receipts) are;
+        whether they all were answered (docs/design.md#consumer)."""
+        loop = asyncio.get_running_loop()
+        while (sending() or self._tasks) and loop.time() < deadline:
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait(), min(_ANSWERED_POLL_S, deadline - loop.time())
+                )
+        return not (sending() or self._tasks)
 
     async def wait_finished(self, tps: list[TopicPartitionKey] | None, deadline: float) -> bool:
         """Wait (until the loop's ``deadline``) for every record of ``tps`` (None: of all) to

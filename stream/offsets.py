@@ -37,10 +37,13 @@ TopicPartitionKey = tuple[str, int]
 class Run:
     """Records of one partition received together, in order; see the module docstring."""
 
-    __slots__ = ("done", "head", "offsets", "received_at", "tp")
+    __slots__ = ("done", "head", "live", "offsets", "received_at", "tp")
 
     def __init__(self, tp: TopicPartitionKey, offsets: list[int], received_at: float) -> None:
         self.tp = tp
+        self.live = True
+        """False once its partition is being revoked (or was lost): its records not yet on their
+        way are not sent (``OffsetTracker.leave``)."""
         self.offsets = offsets
         self.received_at = received_at
         """Monotonic seconds when the run was received."""
@@ -81,6 +84,8 @@ class _Partition:
     """The last ``position`` that ``to_commit`` handed out, and ``prefix`` then."""
     stalled: bool = False
     """``stalls`` reported this partition, and it has not moved on since."""
+    leaving: bool = False
+    """Being revoked (``OffsetTracker.leave``): nothing more is received for it."""
 
     def advance(self) -> None:
         """Move the finished prefix over the records finished at the front."""
@@ -121,17 +126,32 @@ class OffsetTracker:
         for tp in tps:
             self._partitions[tp] = _Partition()
 
+    def leave(self, tps: Iterable[TopicPartitionKey]) -> None:
+        """A revoke begins: the partitions' runs are no longer live, so their records not yet on
+        their way to the API stay unsent (the next owner reads them again), and records of theirs
+        consumed before the revoke but not yet received are not received. Their finished prefix
+        still moves until ``forget`` (docs/design.md#rebalances)."""
+        for tp in tps:
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.leaving = True
+                for run in state.runs:
+                    run.live = False
+
     def forget(self, tps: Iterable[TopicPartitionKey]) -> None:
         """Drop partitions (revoked after their final commit, or lost); late results are ignored."""
         for tp in tps:
-            self._partitions.pop(tp, None)
+            state = self._partitions.pop(tp, None)
+            if state is not None:
+                for run in state.runs:
+                    run.live = False
 
     def receive_run(self, topic: str, partition: int, offsets: list[int]) -> Run | None:
         """Note records of one partition consumed together (offsets in order); None if the
         partition is not (or no longer) ours. Record ``i`` is ``Ticket(run, i)``."""
         tp = (topic, partition)
         state = self._partitions.get(tp)
-        if state is None:
+        if state is None or state.leaving:
             return None
         run = Run(tp, offsets, self._clock())
         state.runs.append(run)

@@ -65,6 +65,15 @@ class Outcomes(Protocol[S]):
 
     def delivered(self, batch: Batch[S], response: Response) -> None: ...
 
+    def owns(self, item: Pending[S]) -> bool:
+        """Whether the record's partition is still this process's (not being revoked, not lost):
+        only then may it be sent."""
+        ...
+
+    def count_out(self, items: list[Pending[S]]) -> None:
+        """Records no longer this process's leave without finishing (the next owner reads them)."""
+        ...
+
     async def dead_letter(
         self, item: Pending[S], rejection: Rejection, status: int | None, body: bytes | None
     ) -> None: ...
@@ -148,6 +157,11 @@ class Request(ABC, Generic[S, T]):
     @abstractmethod
     def account(self) -> str: ...
 
+    @property
+    @abstractmethod
+    def items(self) -> list[Pending[S]]:
+        """The records it carries."""
+
     def requeue(self) -> None:
         """Back to the front of its lane: it goes with the next slot."""
         self.lane.put(self.queued, front=True)
@@ -178,6 +192,8 @@ class Answers(Generic[S]):
         self.rng = rng
         self.tasks: set[asyncio.Task[None]] = set()
         """Running; ``Delivery.close`` cancels them."""
+        self._sending: dict[int, Request[S, Any]] = {}
+        """The requests on their way, until their answer is acted on."""
         self._counts = metrics.counts
         self._accept_s = {
             path.name: metrics.consume_to_accept.labels(path.name) for path in (BATCH, REALTIME)
@@ -195,6 +211,25 @@ class Answers(Generic[S]):
     def send(self, request: Request[S, Any], send: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Send ``request`` with ``send``, in a task of its own."""
         self.spawn(self._guarded(request, send))
+
+    def owned(self, items: list[Pending[S]]) -> list[Pending[S]]:
+        """``items`` still this process's to send; the others (their partition is being revoked,
+        or was lost) are counted out, unsent (docs/design.md#consumer)."""
+        owns = self.outcomes.owns
+        if all(map(owns, items)):
+            return items  # the usual case: one pass, no list built
+        kept: list[Pending[S]] = []
+        gone: list[Pending[S]] = []
+        for item in items:
+            (kept if owns(item) else gone).append(item)
+        self.outcomes.count_out(gone)
+        return kept
+
+    def sending_unowned(self) -> bool:
+        """Whether a request on its way carries records that are no longer this process's: a
+        revoke waits for their answers."""
+        owns = self.outcomes.owns
+        return any(not owns(i) for r in self._sending.values() for i in r.items)
 
     async def answer(
         self, request: Request[S, Any], held: Held, pace: Pace, response: Response
@@ -233,12 +268,16 @@ class Answers(Generic[S]):
     async def _guarded(
         self, request: Request[S, Any], send: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
+        key = id(request)
+        self._sending[key] = request
         try:
             await send()
         except Exception as exc:  # a bug must not strand a request: its offsets would never commit
             path = request.path
             _log.exception("sending a %s for account %s failed", path.carries, request.account)
             self.retry_later(request, Response(status=0, error=type(exc).__name__))
+        finally:
+            del self._sending[key]
 
     def _throttled(
         self, request: Request[S, Any], held: Held, pace: Pace, response: Response

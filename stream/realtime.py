@@ -163,8 +163,18 @@ class Realtime(Generic[S]):
         lane.queue.clear()
         lane.queue.extend(kept)
 
+    def drop_unowned(self) -> None:
+        """Take the records of partitions being revoked out of the queues (``Delivery``'s)."""
+        owned = self._answers.owned
+        for lane in self._lanes.values():
+            kept = [u for u in lane.queue if owned([u.item])]
+            lane.queue.clear()
+            lane.queue.extend(kept)
+
     async def _send(self, request: _RecordRequest[S], held: Held, pace: Pace) -> None:
         item = request.queued.item
+        if not self._answers.owned([item]):
+            return
         record = item.record
         expired = check_expiry(record.ends_at, self._wall_ms(), "expired")
         if expired is not None:
@@ -187,6 +197,10 @@ class _RecordRequest(Request[S, Urgent[S]]):
     @property
     def account(self) -> str:
         return self.queued.item.record.account
+
+    @property
+    def items(self) -> list[Pending[S]]:
+        return [self.queued.item]
 
     def throttle(self, held: Held, pace: Pace, now: float, retry_after_s: float | None) -> float:
         """Only the token's real-time pace backs off; its batch pace is not touched."""

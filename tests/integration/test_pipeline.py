@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from tests.support.kafka import header_texts, read_topic
-from tests.support.scenario import ScenarioFactory
+from tests.support.scenario import FAST_SESSION, TOKENS, ScenarioFactory
 from tests.support.service import RUN_TIMEOUT_S
 from tests.support.waiting import wait_until
 
@@ -126,6 +126,30 @@ def test_a_third_joins_and_one_leaves_without_loss(scenario: ScenarioFactory) ->
     assert len(revocations) >= 2, "the join and the leave each revoke partitions somewhere"
     accepted = sandbox.accepted_receivers()
     print(f"rebalances: duplicates {sum(accepted.values()) - len(accepted)}")
+
+
+def test_a_replica_short_of_tokens_does_not_send_what_it_was_revoked(
+    scenario: ScenarioFactory,
+) -> None:
+    """Two tokens (a batch a second each) and a backlog the first replica buffers far ahead of
+    them: when a second replica joins, the first stops sending the partitions it gives up, and the
+    second reads them again from the commit. Before, the first kept sending its buffered records of
+    those partitions long after the revoke, and every one of them was delivered twice."""
+    run = scenario(6, documented=True)
+    sandbox = run.sandbox
+    two = {"api_token": ",".join(TOKENS[:2]), "token_pool_size": "2", "kafka_config": FAST_SESSION}
+    run.produce(20_000)
+    first = run.service(**two)
+    wait_until(lambda: sandbox.accepted_count() >= 2_000, timeout_s=RUN_TIMEOUT_S, what="a start")
+    second = run.service(**two)
+    wait_until(run.delivered(), timeout_s=RUN_TIMEOUT_S, what="deliveries")
+    run.wait_committed(timeout_s=RUN_TIMEOUT_S)
+    assert any(e["message"].startswith("revoking") for e in first.lines())
+    assert any(e["message"].startswith("assigned") for e in second.lines())
+    accepted = sandbox.accepted_receivers()
+    twice = sum(accepted.values()) - len(accepted)
+    print(f"a replica joins one short of tokens: {twice} records delivered twice")
+    assert twice <= 1_000, "at most the two requests on their way at the revoke"
 
 
 def test_backlog_with_the_api_down_stays_bounded_and_in_the_group(

@@ -73,6 +73,9 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[tuple[Batch[int], Response, float]] = []
         self.dead: list[tuple[int, Rejection, int | None, bytes | None]] = []
+        self.revoked: set[int] = set()
+        """Sources whose partition a test revoked: no longer the engine's to send."""
+        self.counted_out: list[int] = []
 
     @property
     def sources(self) -> list[int]:
@@ -90,6 +93,12 @@ class Recorder:
 
     def delivered(self, batch: Batch[int], response: Response) -> None:
         self.batches.append((batch, response, time.monotonic()))
+
+    def owns(self, item: Pending[int]) -> bool:
+        return item.source not in self.revoked
+
+    def count_out(self, items: list[Pending[int]]) -> None:
+        self.counted_out.extend(item.source for item in items)
 
     async def dead_letter(
         self, item: Pending[int], rejection: Rejection, status: int | None, body: bytes | None

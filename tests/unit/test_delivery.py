@@ -107,6 +107,43 @@ async def test_errors_and_429_bursts_lose_nothing(session: aiohttp.ClientSession
     assert sum(n for status, n in stats.requests.items() if status.startswith("5")) > 0
 
 
+async def test_records_of_a_revoked_partition_are_not_sent(session: aiohttp.ClientSession) -> None:
+    async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
+        delivery, recorder = engine(session, sandbox.url, rate_limit_rps=1)
+        for n in range(1500):  # three batches; one request a second
+            delivery.submit(Pending(record(n), n))
+        await recorder.until_resolved(500)
+        recorder.revoked |= set(range(500, 1500))
+        delivery.drop_unowned()
+        assert sorted(recorder.counted_out) == list(range(500, 1500))
+        assert not delivery.sending_unowned()
+        await delivery.close()
+    assert sorted(int(r.receiver[4:]) for r in sandbox.accepted()) == list(range(500))
+
+
+async def test_a_retry_of_a_revoked_partition_is_dropped_when_it_would_go(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
+        sandbox.set_faults(outage="503")
+        delivery, recorder = engine(session, sandbox.url)
+        for n in range(500):
+            delivery.submit(Pending(record(n), n))
+        delivery.flush_open()
+        await wait_until_async(
+            lambda: "503" in sandbox.stats().totals.requests, timeout_s=DEADLINE_S, what="a 503"
+        )
+        recorder.revoked |= set(range(500))  # the batch waits out its backoff, or is on its way
+        sandbox.set_faults(outage="off")
+        await wait_until_async(
+            lambda: len(recorder.counted_out) == 500, timeout_s=DEADLINE_S, what="counted out"
+        )
+        assert not delivery.sending_unowned()
+        await delivery.close()
+    assert sandbox.accepted() == []
+    assert recorder.resolved() == 0
+
+
 async def test_retry_after_is_honoured(session: aiohttp.ClientSession) -> None:
     async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
         sandbox.set_faults(throttle_next=1, throttle_retry_after_s=1)

@@ -53,6 +53,22 @@ def test_results_of_an_earlier_assignment_are_ignored() -> None:
     assert tracker.to_commit() == {(T, 0): 1}
 
 
+def test_a_partition_being_revoked_stops_its_records_but_still_commits_what_finishes() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([(T, 0), (T, 1)])
+    sent, queued = received(tracker, 0, 0), received(tracker, 0, 1)
+    other = received(tracker, 1, 0)
+    tracker.leave([(T, 0)])
+    assert not sent.run.live
+    assert not queued.run.live
+    assert other.run.live
+    assert tracker.receive(T, 0, 2) is None  # consumed before the revoke, handed over after it
+    tracker.finish(sent)  # a request on its way when the revoke began is answered
+    assert tracker.to_commit([(T, 0)]) == {(T, 0): 1}
+    tracker.forget([(T, 0), (T, 1)])
+    assert not other.run.live
+
+
 def test_records_of_partitions_not_owned_get_no_ticket() -> None:
     tracker = OffsetTracker()
     assert tracker.receive(T, 3, 0) is None
