@@ -29,7 +29,6 @@ import random
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any, cast
 
 import msgspec
