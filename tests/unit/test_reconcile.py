@@ -387,6 +387,49 @@ async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
     assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
 
 
+async def test_a_status_slot_wakes_one_waiting_request_not_every_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Receipts due queue for the budget (B7: 9 batches a second against 5 status requests); a
+    slot must cost the same however many wait, not wake each of them to look at the tokens."""
+    tokens = Tokens(StaticTokens([Secret("a")]), requests_per_minute=60)
+    await tokens.get(ACCOUNT)
+    pool = tokens.pool(ACCOUNT)
+    looks = []
+    usable = pool.usable
+
+    def looked() -> Any:
+        looks.append(1)
+        return usable()
+
+    monkeypatch.setattr(pool, "usable", looked)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+
+    async def tick() -> None:
+        while True:
+            now[0] += 0.01
+            await asyncio.sleep(0)
+
+    ticker = loop.create_task(tick())
+    budget = StatusBudget(tokens, 30)  # one status request every 2 s
+    waiting = [loop.create_task(budget.take(ACCOUNT)) for _ in range(100)]
+    try:
+        await waiting[0]
+        looks.clear()
+        await asyncio.gather(*waiting[1:6])
+    finally:
+        ticker.cancel()
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await tokens.close()
+
+    assert [t for t in waiting if not t.cancelled()] == waiting[:6], "in the order asked"
+    assert len(looks) <= 2 * 5 + 2, "each of 5 slots looked at the tokens once or twice"
+
+
 def test_status_rules_refuse_unknown_reasons_and_empty_prefixes() -> None:
     assert parse_failure("push_failed=+9197") == ("+9197", "push_failed")
     for bad in ("pushed=9197", "push_failed=", "push_failed=+"):
