@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import random
 import time
@@ -131,6 +132,9 @@ class Reconciler:
         self._tracker = OffsetTracker()
         self._tasks: dict[TopicPartitionKey, dict[asyncio.Task[None], int]] = {}
         """Per receipts partition, each receipt's task and its ``sent_at_ms`` (for the lag)."""
+        self._held = _Held()
+        """The same receipts' count and oldest ``sent_at_ms``, for the gauges: a scrape costs the
+        same however many are held."""
         self.finished = 0
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
         self._consumer: ConsumerThread | None = None
@@ -192,11 +196,11 @@ class Reconciler:
 
     def lag_s(self) -> float:
         """Seconds since the oldest receipt in hand was accepted (0 when none is in hand)."""
-        oldest = min((t for tasks in self._tasks.values() for t in tasks.values()), default=None)
+        oldest = self._held.oldest()
         return 0.0 if oldest is None else max(0.0, (self._wall_ms() - oldest) / 1000)
 
     def in_hand(self) -> int:
-        return sum(len(tasks) for tasks in self._tasks.values())
+        return self._held.count
 
     def threads(self) -> dict[str, bool]:
         """Its threads and whether each is alive (docs/operations.md#health): the receipts
@@ -246,10 +250,13 @@ class Reconciler:
                 continue
             task = self._loop.create_task(self._reconcile(ticket, receipt))
             self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
+            self._held.add(receipt.sent_at_ms)
             task.add_done_callback(functools.partial(self._untrack, ticket.tp))
 
     def _untrack(self, tp: TopicPartitionKey, task: asyncio.Task[None]) -> None:
-        self._tasks.get(tp, {}).pop(task, None)
+        sent_at_ms = self._tasks.get(tp, {}).pop(task, None)
+        if sent_at_ms is not None:
+            self._held.remove(sent_at_ms)
 
     def _done(self, ticket: Ticket) -> None:
         self._tracker.finish(ticket)
@@ -271,7 +278,8 @@ class Reconciler:
         """Cancel the receipts in hand of these partitions; they leave the backpressure count as
         if finished (they are no longer ours: the next owner reads them again)."""
         for tp in tps:
-            for task in self._tasks.pop(tp, {}):
+            for task, sent_at_ms in self._tasks.pop(tp, {}).items():
+                self._held.remove(sent_at_ms)
                 if not task.done():
                     task.cancel()
                     self.finished += 1
@@ -467,6 +475,45 @@ class Reconciler:
 
     async def _write(self, receipt: Receipt) -> None:
         await self._receipt_writes.write(lambda: self._receipts.send(receipt))
+
+
+class _Held:
+    """How many receipts are in hand and the oldest ``sent_at_ms`` among them, in O(log n) amortised
+    (a scrape used to visit every receipt): a count per ``sent_at_ms`` and a heap of them, from
+    which a time no longer held is dropped when it comes to the top."""
+
+    __slots__ = ("_heap", "_times", "count")
+
+    def __init__(self) -> None:
+        self._times: dict[int, int] = {}
+        """``sent_at_ms`` → receipts in hand sent then."""
+        self._heap: list[int] = []
+        """The keys of ``_times``, and times no longer held not yet dropped."""
+        self.count = 0
+
+    def add(self, sent_at_ms: int) -> None:
+        held = self._times.get(sent_at_ms, 0)
+        if held == 0:
+            heapq.heappush(self._heap, sent_at_ms)
+        self._times[sent_at_ms] = held + 1
+        self.count += 1
+
+    def remove(self, sent_at_ms: int) -> None:
+        held = self._times.pop(sent_at_ms)
+        if held > 1:
+            self._times[sent_at_ms] = held - 1
+        self.count -= 1
+        if len(self._heap) > 2 * len(self._times) + 64:
+            # Mostly times no longer held (behind an old receipt that stays): start again from
+            # those held, so the heap stays within twice their number.
+            self._heap = list(self._times)
+            heapq.heapify(self._heap)
+
+    def oldest(self) -> int | None:
+        heap = self._heap
+        while heap and heap[0] not in self._times:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
 
 def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:

@@ -16,8 +16,9 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
+from stream import reconcile
 from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
@@ -708,6 +709,61 @@ async def test_a_receipt_that_cannot_be_reported_is_counted_and_finished(
     assert reconciler.counts.reconciled == {("unreconciled", "error"): 2}
     assert reconciler.finished == 1
     assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+# -- the receipts in hand -------------------------------------------------------------------------
+
+
+async def test_the_receipts_in_hand_and_the_oldest_are_kept_as_they_come_and_go() -> None:
+    now_ms = [0]
+    reconciler = _reconciler(_Writes(), now_ms)
+    tps = [("intents.receipts", 0), ("intents.receipts", 1)]
+    reconciler._tracker.assign(tps)
+
+    def taken(partition: int, offset: int, sent_at_ms: int) -> Message:
+        receipt = Receipt(
+            account=ACCOUNT,
+            records=1,
+            status=200,
+            batch_id=BATCH,
+            sent_at_ms=sent_at_ms,
+            sources=offset_ranges([("intents", 0, offset)]),
+        )
+        value = msgspec.json.encode(receipt)
+        return Message(topic="intents.receipts", partition=partition, offset=offset, value=value)
+
+    # Due in about an hour: they wait in hand while the wall clock moves on.
+    times = [(0, 1, 3_700_000), (1, 2, 3_640_000), (0, 3, 3_640_000), (1, 4, 3_760_000)]
+    reconciler._on_messages([taken(p, o, t) for p, o, t in times])
+    await asyncio.sleep(0)
+    now_ms[0] = 3_700_000
+
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (4, 60.0)
+    tasks = [t for held in reconciler._tasks.values() for t in held]
+    [first] = [t for t, sent in reconciler._tasks[tps[0]].items() if sent == 3_640_000]
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (3, 60.0), "another was sent then"
+    reconciler._drop([tps[1]])
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (1, 0.0), "none older than now"
+    await reconciler.close(1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (0, 0.0)
+
+
+def test_the_times_in_hand_stay_few_behind_an_old_receipt() -> None:
+    """One receipt held for long (a batch asked about for an hour), thousands come and go behind
+    it: the oldest is still read off the top, and what is kept stays within the receipts held."""
+    held = reconcile._Held()
+    held.add(1)
+    for sent_at_ms in range(2, 10_002):
+        held.add(sent_at_ms)
+        held.remove(sent_at_ms)
+
+    assert (held.count, held.oldest()) == (1, 1)
+    assert len(held._heap) <= 2 * 1 + 64
+    held.remove(1)
+    assert (held.count, held.oldest()) == (0, None)
 
 
 async def test_the_reconcilers_consumer_thread_that_failed_is_dead() -> None:
