@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import itertools
 import logging
 import random
 import time
@@ -130,11 +131,18 @@ class Reconciler:
         self._like_topic = like_topic
         """A missing receipts topic is created with as many partitions as this one has."""
         self._tracker = OffsetTracker()
+        self._waiting: list[tuple[int, int, Ticket, Receipt]] = []
+        """Receipts not yet due: a heap by when they are due (then as taken), under one timer
+        (``_wake``); a receipt gets its task once due."""
+        self._taken = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ms = 0
+        """When ``_timer`` goes off (wall-clock milliseconds, as ``due_ms``)."""
         self._tasks: dict[TopicPartitionKey, dict[asyncio.Task[None], int]] = {}
-        """Per receipts partition, each receipt's task and its ``sent_at_ms`` (for the lag)."""
+        """Per receipts partition, the task of each receipt due and its ``sent_at_ms``."""
         self._held = _Held()
-        """The same receipts' count and oldest ``sent_at_ms``, for the gauges: a scrape costs the
-        same however many are held."""
+        """The count and oldest ``sent_at_ms`` of the receipts in hand, waiting or due, for the
+        gauges: a scrape costs the same however many are held."""
         self.finished = 0
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
         self._consumer: ConsumerThread | None = None
@@ -182,6 +190,11 @@ class Reconciler:
         self._closed = True
         if self._committing is not None:
             self._committing.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        for _, _, _, receipt in self._waiting:
+            self._held.remove(receipt.sent_at_ms)
+        self._waiting = []
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
@@ -248,10 +261,41 @@ class Reconciler:
                 )
                 self._done(ticket)
                 continue
-            task = self._loop.create_task(self._reconcile(ticket, receipt))
-            self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
             self._held.add(receipt.sent_at_ms)
-            task.add_done_callback(functools.partial(self._untrack, ticket.tp))
+            due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
+            due_ms = min(due_ms, receipt.sent_at_ms + self._give_up_ms)
+            if due_ms > self._wall_ms():
+                heapq.heappush(self._waiting, (due_ms, next(self._taken), ticket, receipt))
+            else:
+                self._look_at(ticket, receipt)
+        self._set_timer()
+
+    def _set_timer(self) -> None:
+        """Have ``_wake`` called when the first receipt waiting is due (one timer for them all)."""
+        if not self._waiting or self._closed:
+            return
+        due_ms = self._waiting[0][0]
+        if self._timer is not None:
+            if self._timer_ms <= due_ms:
+                return
+            self._timer.cancel()
+        self._timer_ms = due_ms
+        delay_s = max(0.0, (due_ms - self._wall_ms()) / 1000)
+        self._timer = self._loop.call_later(delay_s, self._wake)
+
+    def _wake(self) -> None:
+        """Start the receipts now due, and only those."""
+        self._timer = None
+        now_ms = self._wall_ms()
+        while self._waiting and self._waiting[0][0] <= now_ms:
+            _, _, ticket, receipt = heapq.heappop(self._waiting)
+            self._look_at(ticket, receipt)
+        self._set_timer()
+
+    def _look_at(self, ticket: Ticket, receipt: Receipt) -> None:
+        task = self._loop.create_task(self._reconcile(ticket, receipt))
+        self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
+        task.add_done_callback(functools.partial(self._untrack, ticket.tp))
 
     def _untrack(self, tp: TopicPartitionKey, task: asyncio.Task[None]) -> None:
         sent_at_ms = self._tasks.get(tp, {}).pop(task, None)
@@ -277,6 +321,16 @@ class Reconciler:
     def _drop(self, tps: list[TopicPartitionKey]) -> None:
         """Cancel the receipts in hand of these partitions; they leave the backpressure count as
         if finished (they are no longer ours: the next owner reads them again)."""
+        gone = set(tps)
+        waiting = []
+        for entry in self._waiting:
+            if entry[2].tp in gone:
+                self._held.remove(entry[3].sent_at_ms)
+                self.finished += 1
+            else:
+                waiting.append(entry)
+        heapq.heapify(waiting)
+        self._waiting = waiting
         for tp in tps:
             for task, sent_at_ms in self._tasks.pop(tp, {}).items():
                 self._held.remove(sent_at_ms)
@@ -287,15 +341,10 @@ class Reconciler:
     # -- one receipt -------------------------------------------------------------------------------
 
     async def _reconcile(self, ticket: Ticket, receipt: Receipt) -> None:
-        """Wait, ask, match, report; finish the receipt once every write was acknowledged. A look
-        that raises is tried again with the backoff, ``_LOOK_ATTEMPTS`` times in all; then its
-        records are reported failed (``_give_up``), so the receipt always finishes
-        (docs/design.md#reconciliation)."""
-        due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
-        give_up_ms = receipt.sent_at_ms + self._give_up_ms
-        wait_ms = min(due_ms, give_up_ms) - self._wall_ms()
-        if wait_ms > 0:
-            await asyncio.sleep(wait_ms / 1000)
+        """Ask, match, report (the receipt is due: ``_wake``); finish the receipt once every write
+        was acknowledged. A look that raises is tried again with the backoff, ``_LOOK_ATTEMPTS``
+        times in all; then its records are reported failed (``_give_up``), so the receipt always
+        finishes (docs/design.md#reconciliation)."""
         for attempt in range(1, _LOOK_ATTEMPTS + 1):
             try:
                 await self._look(receipt)

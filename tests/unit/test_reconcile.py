@@ -714,40 +714,50 @@ async def test_a_receipt_that_cannot_be_reported_is_counted_and_finished(
 # -- the receipts in hand -------------------------------------------------------------------------
 
 
-async def test_the_receipts_in_hand_and_the_oldest_are_kept_as_they_come_and_go() -> None:
-    now_ms = [0]
-    reconciler = _reconciler(_Writes(), now_ms)
+def _taken(partition: int, offset: int, sent_at_ms: int) -> Message:
+    """A receipt as the reconciler's consumer hands it over."""
+    receipt = Receipt(
+        account=ACCOUNT,
+        records=1,
+        status=200,
+        batch_id=BATCH,
+        sent_at_ms=sent_at_ms,
+        sources=offset_ranges([("intents", 0, offset)]),
+    )
+    value = msgspec.json.encode(receipt)
+    return Message(topic="intents.receipts", partition=partition, offset=offset, value=value)
+
+
+async def test_receipts_wait_for_their_time_under_one_timer_and_get_a_task_once_due() -> None:
+    now_ms = [3_700_000]
+    reconciler = _reconciler(_Writes(), now_ms)  # due 1 s after sent, given up after 10 s
     tps = [("intents.receipts", 0), ("intents.receipts", 1)]
     reconciler._tracker.assign(tps)
+    times = [(0, 1, 3_640_000), (1, 2, 3_699_500), (0, 3, 3_699_200), (1, 4, 3_700_000)]
 
-    def taken(partition: int, offset: int, sent_at_ms: int) -> Message:
-        receipt = Receipt(
-            account=ACCOUNT,
-            records=1,
-            status=200,
-            batch_id=BATCH,
-            sent_at_ms=sent_at_ms,
-            sources=offset_ranges([("intents", 0, offset)]),
-        )
-        value = msgspec.json.encode(receipt)
-        return Message(topic="intents.receipts", partition=partition, offset=offset, value=value)
+    reconciler._on_messages([_taken(p, o, t) for p, o, t in times])
 
-    # Due in about an hour: they wait in hand while the wall clock moves on.
-    times = [(0, 1, 3_700_000), (1, 2, 3_640_000), (0, 3, 3_640_000), (1, 4, 3_760_000)]
-    reconciler._on_messages([taken(p, o, t) for p, o, t in times])
-    await asyncio.sleep(0)
-    now_ms[0] = 3_700_000
-
+    [overdue] = reconciler._tasks[tps[0]]
+    assert sorted(due for due, *_ in reconciler._waiting) == [3_700_200, 3_700_500, 3_701_000]
+    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_700_200)
     assert (reconciler.in_hand(), reconciler.lag_s()) == (4, 60.0)
-    tasks = [t for held in reconciler._tasks.values() for t in held]
-    [first] = [t for t, sent in reconciler._tasks[tps[0]].items() if sent == 3_640_000]
-    first.cancel()
-    await asyncio.gather(first, return_exceptions=True)
-    assert (reconciler.in_hand(), reconciler.lag_s()) == (3, 60.0), "another was sent then"
-    reconciler._drop([tps[1]])
-    assert (reconciler.in_hand(), reconciler.lag_s()) == (1, 0.0), "none older than now"
+    overdue.cancel()
+    await asyncio.gather(overdue, return_exceptions=True)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (3, 0.8)
+
+    now_ms[0] = 3_700_500
+    reconciler._wake()  # as its timer would: only what is due is started
+
+    started = [t for held in reconciler._tasks.values() for t in held]
+    assert len(started) == 2
+    assert [due for due, *_ in reconciler._waiting] == [3_701_000]
+    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_701_000)
+    reconciler._drop([tps[1]])  # the one started of partition 1, and the one waiting
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (1, 1.3)
+    assert reconciler._waiting == []
+    assert reconciler.finished == 2
     await reconciler.close(1.0)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*started, return_exceptions=True)
     assert (reconciler.in_hand(), reconciler.lag_s()) == (0, 0.0)
 
 
