@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -129,8 +131,18 @@ class Reconciler:
         self._like_topic = like_topic
         """A missing receipts topic is created with as many partitions as this one has."""
         self._tracker = OffsetTracker()
+        self._waiting: list[tuple[int, int, Ticket, Receipt]] = []
+        """Receipts not yet due: a heap by when they are due (then as taken), under one timer
+        (``_wake``); a receipt gets its task once due."""
+        self._taken = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ms = 0
+        """When ``_timer`` goes off (wall-clock milliseconds, as ``due_ms``)."""
         self._tasks: dict[TopicPartitionKey, dict[asyncio.Task[None], int]] = {}
-        """Per receipts partition, each receipt's task and its ``sent_at_ms`` (for the lag)."""
+        """Per receipts partition, the task of each receipt due and its ``sent_at_ms``."""
+        self._held = _Held()
+        """The count and oldest ``sent_at_ms`` of the receipts in hand, waiting or due, for the
+        gauges: a scrape costs the same however many are held."""
         self.finished = 0
         """Receipts finished since start (the consumer thread reads it, for backpressure)."""
         self._consumer: ConsumerThread | None = None
@@ -178,6 +190,11 @@ class Reconciler:
         self._closed = True
         if self._committing is not None:
             self._committing.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        for _, _, _, receipt in self._waiting:
+            self._held.remove(receipt.sent_at_ms)
+        self._waiting = []
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
@@ -192,11 +209,11 @@ class Reconciler:
 
     def lag_s(self) -> float:
         """Seconds since the oldest receipt in hand was accepted (0 when none is in hand)."""
-        oldest = min((t for tasks in self._tasks.values() for t in tasks.values()), default=None)
+        oldest = self._held.oldest()
         return 0.0 if oldest is None else max(0.0, (self._wall_ms() - oldest) / 1000)
 
     def in_hand(self) -> int:
-        return sum(len(tasks) for tasks in self._tasks.values())
+        return self._held.count
 
     def threads(self) -> dict[str, bool]:
         """Its threads and whether each is alive (docs/operations.md#health): the receipts
@@ -244,12 +261,46 @@ class Reconciler:
                 )
                 self._done(ticket)
                 continue
-            task = self._loop.create_task(self._reconcile(ticket, receipt))
-            self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
-            task.add_done_callback(functools.partial(self._untrack, ticket.tp))
+            self._held.add(receipt.sent_at_ms)
+            due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
+            due_ms = min(due_ms, receipt.sent_at_ms + self._give_up_ms)
+            if due_ms > self._wall_ms():
+                heapq.heappush(self._waiting, (due_ms, next(self._taken), ticket, receipt))
+            else:
+                self._look_at(ticket, receipt)
+        self._set_timer()
+
+    def _set_timer(self) -> None:
+        """Have ``_wake`` called when the first receipt waiting is due (one timer for them all)."""
+        if not self._waiting or self._closed:
+            return
+        due_ms = self._waiting[0][0]
+        if self._timer is not None:
+            if self._timer_ms <= due_ms:
+                return
+            self._timer.cancel()
+        self._timer_ms = due_ms
+        delay_s = max(0.0, (due_ms - self._wall_ms()) / 1000)
+        self._timer = self._loop.call_later(delay_s, self._wake)
+
+    def _wake(self) -> None:
+        """Start the receipts now due, and only those."""
+        self._timer = None
+        now_ms = self._wall_ms()
+        while self._waiting and self._waiting[0][0] <= now_ms:
+            _, _, ticket, receipt = heapq.heappop(self._waiting)
+            self._look_at(ticket, receipt)
+        self._set_timer()
+
+    def _look_at(self, ticket: Ticket, receipt: Receipt) -> None:
+        task = self._loop.create_task(self._reconcile(ticket, receipt))
+        self._tasks.setdefault(ticket.tp, {})[task] = receipt.sent_at_ms
+        task.add_done_callback(functools.partial(self._untrack, ticket.tp))
 
     def _untrack(self, tp: TopicPartitionKey, task: asyncio.Task[None]) -> None:
-        self._tasks.get(tp, {}).pop(task, None)
+        sent_at_ms = self._tasks.get(tp, {}).pop(task, None)
+        if sent_at_ms is not None:
+            self._held.remove(sent_at_ms)
 
     def _done(self, ticket: Ticket) -> None:
         self._tracker.finish(ticket)
@@ -270,8 +321,19 @@ class Reconciler:
     def _drop(self, tps: list[TopicPartitionKey]) -> None:
         """Cancel the receipts in hand of these partitions; they leave the backpressure count as
         if finished (they are no longer ours: the next owner reads them again)."""
+        gone = set(tps)
+        waiting = []
+        for entry in self._waiting:
+            if entry[2].tp in gone:
+                self._held.remove(entry[3].sent_at_ms)
+                self.finished += 1
+            else:
+                waiting.append(entry)
+        heapq.heapify(waiting)
+        self._waiting = waiting
         for tp in tps:
-            for task in self._tasks.pop(tp, {}):
+            for task, sent_at_ms in self._tasks.pop(tp, {}).items():
+                self._held.remove(sent_at_ms)
                 if not task.done():
                     task.cancel()
                     self.finished += 1
@@ -279,15 +341,10 @@ class Reconciler:
     # -- one receipt -------------------------------------------------------------------------------
 
     async def _reconcile(self, ticket: Ticket, receipt: Receipt) -> None:
-        """Wait, ask, match, report; finish the receipt once every write was acknowledged. A look
-        that raises is tried again with the backoff, ``_LOOK_ATTEMPTS`` times in all; then its
-        records are reported failed (``_give_up``), so the receipt always finishes
-        (docs/design.md#reconciliation)."""
-        due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
-        give_up_ms = receipt.sent_at_ms + self._give_up_ms
-        wait_ms = min(due_ms, give_up_ms) - self._wall_ms()
-        if wait_ms > 0:
-            await asyncio.sleep(wait_ms / 1000)
+        """Ask, match, report (the receipt is due: ``_wake``); finish the receipt once every write
+        was acknowledged. A look that raises is tried again with the backoff, ``_LOOK_ATTEMPTS``
+        times in all; then its records are reported failed (``_give_up``), so the receipt always
+        finishes (docs/design.md#reconciliation)."""
         for attempt in range(1, _LOOK_ATTEMPTS + 1):
             try:
                 await self._look(receipt)
@@ -467,6 +524,45 @@ class Reconciler:
 
     async def _write(self, receipt: Receipt) -> None:
         await self._receipt_writes.write(lambda: self._receipts.send(receipt))
+
+
+class _Held:
+    """How many receipts are in hand and the oldest ``sent_at_ms`` among them, in O(log n) amortised
+    (a scrape used to visit every receipt): a count per ``sent_at_ms`` and a heap of them, from
+    which a time no longer held is dropped when it comes to the top."""
+
+    __slots__ = ("_heap", "_times", "count")
+
+    def __init__(self) -> None:
+        self._times: dict[int, int] = {}
+        """``sent_at_ms`` → receipts in hand sent then."""
+        self._heap: list[int] = []
+        """The keys of ``_times``, and times no longer held not yet dropped."""
+        self.count = 0
+
+    def add(self, sent_at_ms: int) -> None:
+        held = self._times.get(sent_at_ms, 0)
+        if held == 0:
+            heapq.heappush(self._heap, sent_at_ms)
+        self._times[sent_at_ms] = held + 1
+        self.count += 1
+
+    def remove(self, sent_at_ms: int) -> None:
+        held = self._times.pop(sent_at_ms)
+        if held > 1:
+            self._times[sent_at_ms] = held - 1
+        self.count -= 1
+        if len(self._heap) > 2 * len(self._times) + 64:
+            # Mostly times no longer held (behind an old receipt that stays): start again from
+            # those held, so the heap stays within twice their number.
+            self._heap = list(self._times)
+            heapq.heapify(self._heap)
+
+    def oldest(self) -> int | None:
+        heap = self._heap
+        while heap and heap[0] not in self._times:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
 
 def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:

@@ -180,19 +180,35 @@ class StatusBudget:
         self._rpm = requests_per_minute
         self._slots: dict[Secret, tuple[float, Slots]] = {}
         """Per token: the share of its rate this process holds, and its status slots."""
+        self._turns: dict[str, asyncio.Lock] = {}
+        """Per account: the requests waiting for a slot, in line. Only the first one watches the
+        slots; the others wait their turn without a timer (docs/design.md#reconciliation)."""
 
     def __repr__(self) -> str:
         return f"StatusBudget(requests_per_minute={self._rpm})"
 
     async def take(self, account: str) -> str:
-        """A token to ask about a batch on, once its status budget has a slot; ``AuthError`` if
-        the account has no token."""
-        loop = asyncio.get_running_loop()
+        """A token to ask about a batch on, once its status budget has a slot, in the order asked;
+        ``AuthError`` if the account has no token."""
+        turn = self._turns.get(account)
+        if turn is None:
+            turn = self._turns[account] = asyncio.Lock()
         while True:
-            held = self._tokens.pool(account).usable()
-            if not held:
+            if not self._tokens.pool(account).usable():
+                # Outside the line: every request waiting for a token hears at once that there is
+                # none, as without one.
                 await self._tokens.get(account)
                 continue
+            async with turn:
+                token = await self._next_slot(account)
+            if token is not None:
+                return token
+
+    async def _next_slot(self, account: str) -> str | None:
+        """Wait for the first slot of any token the account holds and take it; None once it holds
+        none. The first in line only: each slot wakes one request, however many are waiting."""
+        loop = asyncio.get_running_loop()
+        while held := self._tokens.pool(account).usable():
             now = loop.time()
             waits = [(self._slots_of(h.token, h.share).wait_s(now), h.token) for h in held]
             wait_s, token = min(waits, key=lambda w: w[0])
@@ -200,6 +216,7 @@ class StatusBudget:
                 self._slots[token][1].take(now)
                 return token.reveal()
             await asyncio.sleep(wait_s)
+        return None
 
     def _slots_of(self, token: Secret, share: float) -> Slots:
         """A token's status slots at ``share`` of the budget (a static token shared by more slots

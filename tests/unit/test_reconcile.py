@@ -16,8 +16,9 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
+from stream import reconcile
 from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
@@ -387,6 +388,49 @@ async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
     assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
 
 
+async def test_a_status_slot_wakes_one_waiting_request_not_every_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Receipts due queue for the budget (B7: 9 batches a second against 5 status requests); a
+    slot must cost the same however many wait, not wake each of them to look at the tokens."""
+    tokens = Tokens(StaticTokens([Secret("a")]), requests_per_minute=60)
+    await tokens.get(ACCOUNT)
+    pool = tokens.pool(ACCOUNT)
+    looks = []
+    usable = pool.usable
+
+    def looked() -> Any:
+        looks.append(1)
+        return usable()
+
+    monkeypatch.setattr(pool, "usable", looked)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+
+    async def tick() -> None:
+        while True:
+            now[0] += 0.01
+            await asyncio.sleep(0)
+
+    ticker = loop.create_task(tick())
+    budget = StatusBudget(tokens, 30)  # one status request every 2 s
+    waiting = [loop.create_task(budget.take(ACCOUNT)) for _ in range(100)]
+    try:
+        await waiting[0]
+        looks.clear()
+        await asyncio.gather(*waiting[1:6])
+    finally:
+        ticker.cancel()
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await tokens.close()
+
+    assert [t for t in waiting if not t.cancelled()] == waiting[:6], "in the order asked"
+    assert len(looks) <= 2 * 5 + 2, "each of 5 slots looked at the tokens once or twice"
+
+
 def test_status_rules_refuse_unknown_reasons_and_empty_prefixes() -> None:
     assert parse_failure("push_failed=+9197") == ("+9197", "push_failed")
     for bad in ("pushed=9197", "push_failed=", "push_failed=+"):
@@ -665,6 +709,71 @@ async def test_a_receipt_that_cannot_be_reported_is_counted_and_finished(
     assert reconciler.counts.reconciled == {("unreconciled", "error"): 2}
     assert reconciler.finished == 1
     assert reconciler._tracker.to_commit() == {("intents.receipts", 0): 42}
+
+
+# -- the receipts in hand -------------------------------------------------------------------------
+
+
+def _taken(partition: int, offset: int, sent_at_ms: int) -> Message:
+    """A receipt as the reconciler's consumer hands it over."""
+    receipt = Receipt(
+        account=ACCOUNT,
+        records=1,
+        status=200,
+        batch_id=BATCH,
+        sent_at_ms=sent_at_ms,
+        sources=offset_ranges([("intents", 0, offset)]),
+    )
+    value = msgspec.json.encode(receipt)
+    return Message(topic="intents.receipts", partition=partition, offset=offset, value=value)
+
+
+async def test_receipts_wait_for_their_time_under_one_timer_and_get_a_task_once_due() -> None:
+    now_ms = [3_700_000]
+    reconciler = _reconciler(_Writes(), now_ms)  # due 1 s after sent, given up after 10 s
+    tps = [("intents.receipts", 0), ("intents.receipts", 1)]
+    reconciler._tracker.assign(tps)
+    times = [(0, 1, 3_640_000), (1, 2, 3_699_500), (0, 3, 3_699_200), (1, 4, 3_700_000)]
+
+    reconciler._on_messages([_taken(p, o, t) for p, o, t in times])
+
+    [overdue] = reconciler._tasks[tps[0]]
+    assert sorted(due for due, *_ in reconciler._waiting) == [3_700_200, 3_700_500, 3_701_000]
+    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_700_200)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (4, 60.0)
+    overdue.cancel()
+    await asyncio.gather(overdue, return_exceptions=True)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (3, 0.8)
+
+    now_ms[0] = 3_700_500
+    reconciler._wake()  # as its timer would: only what is due is started
+
+    started = [t for held in reconciler._tasks.values() for t in held]
+    assert len(started) == 2
+    assert [due for due, *_ in reconciler._waiting] == [3_701_000]
+    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_701_000)
+    reconciler._drop([tps[1]])  # the one started of partition 1, and the one waiting
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (1, 1.3)
+    assert reconciler._waiting == []
+    assert reconciler.finished == 2
+    await reconciler.close(1.0)
+    await asyncio.gather(*started, return_exceptions=True)
+    assert (reconciler.in_hand(), reconciler.lag_s()) == (0, 0.0)
+
+
+def test_the_times_in_hand_stay_few_behind_an_old_receipt() -> None:
+    """One receipt held for long (a batch asked about for an hour), thousands come and go behind
+    it: the oldest is still read off the top, and what is kept stays within the receipts held."""
+    held = reconcile._Held()
+    held.add(1)
+    for sent_at_ms in range(2, 10_002):
+        held.add(sent_at_ms)
+        held.remove(sent_at_ms)
+
+    assert (held.count, held.oldest()) == (1, 1)
+    assert len(held._heap) <= 2 * 1 + 64
+    held.remove(1)
+    assert (held.count, held.oldest()) == (0, None)
 
 
 async def test_the_reconcilers_consumer_thread_that_failed_is_dead() -> None:
