@@ -31,7 +31,16 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from stream.errors import ReceiptError
 from stream.producer import AckedProducer
 
-__all__ = ["Outcome", "Range", "Receipt", "Receipts", "offset_ranges", "offsets_of"]
+__all__ = [
+    "Outcome",
+    "Range",
+    "Receipt",
+    "Receipts",
+    "offset_ranges",
+    "offsets_of",
+    "outcome_receipt",
+    "sources_of",
+]
 
 Kind = Literal["accepted", "single", "outcome", "recheck"]
 
@@ -157,3 +166,24 @@ class Receipts:
 def _logged(error: KafkaError | None, _: Message) -> None:
     if error is not None:
         _log.warning("a receipt was not written: %s", error.str())
+
+
+def outcome_receipt(
+    receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]
+) -> Receipt:
+    """The ``outcome`` receipt that reports ``outcomes`` of ``receipt``'s batch
+    (docs/operations.md#receipts)."""
+    return msgspec.structs.replace(
+        receipt,
+        kind="outcome",
+        records=len(outcomes),
+        sources=sources,
+        outcomes=outcomes,
+        check_at_ms=0,
+        attempt=0,
+    )
+
+
+def sources_of(messages: Iterable[Message]) -> dict[str, list[Range]]:
+    """The offset ranges of ``messages``, as a receipt names its records' sources."""
+    return offset_ranges((m.topic() or "", m.partition() or 0, m.offset() or 0) for m in messages)

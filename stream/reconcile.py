@@ -28,12 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
-import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -43,11 +41,12 @@ from stream.api import ApiClient, StatusAnswer
 from stream.commits import Committer
 from stream.consumer import ConsumerThread
 from stream.dlq import DeadLetterProducer
+from stream.due import DueQueue, Oldest
 from stream.errors import AuthError, DeadLetterError, ReceiptError, TopicError
 from stream.metrics import Counts, status_class
 from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.originals import OriginalReader
-from stream.receipts import Outcome, Range, Receipt, Receipts, offset_ranges, offsets_of
+from stream.receipts import Outcome, Receipt, Receipts, offsets_of, outcome_receipt, sources_of
 from stream.retry import AckedWriter, Backoff
 from stream.statuses import StatusBudget, Verdict, classify, match
 from stream.tokens import Tokens
@@ -131,16 +130,13 @@ class Reconciler:
         self._like_topic = like_topic
         """A missing receipts topic is created with as many partitions as this one has."""
         self._tracker = OffsetTracker()
-        self._waiting: list[tuple[int, int, Ticket, Receipt]] = []
-        """Receipts not yet due: a heap by when they are due (then as taken), under one timer
-        (``_wake``); a receipt gets its task once due."""
-        self._taken = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_ms = 0
-        """When ``_timer`` goes off (wall-clock milliseconds, as ``due_ms``)."""
+        self._waiting: DueQueue[tuple[Ticket, Receipt]] = DueQueue(
+            loop, wall_ms, lambda due: self._look_at(*due)
+        )
+        """Receipts not yet due, under one timer; a receipt gets its task once due."""
         self._tasks: dict[TopicPartitionKey, dict[asyncio.Task[None], int]] = {}
         """Per receipts partition, the task of each receipt due and its ``sent_at_ms``."""
-        self._held = _Held()
+        self._held = Oldest()
         """The count and oldest ``sent_at_ms`` of the receipts in hand, waiting or due, for the
         gauges: a scrape costs the same however many are held."""
         self.finished = 0
@@ -190,11 +186,8 @@ class Reconciler:
         self._closed = True
         if self._committing is not None:
             self._committing.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-        for _, _, _, receipt in self._waiting:
+        for _, receipt in self._waiting.close():
             self._held.remove(receipt.sent_at_ms)
-        self._waiting = []
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
@@ -265,32 +258,9 @@ class Reconciler:
             due_ms = receipt.check_at_ms or receipt.sent_at_ms + self._delay_ms
             due_ms = min(due_ms, receipt.sent_at_ms + self._give_up_ms)
             if due_ms > self._wall_ms():
-                heapq.heappush(self._waiting, (due_ms, next(self._taken), ticket, receipt))
+                self._waiting.push(due_ms, (ticket, receipt))
             else:
                 self._look_at(ticket, receipt)
-        self._set_timer()
-
-    def _set_timer(self) -> None:
-        """Have ``_wake`` called when the first receipt waiting is due (one timer for them all)."""
-        if not self._waiting or self._closed:
-            return
-        due_ms = self._waiting[0][0]
-        if self._timer is not None:
-            if self._timer_ms <= due_ms:
-                return
-            self._timer.cancel()
-        self._timer_ms = due_ms
-        delay_s = max(0.0, (due_ms - self._wall_ms()) / 1000)
-        self._timer = self._loop.call_later(delay_s, self._wake)
-
-    def _wake(self) -> None:
-        """Start the receipts now due, and only those."""
-        self._timer = None
-        now_ms = self._wall_ms()
-        while self._waiting and self._waiting[0][0] <= now_ms:
-            _, _, ticket, receipt = heapq.heappop(self._waiting)
-            self._look_at(ticket, receipt)
-        self._set_timer()
 
     def _look_at(self, ticket: Ticket, receipt: Receipt) -> None:
         task = self._loop.create_task(self._reconcile(ticket, receipt))
@@ -322,15 +292,9 @@ class Reconciler:
         """Cancel the receipts in hand of these partitions; they leave the backpressure count as
         if finished (they are no longer ours: the next owner reads them again)."""
         gone = set(tps)
-        waiting = []
-        for entry in self._waiting:
-            if entry[2].tp in gone:
-                self._held.remove(entry[3].sent_at_ms)
-                self.finished += 1
-            else:
-                waiting.append(entry)
-        heapq.heapify(waiting)
-        self._waiting = waiting
+        for _, receipt in self._waiting.remove(lambda due: due[0].tp in gone):
+            self._held.remove(receipt.sent_at_ms)
+            self.finished += 1
         for tp in tps:
             for task, sent_at_ms in self._tasks.pop(tp, {}).items():
                 self._held.remove(sent_at_ms)
@@ -410,7 +374,7 @@ class Reconciler:
                 )
                 for topic, partition, offset in positions
             ]
-            await self._write(_outcome(receipt, outcomes, receipt.sources))
+            await self._write(outcome_receipt(receipt, outcomes, receipt.sources))
         except Exception:
             _log.exception("reconcile: batch %s cannot be reported either", receipt.batch_id)
             self.counts.bump(self.counts.reconciled, ("unreconciled", "error"), receipt.records)
@@ -493,7 +457,9 @@ class Reconciler:
                 )
                 for m, v, i in final
             ]
-            await self._write(_outcome(receipt, outcomes, _sources(m for m, _, _ in final)))
+            await self._write(
+                outcome_receipt(receipt, outcomes, sources_of(m for m, _, _ in final))
+            )
             for _, verdict, _ in final:
                 key = (verdict.status, verdict.code or "")
                 self.counts.bump(self.counts.reconciled, key)
@@ -506,7 +472,7 @@ class Reconciler:
                     receipt,
                     kind="recheck",
                     records=len(pending),
-                    sources=_sources(pending),
+                    sources=sources_of(pending),
                     outcomes=[],
                     check_at_ms=check_at,
                     attempt=attempt,
@@ -524,60 +490,3 @@ class Reconciler:
 
     async def _write(self, receipt: Receipt) -> None:
         await self._receipt_writes.write(lambda: self._receipts.send(receipt))
-
-
-class _Held:
-    """How many receipts are in hand and the oldest ``sent_at_ms`` among them, in O(log n) amortised
-    (a scrape used to visit every receipt): a count per ``sent_at_ms`` and a heap of them, from
-    which a time no longer held is dropped when it comes to the top."""
-
-    __slots__ = ("_heap", "_times", "count")
-
-    def __init__(self) -> None:
-        self._times: dict[int, int] = {}
-        """``sent_at_ms`` → receipts in hand sent then."""
-        self._heap: list[int] = []
-        """The keys of ``_times``, and times no longer held not yet dropped."""
-        self.count = 0
-
-    def add(self, sent_at_ms: int) -> None:
-        held = self._times.get(sent_at_ms, 0)
-        if held == 0:
-            heapq.heappush(self._heap, sent_at_ms)
-        self._times[sent_at_ms] = held + 1
-        self.count += 1
-
-    def remove(self, sent_at_ms: int) -> None:
-        held = self._times.pop(sent_at_ms)
-        if held > 1:
-            self._times[sent_at_ms] = held - 1
-        self.count -= 1
-        if len(self._heap) > 2 * len(self._times) + 64:
-            # Mostly times no longer held (behind an old receipt that stays): start again from
-            # those held, so the heap stays within twice their number.
-            self._heap = list(self._times)
-            heapq.heapify(self._heap)
-
-    def oldest(self) -> int | None:
-        heap = self._heap
-        while heap and heap[0] not in self._times:
-            heapq.heappop(heap)
-        return heap[0] if heap else None
-
-
-def _outcome(receipt: Receipt, outcomes: list[Outcome], sources: dict[str, list[Range]]) -> Receipt:
-    """The ``outcome`` receipt that reports ``outcomes`` of ``receipt``'s batch
-    (docs/operations.md#receipts)."""
-    return msgspec.structs.replace(
-        receipt,
-        kind="outcome",
-        records=len(outcomes),
-        sources=sources,
-        outcomes=outcomes,
-        check_at_ms=0,
-        attempt=0,
-    )
-
-
-def _sources(messages: Iterable[Message]) -> dict[str, list[Range]]:
-    return offset_ranges((m.topic() or "", m.partition() or 0, m.offset() or 0) for m in messages)

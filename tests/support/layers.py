@@ -28,7 +28,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("errors", "secrets", "wire", "events", "logs")),
     (
         "primitives",
-        ("settings", "validation", "pacing", "retry", "offsets", "metrics", "topics", "producer"),
+        (
+            "settings",
+            "validation",
+            "pacing",
+            "due",
+            "retry",
+            "offsets",
+            "metrics",
+            "topics",
+            "producer",
+        ),
     ),
     ("kafka", ("consumer", "commits", "leases", "dlq", "receipts")),
     ("credentials", ("credentials", "minting")),

@@ -18,13 +18,13 @@ import msgspec
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from stream import reconcile
 from stream.api import ApiClient, BatchStatus, RecordStatus, StatusAnswer, parse_batch_id
 from stream.api import StatusInfo as Info
 from stream.cli import main
 from stream.consumer import ConsumerThread
 from stream.credentials import StaticTokens
 from stream.dlq import DeadLetterProducer
+from stream.due import Oldest
 from stream.errors import DeadLetterError, ReceiptError
 from stream.metrics import Counts
 from stream.offsets import Ticket
@@ -738,23 +738,24 @@ async def test_receipts_wait_for_their_time_under_one_timer_and_get_a_task_once_
     reconciler._on_messages([_taken(p, o, t) for p, o, t in times])
 
     [overdue] = reconciler._tasks[tps[0]]
-    assert sorted(due for due, *_ in reconciler._waiting) == [3_700_200, 3_700_500, 3_701_000]
-    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_700_200)
+    waiting = reconciler._waiting
+    assert sorted(due for due, *_ in waiting._heap) == [3_700_200, 3_700_500, 3_701_000]
+    assert (waiting._timer is not None, waiting._timer_ms) == (True, 3_700_200)
     assert (reconciler.in_hand(), reconciler.lag_s()) == (4, 60.0)
     overdue.cancel()
     await asyncio.gather(overdue, return_exceptions=True)
     assert (reconciler.in_hand(), reconciler.lag_s()) == (3, 0.8)
 
     now_ms[0] = 3_700_500
-    reconciler._wake()  # as its timer would: only what is due is started
+    waiting._wake()  # as its timer would: only what is due is started
 
     started = [t for held in reconciler._tasks.values() for t in held]
     assert len(started) == 2
-    assert [due for due, *_ in reconciler._waiting] == [3_701_000]
-    assert (reconciler._timer is not None, reconciler._timer_ms) == (True, 3_701_000)
+    assert [due for due, *_ in waiting._heap] == [3_701_000]
+    assert (waiting._timer is not None, waiting._timer_ms) == (True, 3_701_000)
     reconciler._drop([tps[1]])  # the one started of partition 1, and the one waiting
     assert (reconciler.in_hand(), reconciler.lag_s()) == (1, 1.3)
-    assert reconciler._waiting == []
+    assert len(waiting) == 0
     assert reconciler.finished == 2
     await reconciler.close(1.0)
     await asyncio.gather(*started, return_exceptions=True)
@@ -764,7 +765,7 @@ async def test_receipts_wait_for_their_time_under_one_timer_and_get_a_task_once_
 def test_the_times_in_hand_stay_few_behind_an_old_receipt() -> None:
     """One receipt held for long (a batch asked about for an hour), thousands come and go behind
     it: the oldest is still read off the top, and what is kept stays within the receipts held."""
-    held = reconcile._Held()
+    held = Oldest()
     held.add(1)
     for sent_at_ms in range(2, 10_002):
         held.add(sent_at_ms)
