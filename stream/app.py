@@ -42,7 +42,8 @@ from stream.offsets import OffsetTracker, Ticket, TopicPartitionKey
 from stream.receipts import Receipts
 from stream.reconcile import Reconciler
 from stream.retry import Backoff
-from stream.tokens import Tokens, make_tokens
+from stream.sharing import Sharing
+from stream.tokens import Tokens, make_tokens, start_slots
 from stream.validation import Rejection, Rules, validate_all
 from stream.wire import make_session
 
@@ -106,6 +107,7 @@ class Pipeline:
         self._consumer: ConsumerThread | None = None
         self._tokens_source: Tokens | None = None
         self._leases: KafkaLeases | None = None
+        self._sharing: Sharing | None = None
         self._reconciler: Reconciler | None = None
         self._committer: Committer | None = None
         self.budget = ShutdownBudget(config.shutdown_timeout_s)
@@ -159,16 +161,10 @@ class Pipeline:
             rng=self._rng,
             wall_ms=self._wall_ms,
         )
-        leases = self._leases = KafkaLeases(
-            kafka_consumer,
-            kafka_client,
-            topic=config.token_topic,
-            group_id=f"{config.kafka_group_id}.tokens",
-            slots=config.token_pool_size,
-            loop=loop,
-        )
-        await leases.start()
-        tokens = self._tokens_source = make_tokens(config, session, leases, self._rng)
+        leases, self._sharing = await start_slots(config, kafka_consumer, kafka_client, loop)
+        self._leases = leases
+        tokens = make_tokens(config, session, leases, self._rng, self._sharing)
+        self._tokens_source = tokens
         client = ApiClient(
             session, base_url=config.api_base_url, version=config.api_version, tokens=tokens
         )
@@ -282,6 +278,8 @@ class Pipeline:
             await self._tokens_source.close()
         if self._leases is not None:
             await self._leases.close(self._left(loop) if self._stop_by else left)
+        if self._sharing is not None:
+            await self._sharing.close(self._left(loop) if self._stop_by else left)
         if self._session is not None:
             await self._session.close()
         if self._dlq is not None:
@@ -313,6 +311,7 @@ class Pipeline:
                 lag=lambda: consumer.lag,
                 last_commit=lambda: self._committer.last_commit_s if self._committer else 0.0,
                 token_refreshes=lambda: getattr(self._tokens_source, "mint_count", 0),
+                token_claims=lambda: self._sharing.outcomes() if self._sharing else {},
                 rates=lambda: self._delivery.rates() if self._delivery else {},
                 label_registries=lambda: self._labels.registries() if self._labels else {},
                 label_refreshes=lambda: self._labels.refreshes if self._labels else {},
@@ -351,6 +350,7 @@ class Pipeline:
         return {
             "consumer": not consumer.done.done() or self._stop_by > 0,
             "token slots": self._leases is None or self._leases.alive,
+            "token sharing": self._sharing is None or self._sharing.alive,
             "dlq producer": self._dlq is None or self._dlq.alive,
             "receipts producer": self._receipts is None or self._receipts.alive,
             **(self._reconciler.threads() if self._reconciler is not None else {}),

@@ -78,6 +78,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     mint_budget: int
     mint_window_s: float
     token_topic: str
+    token_sharing: bool
     realtime: bool
     urgent_within_s: float
     realtime_requests_per_second: float

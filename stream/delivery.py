@@ -36,11 +36,12 @@ from typing import ClassVar, Generic, Literal, TypeVar
 from stream.api import ApiClient
 from stream.batching import Batch, Batcher, Pending
 from stream.events import encode_batch
+from stream.held import Held
 from stream.lanes import Lane, first_free
 from stream.metrics import Metrics
 from stream.outcomes import AUTH_REFUSED, BATCH, Answers, Outcomes, Path, Request, api_rejection
 from stream.pacing import Pace
-from stream.pool import Held, TokenPool
+from stream.pool import TokenPool
 from stream.realtime import Realtime
 from stream.retry import Backoff
 from stream.tokens import Tokens
@@ -106,6 +107,7 @@ class Delivery(Generic[S]):
                 urgent_within_s=urgent_within_s,
                 wall_ms=wall_ms,
             )
+            self._realtime.to_batches = self.submit_all
 
     # -- intake -----------------------------------------------------------------------------
 
@@ -320,6 +322,9 @@ class Delivery(Generic[S]):
             return
         if held is None:  # no token can be had: the request fails without going out
             self._answers.retry_later(request, Response(status=0, error=pool.failing))
+            return
+        if pool.sharing is not None and await pool.claim(held) > 0:
+            request.requeue()  # another replica has this token's bucket: the next token
             return
         body = encode_batch([p.record for p in live], self._version)
         self.metrics.batch_size.observe(len(live))

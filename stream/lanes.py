@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from stream.batching import Batch, Urgent
+from stream.held import Held
 from stream.pacing import Pace, Slots
-from stream.pool import Held, TokenPool
+from stream.pool import TokenPool
 
 __all__ = ["Lane", "RealtimeLane", "first_free"]
 

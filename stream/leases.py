@@ -47,6 +47,9 @@ _LET_GO_WAIT_S = 5.0
 unless it is blocked; the rebalance waits meanwhile, far inside ``session.timeout.ms``."""
 
 
+_SETTLE_S = 30.0
+"""The longest ``settled`` waits for a first assignment."""
+
 _HELD_MARKER = b"dcr.slot.held"
 """The key of the record written to a slot's empty partition by its first holder (``fresh``); no
 account is named so."""
@@ -66,6 +69,11 @@ class Leases(Protocol):
 
     def owned(self) -> frozenset[int]:
         """The slots this process holds now."""
+        ...
+
+    @property
+    def settled(self) -> bool:
+        """Whether the slots were handed out once since start (this process may hold none)."""
         ...
 
     def watch(self, listener: Callable[[], None]) -> None:
@@ -115,6 +123,10 @@ class LocalLeases:
 
     def owned(self) -> frozenset[int]:
         return frozenset(range(self._slots))
+
+    @property
+    def settled(self) -> bool:
+        return True
 
     def watch(self, listener: Callable[[], None]) -> None:
         """The slots never change."""
@@ -215,6 +227,9 @@ class KafkaLeases:
         self._loop = loop
         self._owned: frozenset[int] = frozenset()
         """The slots held, as the loop sees them (``owned``)."""
+        self._settled = False
+        """A first assignment came and its slots were read in (``settled``)."""
+        self._started_at: float | None = None
         self._held: set[int] = set()
         """The slots held, as the consumer's thread sees them; published to the loop."""
         self._loading: set[int] = set()
@@ -245,6 +260,12 @@ class KafkaLeases:
 
     def owned(self) -> frozenset[int]:
         return self._owned
+
+    @property
+    def settled(self) -> bool:
+        # A member left without a slot may never be told so: the start-up's wait bounds it.
+        started = self._started_at
+        return self._settled or (started is not None and time.monotonic() - started > _SETTLE_S)
 
     def watch(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -291,6 +312,7 @@ class KafkaLeases:
         """Start the thread: it makes sure the topic exists with a partition per slot (trying
         again while the broker cannot say), then joins the group. No slot is held meanwhile."""
         self._producer = make_producer(self._producer_config)
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="dcr-token-slots", daemon=True)
         self._thread.start()
 
@@ -308,17 +330,19 @@ class KafkaLeases:
         if self._producer is not None:
             await asyncio.to_thread(self._producer.flush, timeout_s)
 
-    def _ensure_topic(self) -> int:
-        """Make sure the topic exists (compacted, a partition per slot) and has a partition per
-        slot, creating or growing it only when needed (``stream.topics``); the slots are its
-        partitions (more than the pool size, if someone made it so)."""
-        spec = TopicSpec(
+    @property
+    def spec(self) -> TopicSpec:
+        """The topic: compacted, a partition per slot (more than the pool size, if someone made it
+        so: the slots are its partitions); created or grown only when needed (``stream.topics``)."""
+        return TopicSpec(
             name=self.topic,
             partitions=self._slots,
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
             grow=True,
         )
-        return ensure_topics(self._admin_config, [spec])[self.topic]
+
+    def _ensure_topic(self) -> int:
+        return ensure_topics(self._admin_config, [self.spec])[self.topic]
 
     # -- the consumer's thread ------------------------------------------------------------------
 
@@ -364,6 +388,7 @@ class KafkaLeases:
                 if message.offset() == 0 and self._mark_held(partition):
                     self._fresh.add(partition)
                 self._held.add(partition)
+                self._settled = self._settled or not self._loading
                 self._publish(frozenset(self._held))
             elif error.code() != KafkaError._PARTITION_EOF:
                 _log.warning("token slots: %s", error)
@@ -395,6 +420,7 @@ class KafkaLeases:
             self._loading.add(tp.partition)
             self._fresh.discard(tp.partition)
         consumer.incremental_assign(partitions)
+        self._settled = self._settled or not self._loading  # none to read in (none assigned)
         _log.info("token slots assigned: %s", sorted(tp.partition for tp in partitions))
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -118,6 +118,8 @@ class State:
     last_commit: Callable[[], float]
     token_refreshes: Callable[[], int]
     rates: Callable[[], dict[str, float]]
+    token_claims: Callable[[], Mapping[str, int]] = dict
+    """Token sharing: outcome (``granted``, ``refused``, ``late``) → claims since start."""
     """Per account, the request rate its tokens (and cap) allow now."""
     label_registries: Callable[[], Mapping[str, tuple[int, float | None]]] = dict
     """Per account, labels its registry lists and seconds since it was last read successfully."""
@@ -285,6 +287,16 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "dcr_token_refreshes", "Tokens minted since start", value=s.token_refreshes()
         )
+        claims = CounterMetricFamily(
+            "dcr_token_claims",
+            "Requests claimed on shared tokens since start (DCR_TOKEN_SHARING), by outcome: "
+            "granted, refused (another replica had the token's bucket, or no answer), late (read "
+            "back too late to be used)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(s.token_claims().items()):
+            claims.add_metric([outcome], count)
+        yield claims
         rates = GaugeMetricFamily(
             "dcr_rate_limit_rps",
             "Requests per second allowed now: the paces of the tokens held (not backing off after "

@@ -37,6 +37,7 @@ __all__ = [
     "decode",
     "encode",
     "live_token",
+    "read_record",
     "seal",
     "unseal",
 ]
@@ -162,6 +163,16 @@ def encode(record: SlotRecord) -> bytes:
 def decode(raw: bytes) -> SlotRecord:
     """A slot's record; ``msgspec.DecodeError`` if it is not one."""
     return _records.decode(raw)
+
+
+def read_record(raw: bytes | None) -> SlotRecord:
+    """A slot's record, or an empty one if there is none or it is not one."""
+    if raw is None:
+        return SlotRecord()
+    try:
+        return decode(raw)
+    except msgspec.DecodeError:
+        return SlotRecord()
 
 
 def _key(account: str, api_key: Secret) -> AESGCM:

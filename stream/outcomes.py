@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from stream.batching import Batch, Pending
+from stream.held import Held
 from stream.metrics import Metrics, status_class
 from stream.pacing import Pace
-from stream.pool import Held, TokenPool
+from stream.pool import TokenPool
 from stream.retry import Backoff
 from stream.validation import Rejection
 from stream.wire import Response

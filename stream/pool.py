@@ -18,19 +18,18 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import msgspec
 
 from stream.credentials import CredentialSource
 from stream.errors import AuthError
+from stream.held import Held, PoolReport, handed_over, static_shares
 from stream.leases import Leases
-from stream.minting import MintBudget, Minter, SlotRecord, decode, encode, seal, unseal
+from stream.minting import MintBudget, Minter, SlotRecord, encode, read_record, seal, unseal
 from stream.pacing import Pace, Slots
 from stream.secrets import Secret
+from stream.sharing import Sharing
 
-__all__ = ["CHECK_S", "Held", "PoolReport", "TokenPool"]
+__all__ = ["CHECK_S", "TokenPool"]
 
 _log = logging.getLogger("stream.tokens")
 
@@ -46,45 +45,6 @@ CHECK_S = 1.0
 _CREDENTIALS_REFUSED = frozenset({400, 401, 403, 404})
 """Answers of the token endpoint that refuse the credentials themselves (a key not yet issued, a
 revoked one, an unknown account), unlike 429 (the budget) or 5xx (the API)."""
-
-
-@dataclass(eq=False, slots=True)
-class Held:
-    """A token this process may send on now."""
-
-    index: int
-    """Its slot (minted) or its place in the list (static): how metrics and logs name it."""
-    token: Secret
-    pace: Pace
-    share: float = 1.0
-    """The part of the token's rate this process holds (static tokens fewer than slots)."""
-    minted_at: float | None = None
-    """Wall time it was minted (minted tokens)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PoolReport:
-    """An account's pool in this process, for metrics and readiness."""
-
-    live: int
-    """Tokens it may send on."""
-    slots: int
-    """Slots it holds."""
-    mints: int
-    mints_refused: int
-    """Mints the API refused (any answer but 2xx)."""
-    mints_throttled: int
-    """Of those, answered 429 (the account's budget was spent)."""
-    mints_held_back: int
-    """Mints a slot needed and the budget held back (each slot and next attempt counted once)."""
-    requests: dict[int, int]
-    """Requests sent by this process, per slot (or static token)."""
-    forbidden: dict[str, int]
-    """Endpoint → 403s from the labels or batch-status endpoint (the token was kept)."""
-    waiting: str | None
-    """Why it has no token to send on, when it has none."""
-    auth_refused: int
-    """1 while its records are dead-lettered as ``auth_refused`` (``TokenPool.given_up``)."""
 
 
 class TokenPool:
@@ -103,8 +63,12 @@ class TokenPool:
         rng: random.Random,
         give_up_s: float = math.inf,
         budget: MintBudget | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
+        """``sharing``: every replica sends on every token of the account, each batch request
+        claimed (``stream.sharing``); None: only on the tokens of the slots this process holds."""
         self.account = account
+        self.sharing = sharing
         self._budget = budget or MintBudget()
         self._source = source
         self._minter = minter
@@ -119,10 +83,14 @@ class TokenPool:
         self._wake = asyncio.Event()
         self._asked = False
         """A sender waits for the tokens held (or has none): mint one more (minted tokens)."""
+        self._every = False
+        """Another replica waits: mint for every empty slot held here (token sharing)."""
         self._next_mint = 0.0
         """Wall time before which no slot tries to mint: the API refused a mint (the account's
         budget is spent, whoever spent it) or could not be asked."""
         self._refused: set[int] = set()
+        self._spent: set[tuple[int, float | None]] = set()
+        """Tokens minted elsewhere that the API refused: (slot, when minted)."""
         self._tokens: tuple[Secret, ...] = ()
         """The static tokens last read (none: minted tokens)."""
         self._refusal: str | None = None
@@ -150,6 +118,9 @@ class TokenPool:
 
     def __repr__(self) -> str:
         return f"TokenPool({self.account!r}, {len(self.held)} held)"
+
+    def settled(self) -> bool:  # the slots were handed out once since start
+        return self._leases.settled
 
     def given_up(self) -> bool:
         """Whether the account's credentials have been refused for ``DCR_AUTH_GIVE_UP_S``: its
@@ -190,9 +161,14 @@ class TokenPool:
         self.refused_since, self._next_mint = None, 0.0
         self._wake.set()
 
-    def want_more(self) -> None:
+    def want_more(self, *, elsewhere: bool = False) -> None:
         """Sending waits for the tokens held: one more would help. Minted tokens are minted on
-        demand, one per ask, so an account that sends little holds few (and spends few mints)."""
+        demand, one per ask, so an account that sends little holds few (and spends few mints).
+        ``elsewhere``: another replica waits (it says so at most once a second): every slot held
+        here without a token mints one."""
+        if self.sharing is not None and not elsewhere:
+            self.sharing.want(self.account)
+        self._every = self._every or elsewhere
         if not self._asked:
             self._asked = True
             self._wake.set()
@@ -201,6 +177,21 @@ class TokenPool:
         held.pace.take(now)
         self._requests[held.index] = self._requests.get(held.index, 0) + 1
 
+    async def claim(self, held: Held) -> float:
+        """Claim the request just taken on ``held`` (sharing): 0: it may go; else ``used`` is
+        undone and the token waits for its next bucket, as returned."""
+        assert self.sharing is not None
+        wait_s = await self.sharing.claim(self.account, held.index)
+        if wait_s > 0:
+            pace = held.pace
+            if pace.slots is not None and pace.slots.sent:
+                pace.slots.sent.pop()
+            pace.requests -= 1
+            self._requests[held.index] -= 1
+            now = asyncio.get_running_loop().time()
+            pace.blocked_until = max(pace.blocked_until, now + wait_s)
+        return wait_s
+
     def throttled(self, held: Held, now: float, retry_after_s: float | None) -> float:
         """A 429 on ``held``: it alone backs off; returns for how long."""
         return held.pace.throttled(now, retry_after_s, self._backoff, self._rng)
@@ -208,7 +199,11 @@ class TokenPool:
     def refused(self, held: Held, now: float) -> None:
         """A 401 (or a first 403) for ``held``: a minted token is replaced; a static one backs off
         (it cannot be mended here) while its source is read again (it may have been rotated)."""
-        if held.minted_at is not None:
+        if held.elsewhere:  # its holder mints the next one; this one is not taken again
+            self._spent.add((held.index, held.minted_at))
+            if self.held.get(held.index) is held:
+                del self.held[held.index]
+        elif held.minted_at is not None:
             if self.held.get(held.index) is held:
                 del self.held[held.index]
             self._refused.add(held.index)
@@ -240,7 +235,7 @@ class TokenPool:
         if self._tokens:
             self._sync_static(self._tokens, owned)
         else:
-            for p in [p for p in self.held if p not in owned]:
+            for p in [p for p in self.held if p not in owned and not self.held[p].elsewhere]:
                 del self.held[p]
 
     # -- keeping the slots --------------------------------------------------------------------
@@ -270,7 +265,7 @@ class TokenPool:
         if credentials.tokens:
             self.failing = None
         owned = self._leases.owned()
-        if not owned:
+        if not owned and self.sharing is None:
             self.held.clear()
             self._held_back("this process holds no slot of the token pool", None)
         elif credentials.tokens:
@@ -285,21 +280,17 @@ class TokenPool:
         """Slot ``p`` of ``P`` holds tokens ``p, p + P, …``; with fewer tokens than slots, token
         ``i`` is shared by the slots ``i, i + T, …``, each holding an equal part of its rate."""
         self._tokens = tokens
-        count, slots = len(tokens), self._leases.slots
-        shares: dict[int, float] = {}
-        owned_by: dict[int, list[int]] = {}
-        for p in owned:
-            if count >= slots:
-                for i in range(p, count, slots):
-                    shares[i] = 1.0
-                    owned_by[i] = [p]
-            else:
-                i = p % count
-                shares[i] = shares.get(i, 0.0) + 1.0 / len(range(i, slots, count))
-                owned_by.setdefault(i, []).append(p)
+        count = len(tokens)
+        shares, owned_by = static_shares(count, self._leases.slots, owned)
+        if self.sharing is not None:
+            for i in range(count):  # every token, at its whole pace: the claims keep it
+                shares.setdefault(i, 0.0)
         for i in [i for i in self.held if i not in shares]:
             del self.held[i]
         for i, share in shares.items():
+            if self.sharing is not None:
+                self._share_static(i, tokens[i], share)
+                continue
             held = self.held.get(i)
             if held is not None and held.token != tokens[i]:
                 held = None  # rotated: another token, whose history is not the old one's
@@ -311,14 +302,46 @@ class TokenPool:
                 held.pace.slots = self._slots(share, held.pace.slots)
                 held.share = share
 
+    def _share_static(self, i: int, token: Secret, share: float) -> None:
+        """Token ``i`` with sharing on: batches go on it at its whole pace, claimed; ``share`` (of
+        the slots held here) is what urgent records may use of it."""
+        held = self.held.get(i)
+        if held is None or held.token != token:
+            self.held[i] = held = Held(i, token, self._pace(None, 1.0, seed=False))
+        held.share, held.elsewhere = share, share == 0.0
+
+    def _sync_elsewhere(self, api_key: Secret, owned: frozenset[int], now: float) -> None:
+        """With sharing on, the live tokens minted by the holders of the other slots."""
+        assert self.sharing is not None
+        budget = self._budget
+        for p in range(min(budget.mints, self._leases.slots)):
+            held = self.held.get(p)
+            if p in owned:
+                if held is not None and held.elsewhere:  # its slot is held here now
+                    held.elsewhere, held.share = False, 1.0
+                continue
+            record = read_record(self.sharing.record(self.account, p))
+            minted_at = record.minted_at
+            if record.token is None or minted_at is None or now >= minted_at + budget.lifetime_s:
+                self.held.pop(p, None)
+                continue
+            if (held is not None and held.minted_at == minted_at) or (p, minted_at) in self._spent:
+                continue
+            token = unseal(self.account, p, api_key, record.token)
+            if token is not None:
+                pace = self._pace(held, 1.0, seed=False)
+                self.held[p] = Held(p, Secret(token), pace, 0.0, minted_at, elsewhere=True)
+
     async def _sync_minted(self, key_id: str, api_key: Secret, owned: frozenset[int]) -> None:
         assert self._minter is not None, "a key pair needs a Minter"
         account, now = self.account, self._wall()
         budget = self._budget
         mintable = sorted(p for p in owned if p < budget.mints)
         per_slot = budget.per_slot(self._leases.slots)
-        for p in [p for p in self.held if p not in mintable]:
+        for p in [p for p in self.held if p not in mintable and not self.held[p].elsewhere]:
             del self.held[p]
+        if self.sharing is not None:
+            self._sync_elsewhere(api_key, owned, now)
         for p in mintable:
             held = self.held.get(p)
             if held is not None and held.minted_at is not None:
@@ -358,11 +381,15 @@ class TokenPool:
             if not await self._mint(p, key_id, api_key, record, recent):
                 break  # refused or unanswered: the other slots would be too
             minted_any = True
-            if p in empty:
+            if p in empty and not self._every:
                 self._asked = False
+        self._asked = self._asked and not self._every
+        self._every = False
         if not self.held and not minted_any and self._asked:
             refused = self._refusal if now < self._next_mint else None
             why = refused or f"every slot held here spent its mint budget ({budget})"
+            if not mintable:
+                why = "no token minted yet by the replicas that hold the token slots"
             self._held_back(why, earliest)
 
     async def _mint(
@@ -438,28 +465,12 @@ class TokenPool:
         out = []
         for p in sorted(gone):
             held = self.held.pop(p, None)
-            if held is None or held.minted_at is None or held.pace.slots is None:
-                continue
-            record = self._record(p)
-            sent = [wall_now - (loop_now - t) for t in held.pace.slots.sent]
-            released = SlotRecord(
-                mints=record.mints,
-                token=record.token,
-                minted_at=record.minted_at,
-                released_at=wall_now,
-                sent=sent,
-            )
-            out.append((p, encode(released)))
+            if held is not None and held.minted_at is not None and held.pace.slots is not None:
+                out.append((p, handed_over(held, self._record(p), wall_now, loop_now)))
         return out
 
     def _record(self, p: int) -> SlotRecord:
-        raw = self._leases.record(self.account, p)
-        if raw is None:
-            return SlotRecord()
-        try:
-            return decode(raw)
-        except msgspec.DecodeError:
-            return SlotRecord()
+        return read_record(self._leases.record(self.account, p))
 
     def _slots(self, share: float, previous: Slots | None) -> Slots | None:
         if self._rpm is None:

@@ -25,10 +25,11 @@ import msgspec
 from stream.api import ApiClient
 from stream.batching import Batch, Pending, Urgent
 from stream.events import encode_record
+from stream.held import Held
 from stream.lanes import RealtimeLane, first_free
 from stream.outcomes import AUTH_REFUSED, REALTIME, Answers, Path, Request
 from stream.pacing import Pace
-from stream.pool import Held, TokenPool
+from stream.pool import TokenPool
 from stream.tokens import Tokens
 from stream.validation import check_expiry
 from stream.wire import Response
@@ -63,6 +64,9 @@ class Realtime(Generic[S]):
         self._wall_ms = wall_ms
         self._lanes: dict[str, RealtimeLane[S]] = {}
         self._metrics = answers.metrics
+        self.to_batches: Callable[[list[Pending[S]]], None] = lambda items: None
+        """Where urgent records go when no token of the account is this replica's own (token
+        sharing, ``Held.elsewhere``): back to the batches (``Delivery.submit_all``)."""
 
     def route(self, items: Iterable[Pending[S]], now: float) -> list[Pending[S]]:
         """Take the urgent records of ``items`` (``now``: the loop's clock); return the records to
@@ -89,7 +93,7 @@ class Realtime(Generic[S]):
         as a high-priority record for the batches instead."""
         record = item.record
         lane = self._lane(record.account)
-        if lane.room():
+        if lane.room() and _has_own(self._tokens.pool(record.account)):
             lane.put(Urgent(item, now))
             return None
         overflow = self._metrics.counts.realtime_overflow
@@ -115,7 +119,10 @@ class Realtime(Generic[S]):
             while not lane.queue:
                 lane.ready.clear()
                 await lane.ready.wait()
-            taken = await self._take_slot(lane, pool, functools.partial(self._expire, lane))
+            if self._to_batches_if_no_own(lane, pool):
+                continue
+            waiting = functools.partial(self._expire, lane, pool)
+            taken = await self._take_slot(lane, pool, waiting)
             if not lane.queue:  # every record waiting expired meanwhile
                 continue
             request = _RecordRequest(lane.queue.popleft(), lane, pool, answers)
@@ -135,6 +142,10 @@ class Realtime(Generic[S]):
         records may wait: what the tokens held send in about a second."""
 
         def pick(usable: list[Held], now: float) -> tuple[float, tuple[Held, Pace]]:
+            own = [h for h in usable if not h.elsewhere]
+            if not own:  # none is this replica's (sharing): ``_expire`` moves them to batches
+                return 1.0, (usable[0], Pace(None))
+            usable = own
             lane.size(sum(h.share for h in usable))
             paces = [(h, lane.pace(h.index, h, h.share)) for h in usable]
             held, pace = min(paces, key=lambda hp: hp[1].wait_s(now))
@@ -147,9 +158,21 @@ class Realtime(Generic[S]):
 
         return await first_free(pool, pick, waiting)
 
-    def _expire(self, lane: RealtimeLane[S]) -> None:
+    def _to_batches_if_no_own(self, lane: RealtimeLane[S], pool: TokenPool) -> bool:
+        """With token sharing, a replica whose slots moved on sends what waits in batches."""
+        if _has_own(pool):
+            return False
+        waiting = [urgent.item for urgent in lane.queue]
+        lane.queue.clear()
+        self.to_batches(waiting)
+        return True
+
+    def _expire(self, lane: RealtimeLane[S], pool: TokenPool) -> None:
         """Records whose window closed while they waited for a token or a slot leave now, as dead
-        letters (docs/design.md#bounded-progress)."""
+        letters (docs/design.md#bounded-progress); with no token of its own (sharing), the others
+        go in batches."""
+        if self._to_batches_if_no_own(lane, pool):
+            return
         now_ms = self._wall_ms()
         if all(u.item.record.ends_at >= now_ms for u in lane.queue):
             return
@@ -217,3 +240,11 @@ class _RecordRequest(Request[S, Urgent[S]]):
 
     async def refused(self, response: Response) -> None:
         await self.answers.rejected(self.queued.item, response)
+
+
+def _has_own(pool: TokenPool) -> bool:
+    """Whether urgent records of ``pool``'s account may wait for a token here: with token sharing,
+    only the tokens of the slots held here carry them (the API's per-token second is not claimed);
+    without, any. Before the slots were first handed out, they wait (that comes within seconds)."""
+    held = pool.held.values()
+    return pool.sharing is None or not pool.settled() or any(not h.elsewhere for h in held)

@@ -279,6 +279,14 @@ SETTINGS: tuple[Setting, ...] = (
         "the replicas by the group `<group>.tokens`; default `<DCR_KAFKA_GROUP_ID>.tokens`",
     ),
     Setting(
+        "token_sharing",
+        _on_off,
+        "on",
+        "`on`: every replica sends batches on every token of an account, each request claimed "
+        "through the topic `<DCR_TOKEN_TOPIC>.claims` (at most one per token in each 1.02 s), so "
+        "tokens follow the backlog (docs/design.md#scaling); `off`: only on its own slots' tokens",
+    ),
+    Setting(
         "realtime",
         _on_off,
         "on",

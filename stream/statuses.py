@@ -169,6 +169,10 @@ def match(
 # -- the status budget ----------------------------------------------------------------------------
 
 
+_ELSEWHERE_SHARE = 0.1
+"""The part of a token's status budget a replica that holds no slot uses (token sharing)."""
+
+
 class StatusBudget:
     """Status requests on the account's tokens, ``DCR_STATUS_REQUESTS_PER_MINUTE`` per token, paced
     apart from the batch quota: a status request never takes a batch request's slot
@@ -210,7 +214,11 @@ class StatusBudget:
         loop = asyncio.get_running_loop()
         while held := self._tokens.pool(account).usable():
             now = loop.time()
-            waits = [(self._slots_of(h.token, h.share).wait_s(now), h.token) for h in held]
+            # With token sharing, status requests go on this replica's own slots' tokens; one that
+            # holds none takes a tenth of each token's budget (docs/design.md#reconciliation).
+            own = [(h.token, h.share) for h in held if h.share > 0]
+            shares = own or [(h.token, _ELSEWHERE_SHARE) for h in held]
+            waits = [(self._slots_of(token, share).wait_s(now), token) for token, share in shares]
             wait_s, token = min(waits, key=lambda w: w[0])
             if wait_s <= 0:
                 self._slots[token][1].take(now)

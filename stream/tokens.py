@@ -29,10 +29,12 @@ from stream.credentials import (
     TokenFileSource,
 )
 from stream.errors import AuthError
-from stream.leases import Leases, LocalLeases
+from stream.held import PoolReport
+from stream.leases import KafkaLeases, Leases, LocalLeases
 from stream.minting import MintBudget, Minter
-from stream.pool import CHECK_S, PoolReport, TokenPool
+from stream.pool import CHECK_S, TokenPool
 from stream.secrets import Secret
+from stream.sharing import Sharing
 
 __all__ = ["MintedTokens", "StaticToken", "TokenFile", "Tokens", "make_source", "make_tokens"]
 
@@ -61,10 +63,13 @@ class Tokens:
         rng: random.Random | None = None,
         give_up_s: float = math.inf,
         budget: MintBudget | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         """``give_up_s``: ``DCR_AUTH_GIVE_UP_S``, how long an account's credentials may be refused
-        before its records are dead-lettered (``TokenPool.given_up``)."""
+        before its records are dead-lettered (``TokenPool.given_up``). ``sharing``: every replica
+        sends on every token, claimed (``stream.sharing``)."""
         self._source = source
+        self.sharing = sharing
         self._give_up_s = give_up_s
         self._minter = minter
         self._budget = budget or MintBudget()
@@ -77,6 +82,8 @@ class Tokens:
         self._pools: dict[str, TokenPool] = {}
         self.leases.watch(self._leases_changed)
         self.leases.on_release(self._released)
+        if sharing is not None:
+            sharing.listen(want=self._wanted, grant=self._granted, record=self._recorded)
 
     def __repr__(self) -> str:
         return f"Tokens({self._source!r}, leases={self.leases!r})"
@@ -95,6 +102,7 @@ class Tokens:
                 rng=self._rng,
                 give_up_s=self._give_up_s,
                 budget=self._budget,
+                sharing=self.sharing,
             )
         pool.start()
         return pool
@@ -147,7 +155,7 @@ class Tokens:
     def unready(self) -> str | None:
         """Why this process cannot send (readiness), or None: it holds no token slot, or an
         account it has records for has no token to send on."""
-        if not self.leases.owned():
+        if not self.leases.owned() and self.sharing is None:
             return "this replica holds no slot of the token pool"
         for account, pool in sorted(self._pools.items()):
             # An account given up on is dead-lettered, not waited for: one customer's revoked key
@@ -167,6 +175,27 @@ class Tokens:
     def _leases_changed(self) -> None:
         for pool in self._pools.values():
             pool.let_go(self.leases.owned())
+            pool.wake()
+
+    def _wanted(self, account: str) -> None:
+        """Another replica waits for more of ``account``'s tokens: the slots held here without
+        one mint one (sharing)."""
+        if self.leases.owned():
+            self.pool(account).want_more(elsewhere=True)
+
+    def _granted(self, account: str, token: int, next_s: float) -> None:
+        """A request was granted on a token (by any replica): nothing more goes on it before its
+        next bucket, ``next_s`` from now."""
+        pool = self._pools.get(account)
+        held = pool.held.get(token) if pool is not None else None
+        if held is not None:
+            until = asyncio.get_running_loop().time() + next_s
+            held.pace.blocked_until = max(held.pace.blocked_until, until)
+
+    def _recorded(self, account: str) -> None:
+        """A slot's record of ``account`` changed (a token minted elsewhere, say)."""
+        pool = self._pools.get(account)
+        if pool is not None:
             pool.wake()
 
     def _released(self, gone: frozenset[int]) -> list[tuple[str, int, bytes]]:
@@ -210,7 +239,11 @@ class MintedTokens(Tokens):
 
 
 def make_tokens(
-    config: Config, session: Any, leases: Leases | None, rng: random.Random | None = None
+    config: Config,
+    session: Any,
+    leases: Leases | None,
+    rng: random.Random | None = None,
+    sharing: Sharing | None = None,
 ) -> Tokens:
     """Each account's token pool, from the one way to authenticate configured (``leases`` None:
     every slot held here, for a tool such as ``dcr-stream status``)."""
@@ -223,7 +256,39 @@ def make_tokens(
         rng=rng,
         give_up_s=config.auth_give_up_s,
         budget=config.minting,
+        sharing=sharing,
     )
+
+
+async def start_slots(
+    config: Config,
+    consumer_config: dict[str, Any],
+    client_config: dict[str, Any],
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[KafkaLeases, Sharing | None]:
+    """The token slots leased through Kafka and, with ``DCR_TOKEN_SHARING=on``, the claims that
+    share their tokens between the replicas; both started."""
+    leases = KafkaLeases(
+        consumer_config,
+        client_config,
+        topic=config.token_topic,
+        group_id=f"{config.kafka_group_id}.tokens",
+        slots=config.token_pool_size,
+        loop=loop,
+    )
+    await leases.start()
+    if not config.token_sharing:
+        return leases, None
+    sharing = Sharing(
+        consumer_config,
+        client_config,
+        topic=f"{config.token_topic}.claims",
+        slots=leases.spec,
+        requests_per_minute=config.token_requests_per_minute,
+        loop=loop,
+    )
+    await sharing.start()
+    return leases, sharing
 
 
 def make_source(config: Config) -> CredentialSource:

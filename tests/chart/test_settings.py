@@ -126,14 +126,20 @@ def test_kafka_secrets_stay_in_the_secret(helm: Helm) -> None:
         ["replicaCount=1"],
         ["replicaCount=3"],
         ["replicaCount=10"],
+        ["replicaCount=14"],
         ["autoscaling.hpa.enabled=true", "autoscaling.maxReplicas=6"],
         ["autoscaling.keda.enabled=true", "autoscaling.maxReplicas=10"],
     ],
 )
 def test_every_replica_count_renders_the_same_quota(helm: Helm, sets: list[str]) -> None:
-    """The replicas share the token pool through Kafka: no per-replica arithmetic to render."""
+    """The replicas share the token pool through Kafka: no per-replica arithmetic to render, and
+    with token sharing (the default) more replicas than slots are fine."""
     quota = {k: v for k, v in config(helm.render([MINIMAL], sets=sets)).items() if "TOKEN" in k}
-    assert quota == {"DCR_TOKEN_POOL_SIZE": "10", "DCR_TOKEN_REQUESTS_PER_MINUTE": "60"}
+    assert quota == {
+        "DCR_TOKEN_POOL_SIZE": "10",
+        "DCR_TOKEN_REQUESTS_PER_MINUTE": "60",
+        "DCR_TOKEN_SHARING": "on",
+    }
     assert "DCR_RATE_LIMIT_RPS" not in config(helm.render([MINIMAL], sets=sets))
 
 
@@ -143,8 +149,10 @@ def test_the_quota_values_reach_the_service(helm: Helm) -> None:
         "quota.tokenRequestsPerMinute=30",
         "json:quota.accountRequestsPerSecond=2.5",
         "quota.tokenTopic=dcr.slots",
+        "quota.tokenSharing=false",
     ]
     settings = config(helm.render([MINIMAL], sets=sets))
+    assert settings["DCR_TOKEN_SHARING"] == "off"
     assert settings["DCR_TOKEN_POOL_SIZE"] == "4"
     assert settings["DCR_TOKEN_REQUESTS_PER_MINUTE"] == "30"
     assert settings["DCR_RATE_LIMIT_RPS"] == "2.5"
@@ -438,12 +446,12 @@ def test_hpa_and_keda_together_fail_with_a_clear_message(helm: Helm) -> None:
             "extraConfig.DCR_KAFKA_INSTANCE_ID is set by the chart",
         ),
         (
-            ["replicaCount=11"],
-            "11 replicas but quota.tokenPoolSize=10 token slots",
+            ["replicaCount=11", "quota.tokenSharing=false"],
+            "11 replicas but quota.tokenPoolSize=10 token slots and quota.tokenSharing=false",
         ),
         (
-            ["autoscaling.keda.enabled=true", "quota.tokenPoolSize=3"],
-            "4 replicas but quota.tokenPoolSize=3 token slots",
+            ["autoscaling.keda.enabled=true", "quota.tokenPoolSize=3", "quota.tokenSharing=false"],
+            "4 replicas but quota.tokenPoolSize=3 token slots and quota.tokenSharing=false",
         ),
     ],
 )

@@ -61,14 +61,18 @@ def service_acls(principal: str, *, inputs: list[str], group: str) -> list[AclBi
         (ResourceType.TOPIC, dlq, AclOperation.WRITE),
         (ResourceType.TOPIC, receipts, AclOperation.READ),
         (ResourceType.TOPIC, receipts, AclOperation.WRITE),
-        (ResourceType.TOPIC, tokens, AclOperation.READ),
-        (ResourceType.TOPIC, tokens, AclOperation.WRITE),
     ]
+    literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
     bindings = [
-        AclBinding(
-            kind, name, ResourcePatternType.LITERAL, principal, "*", op, AclPermissionType.ALLOW
-        )
+        AclBinding(kind, name, literal, principal, "*", op, AclPermissionType.ALLOW)
         for kind, name, op in grants
+    ]
+    # The token slots and their claims (<group>.tokens.claims): one prefix.
+    bindings += [
+        AclBinding(
+            ResourceType.TOPIC, tokens, prefixed, principal, "*", op, AclPermissionType.ALLOW
+        )
+        for op in (AclOperation.READ, AclOperation.WRITE)
     ]
     # The groups <group>, <group>.tokens, <group>.reconcile and the originals reader's.
     bindings.append(
@@ -108,6 +112,8 @@ def test_the_service_runs_with_no_create_on_topics_made_beforehand(
     create_topic(stage, PARTITIONS, name=f"{topic}.receipts")
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     create_topic(stage, SLOTS, name=f"{group}.tokens", config=compacted)
+    claims = {"message.timestamp.type": "LogAppendTime", "retention.ms": "600000"}
+    create_topic(stage, 1, name=f"{group}.tokens.claims", config=claims)
     admin = AdminClient({"bootstrap.servers": stage, "log_level": 0})
     for future in admin.create_acls(
         service_acls(f"User:{USER}", inputs=[topic], group=group)

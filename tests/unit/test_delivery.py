@@ -134,10 +134,10 @@ async def test_a_retry_of_a_revoked_partition_is_dropped_when_it_would_go(
             lambda: "503" in sandbox.stats().totals.requests, timeout_s=DEADLINE_S, what="a 503"
         )
         recorder.revoked |= set(range(500))  # the batch waits out its backoff, or is on its way
-        sandbox.set_faults(outage="off")
         await wait_until_async(
             lambda: len(recorder.counted_out) == 500, timeout_s=DEADLINE_S, what="counted out"
         )
+        sandbox.set_faults(outage="off")
         assert not delivery.sending_unowned()
         await delivery.close()
     assert sandbox.accepted() == []

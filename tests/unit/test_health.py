@@ -146,6 +146,7 @@ def test_the_pipeline_reports_every_thread() -> None:
     pipeline = SimpleNamespace(
         _stop_by=0.0,
         _leases=SimpleNamespace(alive=False),
+        _sharing=alive,
         _dlq=alive,
         _receipts=alive,
         _reconciler=SimpleNamespace(
@@ -156,6 +157,7 @@ def test_the_pipeline_reports_every_thread() -> None:
     assert Pipeline._threads(pipeline, consumer) == {  # type: ignore[arg-type]
         "consumer": False,
         "token slots": False,
+        "token sharing": True,
         "dlq producer": True,
         "receipts producer": True,
         "reconcile consumer": True,

@@ -7,8 +7,8 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.held import PoolReport
 from stream.metrics import Metrics
-from stream.pool import PoolReport
 from tests.support.metrics import idle_state
 
 ACCOUNTS = [f"acct-{n:04d}" for n in range(1000)]

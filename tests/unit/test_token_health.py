@@ -20,7 +20,9 @@ from stream.minting import Minter
 from stream.retry import Backoff
 from stream.sandbox import SandboxConfig
 from stream.secrets import Secret
+from stream.sharing import Sharing
 from stream.tokens import Tokens
+from stream.topics import TopicSpec
 from stream.wire import make_session
 from tests.support.delivery import LABEL, A, engine, record
 from tests.support.metrics import idle_state
@@ -48,6 +50,28 @@ async def readyz(tokens: Tokens) -> tuple[int, str]:
     async with TestClient(TestServer(http_app(Metrics(), health))) as client:
         response = await client.get("/readyz")
         return response.status, (await response.json())["status"]
+
+
+async def test_with_token_sharing_a_replica_without_a_slot_is_ready_on_the_shared_tokens() -> None:
+    slots = TopicSpec(name="t", partitions=10)
+    sharing = Sharing(
+        {},
+        {},
+        topic="t.claims",
+        slots=slots,
+        requests_per_minute=60,
+        loop=asyncio.get_running_loop(),
+    )
+    tokens = Tokens(
+        StaticTokens([Secret("sekrit-0"), Secret("sekrit-1")]),
+        leases=SomeLeases(10, set()),
+        sharing=sharing,
+    )
+    pool = tokens.pool(A)
+    await wait_until_async(lambda: len(pool.usable()) == 2, timeout_s=10)
+    assert all(held.elsewhere for held in pool.usable())  # batches only: urgent records go batched
+    assert await readyz(tokens) == (200, "ready")
+    await tokens.close()
 
 
 async def test_readiness_holds_no_slot_then_a_token_then_none() -> None:

@@ -90,6 +90,7 @@ value for, but never replace one it has.
   "DCR_API_VERSION" .Values.api.version
   "DCR_TOKEN_POOL_SIZE" (toString (int64 .Values.quota.tokenPoolSize))
   "DCR_TOKEN_REQUESTS_PER_MINUTE" (printf "%g" (float64 .Values.quota.tokenRequestsPerMinute))
+  "DCR_TOKEN_SHARING" (ternary "on" "off" (ne .Values.quota.tokenSharing false))
   "DCR_REALTIME" (ternary "on" "off" .Values.realtime.enabled)
   "DCR_URGENT_WITHIN_S" (printf "%g" (float64 .Values.realtime.urgentWithinSeconds))
   "DCR_REALTIME_REQUESTS_PER_SECOND" (printf "%g" (float64 .Values.realtime.requestsPerSecond))
@@ -178,8 +179,8 @@ Deployment, which every release has.
 {{- fail (printf "autoscaling.minReplicas (%v) is greater than autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
 {{- end }}
 {{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount (eq (include "dcr-stream.autoscaled" .) "true") }}
-{{- if gt (int $replicas) (int .Values.quota.tokenPoolSize) }}
-{{- fail (printf "%v replicas but quota.tokenPoolSize=%v token slots: a replica beyond the slots holds no token and cannot send (lower the replicas or raise the pool, at most 10)" $replicas .Values.quota.tokenPoolSize) }}
+{{- if and (eq .Values.quota.tokenSharing false) (gt (int $replicas) (int .Values.quota.tokenPoolSize)) }}
+{{- fail (printf "%v replicas but quota.tokenPoolSize=%v token slots and quota.tokenSharing=false: a replica beyond the slots holds no token and cannot send (turn tokenSharing on, or lower the replicas, or raise the pool, at most 10)" $replicas .Values.quota.tokenPoolSize) }}
 {{- end }}
 {{- if and .Values.auth.mountTokenAsFile (ne .Values.auth.mode "token") }}
 {{- fail (printf "auth.mountTokenAsFile needs auth.mode=token: with %s %s" .Values.auth.mode (ternary "the service mints its own tokens" "the credentials file is mounted already" (eq .Values.auth.mode "keyPair"))) }}
