@@ -117,6 +117,22 @@ async def sandbox(sandbox_factory: SandboxFactory, clock: ManualClock) -> Sandbo
     return await sandbox_factory(SandboxConfig(static_token=TOKEN, statuses=rules), clock=clock)
 
 
+def virtual_time(
+    monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop
+) -> tuple[list[float], asyncio.Task[None]]:
+    """Virtual time: 10 ms per turn of the loop, so a sleep ends without real waiting; the clock
+    (``now[0]``) and the task that moves it (cancel it at the end)."""
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+
+    async def tick() -> None:
+        while True:
+            now[0] += 0.01
+            await asyncio.sleep(0)
+
+    return now, loop.create_task(tick())
+
+
 # -- the sandbox's endpoints ---------------------------------------------------------------------
 
 
@@ -361,16 +377,7 @@ async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
     held = tokens.pool(ACCOUNT).usable()
     assert len(held) == 2
     loop = asyncio.get_running_loop()
-    now = [loop.time()]
-    monkeypatch.setattr(loop, "time", lambda: now[0])
-
-    async def tick() -> None:
-        """Virtual time: 10 ms per turn of the loop, so a sleep ends without real waiting."""
-        while True:
-            now[0] += 0.01
-            await asyncio.sleep(0)
-
-    ticker = loop.create_task(tick())
+    now, ticker = virtual_time(monkeypatch, loop)
     budget = StatusBudget(tokens, 30)  # one status request per token every 2 s
     started = now[0]
     taken = []
@@ -405,15 +412,7 @@ async def test_a_status_slot_wakes_one_waiting_request_not_every_one(
 
     monkeypatch.setattr(pool, "usable", looked)
     loop = asyncio.get_running_loop()
-    now = [loop.time()]
-    monkeypatch.setattr(loop, "time", lambda: now[0])
-
-    async def tick() -> None:
-        while True:
-            now[0] += 0.01
-            await asyncio.sleep(0)
-
-    ticker = loop.create_task(tick())
+    _, ticker = virtual_time(monkeypatch, loop)
     budget = StatusBudget(tokens, 30)  # one status request every 2 s
     waiting = [loop.create_task(budget.take(ACCOUNT)) for _ in range(100)]
     try:
