@@ -269,7 +269,11 @@ class Delivery(Generic[S]):
             held = min(usable, key=lambda h: h.pace.wait_s(now))
             token_wait_s = held.pace.wait_s(now)
             cap_wait_s = lane.cap.wait_s(now) if lane.cap is not None else 0.0
-            if token_wait_s > cap_wait_s:
+            # One more token helps when the tokens, not the cap, hold sending back; with sharing,
+            # a token also waits for its next bucket, so only a queue behind the wait says so (an
+            # account sending a batch a second would otherwise mint token after token).
+            queued = len(lane.high) + len(lane.normal)
+            if token_wait_s > cap_wait_s and (pool.sharing is None or queued > 1):
                 pool.want_more()
             wait_s = max(token_wait_s, cap_wait_s)
             if wait_s <= 0:
