@@ -35,7 +35,7 @@ from stream.errors import TopicError
 from stream.producer import acked, make_producer
 from stream.topics import TopicSpec, ensure_topics
 
-__all__ = ["KafkaLeases", "Leases", "LocalLeases", "read_slots"]
+__all__ = ["HELD_MARKER", "KafkaLeases", "Leases", "LocalLeases", "read_slots"]
 
 _log = logging.getLogger("stream.leases")
 
@@ -50,7 +50,7 @@ unless it is blocked; the rebalance waits meanwhile, far inside ``session.timeou
 _SETTLE_S = 30.0
 """The longest ``settled`` waits for a first assignment."""
 
-_HELD_MARKER = b"dcr.slot.held"
+HELD_MARKER = b"dcr.slot.held"
 """The key of the record written to a slot's empty partition by its first holder (``fresh``); no
 account is named so."""
 
@@ -406,7 +406,7 @@ class KafkaLeases:
         acked: list[KafkaError | None] = []
         self._producer.produce(
             self.topic,
-            key=_HELD_MARKER,
+            key=HELD_MARKER,
             value=b"",
             partition=partition,
             on_delivery=lambda error, _: acked.append(error),

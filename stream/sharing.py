@@ -44,6 +44,7 @@ from confluent_kafka import (
 )
 
 from stream.errors import TopicError
+from stream.leases import HELD_MARKER
 from stream.producer import make_producer
 from stream.topics import TopicSpec, ensure_topics
 
@@ -62,7 +63,6 @@ _RETRY_S = 1.0
 _WANT_EVERY_S = 1.0
 """A replica says an account wants more tokens at most this often."""
 _RETENTION_MS = 600_000
-_HELD_MARKER = b"dcr.slot.held"
 
 
 def bucket_s(requests_per_minute: float) -> float:
@@ -291,7 +291,7 @@ class Sharing:
         key, value = message.key() or b"", message.value() or b""
         call = self._loop.call_soon_threadsafe
         if message.topic() != self.topic:
-            if key and key != _HELD_MARKER:
+            if key and key != HELD_MARKER:
                 account = key.decode()
                 self._records[(account, message.partition() or 0)] = value
                 call(self._on_record, account)
