@@ -131,7 +131,7 @@ class Sharing:
         self._on_record: Callable[[str], None] = lambda account: None
         self.claims = 0
         self.granted = 0
-        self.stale = 0
+        self.late = 0
         """Grants read back too late to be used."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,7 +153,7 @@ class Sharing:
 
     def outcomes(self) -> dict[str, int]:
         """Claims since start by outcome (``dcr_token_claims_total``)."""
-        granted, late = self.granted, self.stale
+        granted, late = self.granted, self.late
         return {"granted": granted, "late": late, "refused": self.claims - granted - late}
 
     def record(self, account: str, slot: int) -> bytes | None:
@@ -201,7 +201,7 @@ class Sharing:
         if granted and elapsed <= SEND_WITHIN_S:
             self.granted += 1
             return 0.0
-        self.stale += granted
+        self.late += granted
         # The next bucket starts ``next_s`` after the claim was written, which was at most
         # ``elapsed`` ago: aim halfway, a refused early claim costs what a late one does.
         return max(0.001, next_s - elapsed / 2)
