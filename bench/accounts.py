@@ -205,6 +205,12 @@ def _drain(
         # Seconds its threads waited, runnable, for a CPU: on a shared machine, how starved.
         "service_run_queue_s": round(waited, 1),
         "service_retries": total(metrics, "dcr_api_retries_total"),
+        # Token sharing's claims by outcome: a late grant is a bucket lost to a slow loop.
+        "claims": {
+            k.split('"')[1]: int(v)
+            for k, v in metrics.items()
+            if k.startswith("dcr_token_claims_total{")
+        },
     }
 
 

@@ -70,6 +70,8 @@ class Batch(Generic[S]):
     once)."""
     probe: asyncio.Future[Response | None] | None = None
     """Set for a probe (``Delivery.probe``): it learns the answer; a refusal is its to handle."""
+    bisected: bool = False
+    """A half of a refused request (docs/design.md#rejection): it is never joined with others."""
     single: bool = False
     """One record the single-record endpoint accepted (docs/design.md#real-time): final at its
     2xx, there is no batch status to ask for."""
@@ -171,8 +173,30 @@ class Batcher(Generic[S]):
             return None
         return min(b.opened_at for b in self._open.values()) + self._linger_s
 
+    def join(self, into: Batch[S], batch: Batch[S]) -> bool:
+        """Add ``batch``'s records to ``into`` when both fit one request (count and bytes); whether
+        they did. Neither may be a probe, a bisected half or waiting out a failure
+        (docs/design.md#batching)."""
+        if (
+            not (_joinable(into) and _joinable(batch))
+            or batch.high_priority != into.high_priority
+            or len(into.items) + len(batch.items) > self._max_records
+            or into.size + batch.size > self._max_bytes
+        ):
+            return False
+        into.items.extend(batch.items)
+        into.size += batch.size
+        return True
+
     def drain(self) -> list[Batch[S]]:
         """Remove and return every open batch (shutdown, revoke)."""
         batches = list(self._open.values())
         self._open.clear()
         return batches
+
+
+def _joinable(batch: Batch[S]) -> bool:
+    """Whether ``batch`` may go in one request with other records (``Batcher.join``)."""
+    return not (
+        batch.attempt or batch.auth_403 or batch.bisected or batch.single or batch.probe is not None
+    )

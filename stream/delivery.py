@@ -231,7 +231,7 @@ class Delivery(Generic[S]):
     def _lane(self, account: str) -> Lane[S]:
         lane = self._lanes.get(account)
         if lane is None:
-            lane = self._lanes[account] = Lane(self._rps)
+            lane = self._lanes[account] = Lane(self._rps, self._batcher.join)
             lane.task = asyncio.get_running_loop().create_task(self._run_lane(account, lane))
         return lane
 
@@ -386,9 +386,10 @@ class _BatchRequest(Request[S, Batch[S]]):
             return
         self.answers.metrics.counts.bisections += 1
         middle = len(items) // 2
+        account, high, opened_at = batch.account, batch.high_priority, batch.opened_at
         halves = [
-            Batch(batch.account, batch.high_priority, items[middle:], opened_at=batch.opened_at),
-            Batch(batch.account, batch.high_priority, items[:middle], opened_at=batch.opened_at),
+            Batch(account, high, items[middle:], opened_at=opened_at, bisected=True),
+            Batch(account, high, items[:middle], opened_at=opened_at, bisected=True),
         ]
         for half in halves:  # reversed order + front: the first half is sent first
             self.lane.put(half, front=True)

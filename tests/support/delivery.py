@@ -123,6 +123,7 @@ def engine(
     backoff: Backoff = FAST,
     realtime_rps: float | None = None,
     wall_ms: Callable[[], int] | None = None,
+    max_records: int = 500,
 ) -> tuple[Delivery[int], Recorder]:
     """A delivery engine that sends to ``url`` on ``tokens`` (default: ``TOKEN`` alone), and the
     recorder of its outcomes. The other arguments are ``Delivery``'s; ``wall_ms`` is its own
@@ -137,6 +138,7 @@ def engine(
         outcomes=recorder,
         version=version,
         linger_s=linger_s,
+        max_records=max_records,
         rate_limit_rps=rate_limit_rps,
         backoff=backoff,
         realtime_rps=realtime_rps,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from stream.batching import Batcher, Pending, record_size
+from stream.batching import Batch, Batcher, Pending, record_size
 from stream.events import Record, encode_batch
+from stream.lanes import Lane
 
 A, B = "6f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a11", "7f1c1c3e-7d0a-4d8e-9a3c-2f6d1b9e0a12"
 LABEL = "0b5e7c52-8a3f-4e57-b0a1-3f7c9d2e4b6a"
@@ -86,3 +89,63 @@ def test_an_open_batch_can_be_taken_however_young() -> None:
     assert not batcher.holds(A, True)
     assert batcher.take(A, True) is None
     assert [p.source for b in batcher.drain() for p in b.items] == [2]
+
+
+def test_a_batch_joins_another_only_when_both_fit_one_request() -> None:
+    size = record_size(record())
+    batcher: Batcher[int] = Batcher(max_records=4, linger_s=1.0, max_bytes=3 * size)
+    into: Batch[int] = Batch(A, False)
+    other: Batch[int] = Batch(A, False)
+    for i, batch in enumerate((into, other)):
+        batch.items.append(Pending(record(), i))
+        batch.size += size
+    assert batcher.join(into, other)
+    assert ([p.source for p in into.items], into.size) == ([0, 1], 2 * size)
+    assert not batcher.join(into, Batch(A, False, [Pending(record(), 2)] * 2, size=2 * size))
+    assert not batcher.join(into, Batch(A, True, [Pending(record(), 2)], size=size))
+    assert len(into.items) == 2  # a refused join leaves both as they were
+
+
+def test_tried_batches_and_probes_are_never_joined() -> None:
+    batcher: Batcher[int] = Batcher(max_records=500, linger_s=1.0, max_bytes=10**9)
+    fresh = Batch(A, False, [Pending(record(), 0)], size=1)
+    loop = asyncio.new_event_loop()
+    try:
+        for into in (
+            Batch(A, False, [Pending(record(), 1)], attempt=1),
+            Batch(A, False, [Pending(record(), 1)], auth_403=True),
+            Batch(A, False, [Pending(record(), 1)], probe=loop.create_future()),
+            Batch(A, False, [Pending(record(), 1)], single=True),
+            Batch(A, False, [Pending(record(), 1)], bisected=True),
+        ):
+            assert not batcher.join(into, fresh)
+        assert not batcher.join(fresh, Batch(A, False, [], probe=loop.create_future()))
+        assert not batcher.join(fresh, Batch(A, False, [], bisected=True))
+    finally:
+        loop.close()
+
+
+def test_a_lane_joins_a_batch_with_its_neighbour_never_with_a_bisected_half() -> None:
+    batcher: Batcher[int] = Batcher(max_records=500, linger_s=1.0, max_bytes=10**9)
+    lane: Lane[int] = Lane(None, batcher.join)
+
+    def fresh(*sources: int, high: bool = False) -> Batch[int]:
+        return Batch(A, high, [Pending(record(high=high), i) for i in sources])
+
+    def queued() -> list[list[int]]:
+        return [[p.source for p in b.items] for b in lane.normal]
+
+    lane.put(fresh(0))
+    lane.put(fresh(5, high=True))  # the other queue
+    lane.put(fresh(1))
+    assert queued() == [[0, 1]]
+    taken = lane.normal.popleft()
+    lane.put(fresh(2))  # while ``taken`` waited for its claim
+    lane.put(taken, front=True)  # its claim was refused: it joins the next in line
+    assert queued() == [[0, 1, 2]]
+    lane.put(
+        Batch(A, False, [Pending(record(), 8), Pending(record(), 9)], bisected=True), front=True
+    )
+    lane.put(fresh(3), front=True)  # a half is never joined, from either side
+    assert queued() == [[3], [8, 9], [0, 1, 2]]
+    assert [[p.source for p in b.items] for b in lane.high] == [[5]]

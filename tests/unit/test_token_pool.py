@@ -28,7 +28,7 @@ from stream.pacing import Pace, Slots
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import Tokens
-from tests.support.delivery import A, engine, record, session
+from tests.support.delivery import TOKEN, A, engine, record, session
 from tests.support.waiting import wait_until_async
 
 __all__ = ["session"]  # the fixture
@@ -446,11 +446,10 @@ async def test_requests_spread_over_the_tokens_at_each_tokens_pace(
             requests_per_minute=600,  # 10 a second each: 30 a second for the pool
         )
         delivery, recorder = engine(
-            session, sandbox.url, tokens=tokens, linger_s=0.01, rate_limit_rps=None
+            session, sandbox.url, tokens=tokens, rate_limit_rps=None, max_records=1
         )
         for n in range(60):
-            delivery.submit(Pending(record(n), n))
-            delivery.flush_open()  # one record a request: 60 requests
+            delivery.submit(Pending(record(n), n))  # one record a request: 60 requests
         await recorder.until_resolved(60)
         times = sorted(t for _, _, t in recorder.batches)
         await delivery.close()
@@ -462,3 +461,28 @@ async def test_requests_spread_over_the_tokens_at_each_tokens_pace(
     # 60 requests at 30 a second, after the first spacing: about two seconds, not at once.
     assert 1.5 < times[-1] - times[0] < 4.0
     assert max(u.peak for u in stats.token_use.values()) <= 600
+
+
+async def test_batches_that_wait_for_a_token_go_as_one_request(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Batches closed while the only token waits for its next slot become one request: a trickle
+    sends fuller requests, not one per linger, and asks for no second token."""
+    async with Sandbox(SandboxConfig(static_token=TOKEN, rate_limit_rps=None)) as sandbox:
+        tokens = Tokens(
+            StaticTokens([Secret(TOKEN)]), leases=LocalLeases(1), requests_per_minute=60
+        )
+        delivery, recorder = engine(session, sandbox.url, tokens=tokens, rate_limit_rps=None)
+        delivery.submit(Pending(record(0), 0))
+        delivery.flush_open()
+        await recorder.until_resolved(1)  # the token's next slot is about a second away
+        for n in range(1, 4):
+            delivery.submit(Pending(record(n), n))
+            delivery.flush_open()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the dispatcher wakes; the batches wait for the slot
+        await recorder.until_resolved(4)
+        await delivery.close()
+        await tokens.close()
+    assert [len(b.items) for b, _, _ in recorder.batches] == [1, 3]
+    assert sandbox.stats().totals.requests == {"200": 2}
