@@ -3,17 +3,22 @@
 With several replicas, a token's 60 requests a minute are not any one replica's: whichever has
 records waiting sends on it. Before a batch goes out on token ``i`` of account ``a``, its replica
 *claims* the request: a record keyed ``c|a|i`` appended to the claims topic (one partition, the
-broker's append time, ``LogAppendTime``). That time puts the claim in a *bucket* of
-``bucket_s(rpm)`` (1.02 s at 60 a minute); the first claim of a token in a bucket, in the
+broker's append time, ``LogAppendTime``). That time puts the claim in a *bucket* (``Decider``:
+1.02 s at 60 a minute); the first claim of a token in a bucket, in the
 partition's order, is granted and every later one refused. Every replica reads the partition and
 decides each claim the same way, from the claims of its bucket alone: nothing is handed over when
 replicas come and go, a replica killed after a claim has spent only that bucket, and a replica that
 starts reads the last seconds and decides as the others do.
 
-Why no token then exceeds its minute: 61 granted requests of a token lie in 61 buckets, whose
-first and last are at least 59 buckets (60.2 s) apart; a grant is only used if it is read back
-within ``SEND_WITHIN_S`` of the claim being written, so the requests reach the API at least
-60.2 - 0.15 s apart. The price is the bucket's 2%: a token carries at most 58.8 requests a minute.
+Why no token then exceeds its minute (``n`` requests, 60 at the API's limit): any ``n + 1``
+granted requests of a token lie in ``n + 1`` buckets, so the last claim was written at least ``n``
+buckets (61.2 s) after the first one's bucket began. A grant is used only until ``send_by_s``
+(1.17 s) after its bucket began, so the two reach the API at least 60.03 s apart. That deadline is
+told without comparing clocks: the claim's place in its bucket is the broker's time, and the claim
+was written after ``claim`` began, by this process's clock. A claim written as its bucket opens
+(the usual case: a token with work waits for its next bucket) may thus be used for more than a
+second; one written late in its bucket, for 0.15 s. The price is the bucket's 2%: a token carries
+at most 58.8 requests a minute.
 
 The same reader follows the token topic (``stream.leases``) to its end, all partitions: a token
 minted by the replica holding its slot is read, sealed, by the others, which send on it too. A
@@ -48,13 +53,15 @@ from stream.leases import HELD_MARKER
 from stream.producer import make_producer
 from stream.topics import TopicSpec, ensure_topics
 
-__all__ = ["SEND_WITHIN_S", "Decider", "Sharing", "bucket_s"]
+__all__ = ["Decider", "Sharing"]
 
 _log = logging.getLogger("stream.sharing")
 
-SEND_WITHIN_S = 0.15
-"""A grant read back later than this after its claim was written is not used: its bucket is lost."""
 _BUCKET_MARGIN = 1.02
+"""A bucket is 2% longer than the even spacing of a token's minute."""
+_ARRIVAL_MARGIN_S = 0.03
+"""What the requests' trips to the API may bunch them by: ``n + 1`` requests of a token reach it
+at least 60 s and this apart."""
 _READ_BACK_S = 10.0
 """How far back a starting reader reads the claims: far more than a bucket."""
 _CLAIM_TIMEOUT_S = 2.0
@@ -63,29 +70,40 @@ _RETRY_S = 1.0
 _WANT_EVERY_S = 1.0
 """A replica says an account wants more tokens at most this often."""
 _RETENTION_MS = 600_000
+_POLL_S = 0.05
+"""The reader's longest wait for a record: how soon it sees a stop."""
+_BATCH = 500
+"""Records the reader takes at once beyond the first."""
 
-
-def bucket_s(requests_per_minute: float) -> float:
-    """A token's bucket: one request in each, 2% longer than the even spacing of its minute."""
-    return _BUCKET_MARGIN * 60.0 / requests_per_minute
+_Call = tuple[Callable[..., None], tuple[Any, ...]]
+"""What the reader thread has the loop do: a function and its arguments."""
 
 
 class Decider:
     """Decides claims in the partition's order: the first of a token in each bucket is granted."""
 
-    def __init__(self, bucket_ms: int) -> None:
-        self._bucket_ms = bucket_ms
+    def __init__(self, requests_per_minute: float) -> None:
+        n = max(1, math.floor(requests_per_minute))
+        self.bucket_ms = math.ceil(_BUCKET_MARGIN * 60_000 / n)
+        """A bucket, in whole milliseconds: ``n`` of them span 61.2 s at least."""
+        self.send_by_s = n * self.bucket_ms / 1000 - 60.0 - _ARRIVAL_MARGIN_S
+        """How long after its bucket began a grant may still be used (1.17 s)."""
         self._last: dict[bytes, int] = {}
         """Token (the claim's key) → the last bucket granted on it."""
 
     def decide(self, key: bytes, at_ms: int) -> tuple[bool, float]:
         """Whether the claim written at ``at_ms`` (the broker's time) is granted, and the seconds
         from then until the token's next bucket."""
-        bucket = at_ms // self._bucket_ms
+        bucket = at_ms // self.bucket_ms
         granted = bucket > self._last.get(key, -1)
         if granted:
             self._last[key] = bucket
-        return granted, ((bucket + 1) * self._bucket_ms - at_ms) / 1000
+        return granted, ((bucket + 1) * self.bucket_ms - at_ms) / 1000
+
+    def usable_s(self, next_s: float) -> float:
+        """How long after its claim was written a grant may be used, ``next_s`` being what
+        ``decide`` said: until ``send_by_s`` after its bucket began."""
+        return self.send_by_s - (self.bucket_ms / 1000 - next_s)
 
 
 Granted = Callable[[str, int, float], None]
@@ -117,8 +135,9 @@ class Sharing:
         self._admin_config = producer_config
         self._slots = slots
         self._loop = loop
-        self.bucket_s = bucket_s(requests_per_minute)
-        self._decider = Decider(max(1, round(self.bucket_s * 1000)))
+        self._decider = Decider(requests_per_minute)
+        self.bucket_s = self._decider.bucket_ms / 1000
+        self.send_by_s = self._decider.send_by_s
         self._create_time_said = False
         self._prefix = f"{uuid.uuid4().hex[:12]}|".encode()
         self._ids = itertools.count()
@@ -197,8 +216,10 @@ class Sharing:
             self._pending.pop(claim_id, None)
             _log.warning("token sharing: a claim on account %s failed: %r", account, exc)
             return _RETRY_S
+        # ``started`` was before the claim was written: the bucket began ``usable_s`` before the
+        # deadline at the latest, by this clock.
         elapsed = loop.time() - started
-        if granted and elapsed <= SEND_WITHIN_S:
+        if granted and elapsed <= self._decider.usable_s(next_s):
             self.granted += 1
             return 0.0
         self.late += granted
@@ -253,12 +274,20 @@ class Sharing:
                 return  # stopped before it started
             consumer.assign([start, *slots])
             while not self._stop.is_set():
-                for message in consumer.consume(500, 0.05):
+                # poll returns with the first record there (consume waits out its timeout unless
+                # it fills up); consume(…, 0) then takes what else is there, without waiting.
+                first = consumer.poll(_POLL_S)
+                self._producer.poll(0)
+                if first is None:
+                    continue
+                calls: list[_Call] = []
+                for message in (first, *consumer.consume(_BATCH, 0)):
                     try:
-                        self._take(message)
+                        self._take(message, calls)
                     except Exception:  # one bad record must not stop every claim
                         _log.exception("token sharing: a record of %s", message.topic())
-                self._producer.poll(0)
+                if calls:  # one wake-up of the loop for them all
+                    self._loop.call_soon_threadsafe(_call_all, calls)
         except Exception:
             _log.exception("token sharing: the reader failed; this replica sends on no claim")
         finally:
@@ -285,16 +314,17 @@ class Sharing:
             start.offset = start.offset if start.offset >= 0 else end
             return start
 
-    def _take(self, message: Message) -> None:
+    def _take(self, message: Message, calls: list[_Call]) -> None:
+        """Decide ``message`` (a claim) or note it; what the loop must learn goes in ``calls``."""
         if message.error() is not None:
             return
         key, value = message.key() or b"", message.value() or b""
-        call = self._loop.call_soon_threadsafe
+        call = calls.append
         if message.topic() != self.topic:
             if key and key != HELD_MARKER:
                 account = key.decode()
                 self._records[(account, message.partition() or 0)] = value
-                call(self._on_record, account)
+                call((self._on_record, (account,)))
             return
         if key.startswith(b"c|"):
             kind, at_ms = message.timestamp()
@@ -307,9 +337,18 @@ class Sharing:
                 )
             granted, next_s = self._decider.decide(key, at_ms)
             if value.startswith(self._prefix):
-                call(self._decided, int(value[len(self._prefix) :]), granted, next_s)
+                call((self._decided, (int(value[len(self._prefix) :]), granted, next_s)))
             if granted:
                 _, account, token = key.decode().split("|")
-                call(self._on_grant, account, int(token), next_s)
+                call((self._on_grant, (account, int(token), next_s)))
         elif key.startswith(b"w|") and not value.startswith(self._prefix):
-            call(self._on_want, key[2:].decode())
+            call((self._on_want, (key[2:].decode(),)))
+
+
+def _call_all(calls: list[_Call]) -> None:
+    """On the loop: what the reader thread read, in its order (one failing call stops no other)."""
+    for fn, args in calls:
+        try:
+            fn(*args)
+        except Exception:
+            _log.exception("token sharing: telling the loop what was read")
