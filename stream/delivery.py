@@ -37,7 +37,7 @@ from stream.api import ApiClient
 from stream.batching import Batch, Batcher, Pending
 from stream.events import encode_batch
 from stream.held import Held
-from stream.lanes import Lane, first_free
+from stream.lanes import Lane, first_free, restarting
 from stream.metrics import Metrics
 from stream.outcomes import AUTH_REFUSED, BATCH, Answers, Outcomes, Path, Request, api_rejection
 from stream.pacing import Pace
@@ -121,7 +121,7 @@ class Delivery(Generic[S]):
         lane instead, but for its overflow (docs/design.md#real-time)."""
         loop = asyncio.get_running_loop()
         if self._timer is None:
-            self._timer = loop.create_task(self._linger())
+            self._timer = loop.create_task(restarting(self._linger, "the linger timer"))
         # The linger timer sleeps until the oldest open batch is due; only a first open batch
         # brings that deadline forward.
         was_empty = not self._batcher
@@ -232,7 +232,9 @@ class Delivery(Generic[S]):
         lane = self._lanes.get(account)
         if lane is None:
             lane = self._lanes[account] = Lane(self._rps, self._batcher.join)
-            lane.task = asyncio.get_running_loop().create_task(self._run_lane(account, lane))
+            run = functools.partial(self._run_lane, account, lane)
+            dispatcher = restarting(run, f"the dispatcher of account {account}")
+            lane.task = asyncio.get_running_loop().create_task(dispatcher)
         return lane
 
     async def _run_lane(self, account: str, lane: Lane[S]) -> None:

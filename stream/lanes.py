@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from stream.batching import Batch, Urgent
@@ -22,13 +23,17 @@ from stream.held import Held
 from stream.pacing import Pace, Slots
 from stream.pool import TokenPool
 
-__all__ = ["Lane", "RealtimeLane", "first_free"]
+__all__ = ["Lane", "RealtimeLane", "first_free", "restarting"]
+
+_log = logging.getLogger("stream.lanes")
 
 S = TypeVar("S")
 T = TypeVar("T")
 
 _EXPIRY_CHECK_S = 1.0
 """How often records waiting for a token or a slot are checked for a closed window."""
+_RESTART_S = 1.0
+"""How soon a dispatcher that failed runs again."""
 
 
 class Lane(Generic[S]):
@@ -142,3 +147,17 @@ async def first_free(
         pool.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pool.changed.wait(), min(wait_s, _EXPIRY_CHECK_S))
+
+
+async def restarting(run: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``run`` until it returns; when it raises (a bug), log why and run it again a second
+    later. A dispatcher that died would leave its account's records waiting with nothing to send
+    or expire them, and their partitions uncommitted (docs/design.md#bounded-progress); what it
+    works on lives in its lane, so it starts again where it was."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            _log.exception("%s failed; it runs again in %.0f s", what, _RESTART_S)
+        await asyncio.sleep(_RESTART_S)

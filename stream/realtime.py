@@ -26,7 +26,7 @@ from stream.api import ApiClient
 from stream.batching import Batch, Pending, Urgent
 from stream.events import encode_record
 from stream.held import Held
-from stream.lanes import RealtimeLane, first_free
+from stream.lanes import RealtimeLane, first_free, restarting
 from stream.outcomes import AUTH_REFUSED, REALTIME, Answers, Path, Request
 from stream.pacing import Pace
 from stream.pool import TokenPool
@@ -107,7 +107,9 @@ class Realtime(Generic[S]):
         if lane is None:
             lane = self._lanes[account] = RealtimeLane(self._rps)
             lane.size(sum(h.share for h in self._tokens.pool(account).held.values()))
-            lane.task = asyncio.get_running_loop().create_task(self._run(account, lane))
+            run = functools.partial(self._run, account, lane)
+            dispatcher = restarting(run, f"the real-time dispatcher of account {account}")
+            lane.task = asyncio.get_running_loop().create_task(dispatcher)
         return lane
 
     async def _run(self, account: str, lane: RealtimeLane[S]) -> None:

@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 
 from stream.batching import Pending
+from stream.held import Held
 from stream.pacing import Slots
+from stream.pool import TokenPool
 from stream.sandbox import ManualClock, Sandbox, SandboxConfig
 from stream.secrets import Secret
 from stream.tokens import MintedTokens, TokenFile
@@ -56,6 +58,33 @@ async def test_a_lone_record_waits_for_the_linger(session: aiohttp.ClientSession
     waited = recorder.batches[0][2] - submitted
     assert waited >= 0.2
     assert batch_sizes(sandbox) == [1]
+
+
+async def test_a_dispatcher_that_fails_runs_again(
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in an account's dispatcher is logged and the dispatcher starts again: its records do
+    not wait for ever (and their partitions stay committable)."""
+    monkeypatch.setattr("stream.lanes._RESTART_S", 0.01)
+    calls = itertools.count()
+    usable = TokenPool.usable
+
+    def failing_once(pool: TokenPool) -> list[Held]:
+        if next(calls) == 0:
+            raise RuntimeError("a bug")
+        return usable(pool)
+
+    monkeypatch.setattr(TokenPool, "usable", failing_once)
+    async with Sandbox(SandboxConfig(static_token=TOKEN)) as sandbox:
+        delivery, recorder = engine(session, sandbox.url, linger_s=0.01)
+        for n in range(3):
+            delivery.submit(Pending(record(n), n))
+        await recorder.until_resolved(3)
+        await delivery.close()
+    assert sorted(recorder.sources) == [0, 1, 2]
+    assert f"the dispatcher of account {A} failed" in caplog.text
 
 
 async def test_two_accounts_never_share_a_request(session: aiohttp.ClientSession) -> None:
