@@ -182,8 +182,9 @@ class StatusBudget:
     def __init__(self, tokens: Tokens, requests_per_minute: float) -> None:
         self._tokens = tokens
         self._rpm = requests_per_minute
-        self._slots: dict[Secret, tuple[float, Slots]] = {}
-        """Per token: the share of its rate this process holds, and its status slots."""
+        self._slots: dict[str, dict[Secret, tuple[float, Slots]]] = {}
+        """Per account and token: the share of its rate this process holds, and its status slots
+        (only of the tokens the account holds now: a day renews each of them 24 times)."""
         self._turns: dict[str, asyncio.Lock] = {}
         """Per account: the requests waiting for a slot, in line. Only the first one watches the
         slots; the others wait their turn without a timer (docs/design.md#reconciliation)."""
@@ -212,25 +213,33 @@ class StatusBudget:
         """Wait for the first slot of any token the account holds and take it; None once it holds
         none. The first in line only: each slot wakes one request, however many are waiting."""
         loop = asyncio.get_running_loop()
+        slots = self._slots.setdefault(account, {})
         while held := self._tokens.pool(account).usable():
             now = loop.time()
+            if len(slots) > len(held):  # tokens renewed or let go: their slots go too
+                live = {h.token for h in held}
+                for gone in [token for token in slots if token not in live]:
+                    del slots[gone]
             # With token sharing, status requests go on this replica's own slots' tokens; one that
             # holds none takes a tenth of each token's budget (docs/design.md#reconciliation).
             own = [(h.token, h.share) for h in held if h.share > 0]
             shares = own or [(h.token, _ELSEWHERE_SHARE) for h in held]
-            waits = [(self._slots_of(token, share).wait_s(now), token) for token, share in shares]
+            waits = [(self._slots_of(slots, t, share).wait_s(now), t) for t, share in shares]
             wait_s, token = min(waits, key=lambda w: w[0])
             if wait_s <= 0:
-                self._slots[token][1].take(now)
+                slots[token][1].take(now)
                 return token.reveal()
             await asyncio.sleep(wait_s)
         return None
 
-    def _slots_of(self, token: Secret, share: float) -> Slots:
-        """A token's status slots at ``share`` of the budget (a static token shared by more slots
-        than this process holds: docs/design.md#scaling); its history outlives a new share."""
-        known = self._slots.get(token)
+    def _slots_of(
+        self, slots: dict[Secret, tuple[float, Slots]], token: Secret, share: float
+    ) -> Slots:
+        """A token's status slots (of ``slots``, its account's) at ``share`` of the budget (a
+        static token shared by more slots than this process holds: docs/design.md#scaling); its
+        history outlives a new share."""
+        known = slots.get(token)
         if known is None or known[0] != share:
             sent = known[1].sent if known is not None else None
-            known = self._slots[token] = (share, Slots.per_minute(self._rpm * share, sent))
+            known = slots[token] = (share, Slots.per_minute(self._rpm * share, sent))
         return known[1]

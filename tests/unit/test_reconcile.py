@@ -395,6 +395,28 @@ async def test_the_status_budget_paces_each_token_apart_from_the_batch_quota(
     assert [h.pace.requests for h in held] == [0, 0], "no batch slot was taken"
 
 
+async def test_the_status_budget_forgets_the_tokens_an_account_no_longer_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day renews each token 24 times, for each account: the budget keeps the slots of the
+    tokens held now only, or it grows with every token it ever saw."""
+    tokens = Tokens(StaticTokens([Secret("a"), Secret("b")]), requests_per_minute=60)
+    await tokens.get(ACCOUNT)
+    pool = tokens.pool(ACCOUNT)
+    held = pool.usable()
+    loop = asyncio.get_running_loop()
+    _, ticker = virtual_time(monkeypatch, loop)
+    budget = StatusBudget(tokens, 30)
+    try:
+        assert {await budget.take(ACCOUNT) for _ in range(2)} == {"a", "b"}
+        monkeypatch.setattr(pool, "usable", lambda: held[1:])  # "a" renewed away
+        assert await budget.take(ACCOUNT) == "b"
+    finally:
+        ticker.cancel()
+        await tokens.close()
+    assert [token.reveal() for token in budget._slots[ACCOUNT]] == ["b"]
+
+
 async def test_a_status_slot_wakes_one_waiting_request_not_every_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
