@@ -175,6 +175,10 @@ class Tokens:
     def _leases_changed(self) -> None:
         for pool in self._pools.values():
             pool.let_go(self.leases.owned())
+            # Why it had no token was said of the slots held before ("this process holds no
+            # slot" at start-up): ``get`` must not answer that once slots came (B6: every
+            # account's first label read failed so).
+            pool.waiting = None
             pool.wake()
 
     def _wanted(self, account: str) -> None:

@@ -264,6 +264,27 @@ async def test_a_tool_reads_a_live_token_from_the_slots_rather_than_mint(
         await tokens.close()
 
 
+async def test_a_token_asked_for_before_the_slots_come_is_had_once_they_do(
+    session: aiohttp.ClientSession,
+) -> None:
+    """At start-up the token slots come a moment after the first records: a label read that asked
+    for a token meanwhile gets one once they come, never the reason there was none before them
+    (with a slow API, every account's first label read failed so: B6)."""
+    async with Sandbox(SandboxConfig()) as sandbox:
+        leases = SomeLeases(10, set())
+        minter = Minter(session, base_url=sandbox.url)
+        tokens = Tokens(KeyPair(KEY_ID, Secret(API_KEY)), minter=minter, leases=leases)
+        pool = tokens.pool(A)
+        asked = asyncio.create_task(tokens.get(A))
+        await wait_until_async(lambda: pool.waiting is not None, timeout_s=10)
+        assert pool.waiting == "this process holds no slot of the token pool"
+        leases.hold({0})
+        assert pool.waiting is None  # said of no slot: it no longer holds
+        token = await asyncio.wait_for(asked, 10)
+        await tokens.close()
+    assert token == pool.held[0].token.reveal()
+
+
 async def test_a_slot_let_go_hands_its_tokens_history_to_the_next_holder(
     session: aiohttp.ClientSession,
 ) -> None:
