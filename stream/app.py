@@ -128,9 +128,9 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         consumer, committer = await self._build(loop)
         http = await self._serve_http(consumer)
-        # What exists now lives as long as the process: out of the collector's full passes,
-        # which otherwise walk it all again and again (docs/design.md#the-hot-path).
+        # Start-up objects out of full passes, ten times rarer (docs/design.md#the-hot-path)
         gc.freeze()
+        gc.set_threshold(*gc.get_threshold()[:2], 100)
         consumer.start()
         committing = loop.create_task(committer.run())
         try:
@@ -338,8 +338,8 @@ class Pipeline:
         return runner
 
     def _unready(self) -> str | None:
-        """Why ``/readyz`` fails although the group gave us partitions: no usable token, or dead
-        letters the topic refuses until an operator acts (docs/dlq.md#writing)."""
+        """Why ``/readyz`` fails despite partitions: no usable token, or dead letters the topic
+        refuses until an operator acts (docs/dlq.md#writing)."""
         if self._tokens_source is not None and (why := self._tokens_source.unready()):
             return why
         return self._finisher.blocked() if self._finisher is not None else None
