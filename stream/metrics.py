@@ -118,9 +118,9 @@ class State:
     last_commit: Callable[[], float]
     token_refreshes: Callable[[], int]
     rates: Callable[[], dict[str, float]]
+    """Per account, the request rate its tokens (and cap) allow now."""
     token_claims: Callable[[], Mapping[str, int]] = dict
     """Token sharing: outcome (``granted``, ``refused``, ``late``) → claims since start."""
-    """Per account, the request rate its tokens (and cap) allow now."""
     label_registries: Callable[[], Mapping[str, tuple[int, float | None]]] = dict
     """Per account, labels its registry lists and seconds since it was last read successfully."""
     label_refreshes: Callable[[], Mapping[tuple[str, str], int]] = dict

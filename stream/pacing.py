@@ -140,6 +140,16 @@ class Pace:
         if self.slots is not None:
             self.slots.take(now)
 
+    def untake(self) -> None:
+        """The request just taken did not go (token sharing: its claim was refused)."""
+        self.requests -= 1
+        if self.slots is not None and self.slots.sent:
+            self.slots.sent.pop()
+
+    def hold(self, until: float) -> None:
+        """Nothing goes on the token before loop time ``until`` (or a later hold)."""
+        self.blocked_until = max(self.blocked_until, until)
+
     def throttled(
         self,
         now: float,
@@ -152,7 +162,7 @@ class Pace:
         base_s, cap_s = backoff
         bound = min(cap_s, base_s * 2 ** min(self.throttles - 1, 30))
         delay = max(rng.uniform(0, bound), retry_after_s or 0.0)
-        self.blocked_until = max(self.blocked_until, now + delay)
+        self.hold(now + delay)
         return delay
 
     def accepted(self) -> None:

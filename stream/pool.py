@@ -183,13 +183,9 @@ class TokenPool:
         assert self.sharing is not None
         wait_s = await self.sharing.claim(self.account, held.index)
         if wait_s > 0:
-            pace = held.pace
-            if pace.slots is not None and pace.slots.sent:
-                pace.slots.sent.pop()
-            pace.requests -= 1
+            held.pace.untake()
             self._requests[held.index] -= 1
-            now = asyncio.get_running_loop().time()
-            pace.blocked_until = max(pace.blocked_until, now + wait_s)
+            held.pace.hold(asyncio.get_running_loop().time() + wait_s)
         return wait_s
 
     def throttled(self, held: Held, now: float, retry_after_s: float | None) -> float:

@@ -193,8 +193,7 @@ class Tokens:
         pool = self._pools.get(account)
         held = pool.held.get(token) if pool is not None else None
         if held is not None:
-            until = asyncio.get_running_loop().time() + next_s
-            held.pace.blocked_until = max(held.pace.blocked_until, until)
+            held.pace.hold(asyncio.get_running_loop().time() + next_s)
 
     def _recorded(self, account: str) -> None:
         """A slot's record of ``account`` changed (a token minted elsewhere, say)."""
